@@ -1,0 +1,15 @@
+"""nncertify.models: what a network is (the normalized description) and how it is loaded."""
+
+from .errors import (DataLoadError, InvalidArgumentError, ModelLoadError, NNCertifyError, ShapeMismatchError,
+                     UnsupportedOperationError, UntrustedPickleError)
+from .graph import AFFINE_OPS, Network, Node, Stage, affine_matrix, chain_stages
+from .layers import GroupSort, HouseholderActivation, MaxMin, Normalize, Residual
+from .ops import ACTIVATIONS, OPS
+from .trace import from_module
+
+__all__ = [
+    "Network", "Node", "Stage", "affine_matrix", "chain_stages", "AFFINE_OPS", "OPS", "ACTIVATIONS", "from_module",
+    "MaxMin", "GroupSort", "HouseholderActivation", "Normalize", "Residual",
+    "NNCertifyError", "ModelLoadError", "UntrustedPickleError", "UnsupportedOperationError", "ShapeMismatchError",
+    "InvalidArgumentError", "DataLoadError",
+]
