@@ -6,9 +6,10 @@ from .graph import AFFINE_OPS, Network, Node, Stage, affine_matrix, chain_stages
 from .layers import GroupSort, HouseholderActivation, MaxMin, Normalize, Residual
 from .ops import ACTIVATIONS, OPS
 from .trace import from_module
+from .load import LoadedModel, check_equivalent, load, load_model
 
 __all__ = [
-    "Network", "Node", "Stage", "affine_matrix", "chain_stages", "AFFINE_OPS", "OPS", "ACTIVATIONS", "from_module",
+    "Network", "Node", "load", "load_model", "LoadedModel", "check_equivalent", "Stage", "affine_matrix", "chain_stages", "AFFINE_OPS", "OPS", "ACTIVATIONS", "from_module",
     "MaxMin", "GroupSort", "HouseholderActivation", "Normalize", "Residual",
     "NNCertifyError", "ModelLoadError", "UntrustedPickleError", "UnsupportedOperationError", "ShapeMismatchError",
     "InvalidArgumentError", "DataLoadError",

@@ -131,15 +131,21 @@ class Network:
 
     __call__ = forward
 
-    def intermediates(self, x: torch.Tensor, keep_all: bool = True) -> dict[str, torch.Tensor]:
-        """Evaluate every node; returns ``{name: value}`` (only the output unless ``keep_all``)."""
+    def intermediates(self, x: torch.Tensor, keep_all: bool = True,
+                      params: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Evaluate every node; returns ``{name: value}`` (only the output unless ``keep_all``).
+
+        ``params`` optionally overrides node parameters (``{node_name: {param_name: tensor}}``), which
+        is how :class:`NetworkModule` makes the description differentiable in its parameters.
+        """
         if tuple(x.shape[1:]) != self.input_shape:
             raise ShapeMismatchError(
                 f"input has per-sample shape {tuple(x.shape[1:])}, network {self.name!r} expects {self.input_shape}")
         values: dict[str, torch.Tensor] = {self.nodes[0].name: x}
         last_use = self._last_use()
         for i, n in enumerate(self.nodes[1:], start=1):
-            values[n.name] = _ops.OPS[n.op].evaluate(n, *[values[j] for j in n.inputs])
+            node = n if params is None or n.name not in params else replace(n, params=params[n.name])
+            values[n.name] = _ops.OPS[n.op].evaluate(node, *[values[j] for j in n.inputs])
             if not keep_all:
                 for j in n.inputs:
                     if last_use[j] == i and j != self.output:
@@ -199,17 +205,17 @@ class Network:
 class NetworkModule(torch.nn.Module):
     """Wraps a :class:`Network` as an ``nn.Module`` (parameters registered, so autograd/func work)."""
 
-    def __init__(self, net: Network):
+    def __init__(self, net: Network, requires_grad: bool = True):
         super().__init__()
         self.net = net
-        self._params = torch.nn.ParameterDict()
+        self.weights = torch.nn.ParameterDict()
         for n in net.nodes:
             for k, v in n.params.items():
-                if v.is_floating_point():
-                    self._params[f"{n.name}__{k}"] = torch.nn.Parameter(v, requires_grad=False)
+                self.weights[f"{n.name}__{k}"] = torch.nn.Parameter(v.detach().clone(), requires_grad=requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward(x)
+        params = {n.name: {k: self.weights[f"{n.name}__{k}"] for k in n.params} for n in self.net.nodes if n.params}
+        return self.net.intermediates(x, keep_all=False, params=params)[self.net.output]
 
 
 NNCertifyErrorTypes = (ShapeMismatchError, UnsupportedOperationError, ModelLoadError)

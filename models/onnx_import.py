@@ -1,0 +1,169 @@
+"""Our own ONNX importer for the op subset of the normalized description (no torchvision needed).
+
+Supported ONNX ops: Gemm, MatMul (+ Add of a constant bias), Conv, Relu, LeakyRelu, Tanh,
+Sigmoid, Flatten, Reshape (constant shape), Add (residual or constant), Sub/Mul/Div by constants,
+AveragePool, BatchNormalization (inference), Identity, Dropout, Constant.  Anything else is
+reported by op type and node name.  The graph must have one input with a fixed per-sample shape
+(the batch dimension may be symbolic) and one output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ModelLoadError, UnsupportedOperationError
+from .graph import Network, Node
+
+SUPPORTED = ("Gemm", "MatMul", "Conv", "Relu", "LeakyRelu", "Tanh", "Sigmoid", "Flatten", "Reshape", "Add", "Sub",
+             "Mul", "Div", "AveragePool", "BatchNormalization", "Identity", "Dropout", "Constant")
+
+
+def load_onnx(path: str | Path, name: str | None = None) -> Network:
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    g = model.graph
+    consts: dict[str, torch.Tensor] = {}
+    for init in g.initializer:
+        consts[init.name] = torch.from_numpy(np.array(numpy_helper.to_array(init)))
+    inputs = [i for i in g.input if i.name not in consts]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise UnsupportedOperationError(f"{path}: expected one input and one output, got {len(inputs)} and {len(g.output)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = []
+    for d in list(dims)[1:]:
+        if not d.HasField("dim_value"):
+            raise UnsupportedOperationError(f"{path}: input {inputs[0].name!r} has a symbolic non-batch dimension")
+        shape.append(int(d.dim_value))
+    bad = sorted({n.op_type for n in g.node if n.op_type not in SUPPORTED})
+    if bad:
+        raise UnsupportedOperationError(f"{path}: unsupported ONNX ops {', '.join(bad)}; supported: {', '.join(SUPPORTED)}")
+
+    nodes = [Node("input", "input", (), {}, {"shape": tuple(shape)}, "input")]
+    env: dict[str, str] = {inputs[0].name: "input"}
+    count = [0]
+
+    def attr(n, key, default=None):
+        for a in n.attribute:
+            if a.name == key:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def new(op, ins, params=None, attrs=None, path=""):
+        count[0] += 1
+        nm = f"{op}_{count[0]}"
+        nodes.append(Node(nm, op, tuple(ins), {k: v.float() for k, v in (params or {}).items()}, attrs or {}, path))
+        return nm
+
+    def cur_shape(tensor_name):
+        net = Network(list(nodes), env[tensor_name], "partial")
+        return net.output_shape
+
+    for n in g.node:
+        where = f"{path}: node {n.name or n.op_type}"
+        t = n.op_type
+        if t == "Constant":
+            consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(attr(n, "value"))))
+            continue
+        ins = list(n.input)
+        tensor_ins = [i for i in ins if i in env]
+        if t in ("Identity", "Dropout"):
+            env[n.output[0]] = env[ins[0]]
+            continue
+        if t == "Gemm":
+            a_, b_ = attr(n, "alpha", 1.0), attr(n, "beta", 1.0)
+            if attr(n, "transA", 0):
+                raise UnsupportedOperationError(f"{where}: Gemm with transA")
+            W = consts[ins[1]]
+            W = W if attr(n, "transB", 0) else W.T
+            params = {"weight": W * a_}
+            if len(ins) > 2 and ins[2]:
+                params["bias"] = consts[ins[2]].reshape(-1) * b_
+            env[n.output[0]] = new("linear", [env[ins[0]]], params, path=n.name)
+        elif t == "MatMul":
+            if ins[1] not in consts:
+                raise UnsupportedOperationError(f"{where}: MatMul of two tensors")
+            env[n.output[0]] = new("linear", [env[ins[0]]], {"weight": consts[ins[1]].T}, path=n.name)
+        elif t == "Conv":
+            pads = list(attr(n, "pads", [0, 0, 0, 0]))
+            if pads[:2] != pads[2:]:
+                raise UnsupportedOperationError(f"{where}: asymmetric Conv padding {pads}")
+            if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise UnsupportedOperationError(f"{where}: Conv auto_pad")
+            params = {"weight": consts[ins[1]]}
+            if len(ins) > 2 and ins[2]:
+                params["bias"] = consts[ins[2]]
+            env[n.output[0]] = new("conv2d", [env[ins[0]]], params, {
+                "stride": tuple(attr(n, "strides", [1, 1])), "padding": tuple(pads[:2]),
+                "dilation": tuple(attr(n, "dilations", [1, 1])), "groups": int(attr(n, "group", 1))}, n.name)
+        elif t in ("Relu", "Tanh", "Sigmoid"):
+            env[n.output[0]] = new(t.lower(), [env[ins[0]]], path=n.name)
+        elif t == "LeakyRelu":
+            env[n.output[0]] = new("leaky_relu", [env[ins[0]]], attrs={"negative_slope": float(attr(n, "alpha", 0.01))},
+                                   path=n.name)
+        elif t in ("Flatten", "Reshape"):
+            x = env[ins[0]]
+            if t == "Flatten":
+                if attr(n, "axis", 1) != 1:
+                    raise UnsupportedOperationError(f"{where}: Flatten with axis != 1")
+                env[n.output[0]] = new("flatten", [x], path=n.name)
+            else:
+                target = [int(s) for s in consts[ins[1]].tolist()]
+                numel = int(np.prod(cur_shape(ins[0])))
+                rest = target[1:]
+                if -1 in rest:
+                    known = int(np.prod([s for s in rest if s != -1]))
+                    rest[rest.index(-1)] = numel // known
+                if target[0] not in (-1, 0, 1) and len(target) > 1 and int(np.prod(rest)) != numel:
+                    raise UnsupportedOperationError(f"{where}: Reshape that mixes the batch dimension")
+                env[n.output[0]] = new("flatten", [x], path=n.name) if len(rest) == 1 else \
+                    new("reshape", [x], attrs={"shape": tuple(rest)}, path=n.name)
+        elif t in ("Add", "Sub", "Mul", "Div"):
+            if len(tensor_ins) == 2:
+                if t != "Add":
+                    raise UnsupportedOperationError(f"{where}: {t} of two tensors")
+                env[n.output[0]] = new("add", [env[ins[0]], env[ins[1]]], path=n.name)
+                continue
+            if ins[0] not in env:
+                if t in ("Sub", "Div"):
+                    raise UnsupportedOperationError(f"{where}: {t} with a constant first operand")
+                ins = ins[::-1]
+            x, c = env[ins[0]], consts[ins[1]].float()
+            prev = nodes[-1]
+            if t == "Add" and prev.name == x and prev.op == "linear" and "bias" not in prev.params and c.dim() <= 1:
+                prev.params["bias"] = c.reshape(-1).expand(prev.params["weight"].shape[0]).clone()
+                env[n.output[0]] = x
+                continue
+            one = torch.ones_like(c)
+            scale, shift = {"Add": (one, c), "Sub": (one, -c), "Mul": (c, 0 * c), "Div": (1.0 / c, 0 * c)}[t]
+            s = cur_shape(ins[0])
+            if scale.dim() > len(s):  # drop a leading batch axis of size 1
+                scale, shift = scale.reshape(scale.shape[1:]), shift.reshape(shift.shape[1:])
+            env[n.output[0]] = new("scale_shift", [x], {"scale": scale, "shift": shift}, path=n.name)
+        elif t == "AveragePool":
+            pads = list(attr(n, "pads", [0, 0, 0, 0]))
+            if attr(n, "ceil_mode", 0) or pads[:2] != pads[2:] or (any(pads) and not attr(n, "count_include_pad", 0)):
+                raise UnsupportedOperationError(f"{where}: AveragePool with ceil_mode/asymmetric or excluded padding")
+            k = tuple(attr(n, "kernel_shape"))
+            env[n.output[0]] = new("avgpool2d", [env[ins[0]]], attrs={
+                "kernel_size": k, "stride": tuple(attr(n, "strides", k)), "padding": tuple(pads[:2])}, path=n.name)
+        elif t == "BatchNormalization":
+            w, b, mean, var = (consts[i].float() for i in ins[1:5])
+            eps = float(attr(n, "epsilon", 1e-5))
+            scale = w / torch.sqrt(var + eps)
+            shift = b - mean * scale
+            view = (-1,) + (1,) * (len(cur_shape(ins[0])) - 1)
+            env[n.output[0]] = new("scale_shift", [env[ins[0]]], {"scale": scale.reshape(view),
+                                                                  "shift": shift.reshape(view)}, path=n.name)
+    out = g.output[0].name
+    if out not in env:
+        raise UnsupportedOperationError(f"{path}: the output {out!r} is not computed from the input")
+    return Network(nodes, env[out], name or path.stem)
