@@ -42,18 +42,21 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, _LEAVES):
             return True
+        if type(m).__module__ == "torch.nn.utils.parametrize":  # a parametrized layer: treat as its base class
+            return True
         # any other torch.nn built-in that is not a container is a leaf (and will be reported)
         return m.__module__.startswith("torch.nn") and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
 
 
 def materialize(module: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with parametrizations and spectral-norm hooks baked into plain weights."""
+    """A deep copy in eval mode with old-style ``spectral_norm`` hooks baked into plain weights.
+
+    ``torch.nn.utils.parametrize`` parametrizations (spectral, orthogonal, ...) need no removal:
+    the converter reads ``module.weight``, which evaluates the parametrization once.  (Removing
+    them on a copy would also break the original, whose parametrized class is shared.)
+    """
     m = copy.deepcopy(module).eval()
-    from torch.nn.utils import parametrize
     for sub in list(m.modules()):
-        if parametrize.is_parametrized(sub):
-            for name in list(sub.parametrizations.keys()):
-                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
         for hook in list(getattr(sub, "_forward_pre_hooks", {}).values()):
             if type(hook).__name__ == "SpectralNorm":
                 torch.nn.utils.remove_spectral_norm(sub, hook.name)
@@ -95,11 +98,13 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...] | None = None, n
     except Exception as exc:
         raise ShapeMismatchError(
             f"{type(module).__name__}: running it on inputs of shape {input_shape} failed: {str(exc).splitlines()[0]}") from None
-    return _Converter(gm, input_shape).convert(name or type(module).__name__)
+    with torch.no_grad():
+        return _Converter(gm, input_shape, example.dtype).convert(name or type(module).__name__)
 
 
 class _Converter:
-    def __init__(self, gm: fx.GraphModule, input_shape):
+    def __init__(self, gm: fx.GraphModule, input_shape, dtype=torch.float32):
+        self.dtype = dtype
         self.gm = gm
         self.input_shape = input_shape
         self.modules = dict(gm.named_modules())
@@ -280,7 +285,7 @@ class _Converter:
         c = c[1] if isinstance(c, tuple) else c
         if c is None:
             self._unsupported(n, f"{kind} with a non-constant operand")
-        c = torch.as_tensor(c, dtype=torch.float32 if not isinstance(c, torch.Tensor) else c.dtype)
+        c = torch.as_tensor(c, dtype=self.dtype)
         one, zero = torch.ones_like(c), torch.zeros_like(c)
         if kind == "add":
             scale, shift = one, c
