@@ -22,6 +22,10 @@ demo: $(STAMP)
 	$(VENV)/bin/certify demo --out reports/demo
 
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "note: Chromium is not installed; the HTML rendering test will be skipped"
 	$(PY) -m pytest -q tests
 
 clean:

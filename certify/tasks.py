@@ -1,0 +1,363 @@
+"""Tasks: the one place where user requests (CLI, batch units, the demo) call the methods and
+wrap their results into :class:`~certify.records.Certificate` records.
+
+* :func:`task_global`: LipSDP (``sdp``) + product of norms (+ a sampled lower estimate);
+* :func:`task_lipschitz`: local Lipschitz by Clarke-Jacobian bound propagation (``relax.lipschitz``);
+* :func:`task_robustness`: per-sample verdicts (``relax.verify_robustness``) and certified radii
+  (largest eps verified by CROWN, found by bisection: every radius reported is itself verified);
+* :func:`task_steps`: softmax-ghost radius along the gradient (``certify.ghosts``);
+* :func:`task_game`: Small-Gain Nash certificate (``certify.games``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from models.errors import DataLoadError, InvalidArgumentError, ModelLoadError
+
+from .records import (Certificate, GameResult, LipschitzResult, RobustnessResult, SampleVerdict, StepRadiusResult,
+                      make_certificate, model_ref)
+
+NORMS = {"inf": "inf", "linf": "inf", "2": "2", "l2": "2", "1": "1", "l1": "1"}
+
+
+def parse_norm(norm, allowed=("inf", "2", "1")) -> str:
+    key = str(norm).lower().replace("ℓ", "l")
+    if key in ("infinity", "math.inf", "float('inf')"):
+        key = "inf"
+    if key not in NORMS or NORMS[key] not in allowed:
+        raise InvalidArgumentError(f"norm {norm!r}: use one of {', '.join(allowed)}")
+    return NORMS[key]
+
+
+def check_eps(eps: float, name: str = "--eps") -> float:
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number, got {eps!r}") from None
+    if not math.isfinite(eps) or eps <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive finite number, got {eps}")
+    return eps
+
+
+def parse_clip(clip) -> tuple[float, float] | None:
+    if clip is None or (isinstance(clip, str) and clip.lower() in ("none", "")):
+        return None
+    if isinstance(clip, str):
+        try:
+            lo, hi = (float(v) for v in clip.split(","))
+        except ValueError:
+            raise InvalidArgumentError(f"--clip {clip!r}: expected lo,hi") from None
+    else:
+        lo, hi = clip
+    if not lo < hi:
+        raise InvalidArgumentError(f"--clip: need lo < hi, got {lo}, {hi}")
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------------------ resolution
+def resolve_model(spec, arch=None, input_shape=None, trust_pickle: bool = False):
+    """A model file path, ``zoo:NAME`` or a bare zoo name -> ``models.LoadedModel``."""
+    from models import load_model, zoo
+    s = str(spec)
+    name = s[4:] if s.startswith("zoo:") else s
+    if s.startswith("zoo:") or (not Path(s).exists() and name in zoo.available()):
+        return zoo.load_zoo(name)
+    if not Path(s).exists():
+        raise ModelLoadError(f"{s}: no such file (and not a zoo model; available: {', '.join(zoo.available())})")
+    return load_model(s, arch=arch, input_shape=input_shape, trust_pickle=trust_pickle)
+
+
+def resolve_data(data, net, labels=None, limit: int | None = None):
+    """Data file (or None / ``zoo:digits`` for the zoo's digits test split) -> ``(X, y)``."""
+    from .data import load_data
+    if limit is not None and limit <= 0:
+        raise InvalidArgumentError(f"--limit must be positive, got {limit}")
+    if data is None or str(data) == "zoo:digits":
+        from models.zoo import digits
+        if int(torch.tensor(net.input_shape).prod()) != 64:
+            raise DataLoadError(f"the default digits data (64 features) does not fit a model with input "
+                                f"{net.input_shape}; give --data")
+        X, y = digits("test", dtype=net.dtype)
+        X = X.reshape(-1, *net.input_shape)
+        return (X[:limit], y[:limit]) if limit else (X, y)
+    out = net.output_shape
+    return load_data(data, net.input_shape, labels=labels, num_classes=out[0] if len(out) == 1 else None,
+                     limit=limit, dtype=net.dtype)
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def task_global(lm, norm="2", solver="auto", method="auto", time_limit=None, lower_samples: int = 2000) -> Certificate:
+    """Global Lipschitz bound of the whole network (l2 -> l2), or per output (l_inf -> |.|, max over outputs)."""
+    import sdp
+    norm = parse_norm(norm, ("2", "inf"))
+    net = lm.network
+    t0 = time.perf_counter()
+    solver_arg = None if str(solver).lower() == "auto" else str(solver).upper()
+    notes: list[str] = []
+    q = net.output_shape[0] if len(net.output_shape) == 1 else None
+    if method == "product":
+        rows = None
+    elif norm == "2":
+        rows = [sdp.lipschitz_bound(net, norm=2, method=method, solver=solver_arg, time_limit=time_limit)]
+    else:
+        if q is None:
+            raise InvalidArgumentError("--norm inf needs a network with a flat output vector")
+        rows = []
+        for i in range(q):
+            c = torch.zeros(q, dtype=torch.float64)
+            c[i] = 1.0
+            rows.append(sdp.lipschitz_bound(net, norm="inf", method=method, solver=solver_arg, c=c,
+                                            time_limit=time_limit))
+    naive = _product_bound(net, norm)
+    by_method = {"product of norms": naive}
+    upper = naive
+    solver_used = None
+    if rows is not None:
+        ok = all(r.certified for r in rows)
+        sdp_val = max(r.certified_value for r in rows) if ok else None
+        raw = max(r.raw_value for r in rows)
+        by_method[f"LipSDP ({rows[0].method}, certified)"] = sdp_val
+        by_method[f"LipSDP ({rows[0].method}, raw solver value)"] = raw if math.isfinite(raw) else None
+        solver_used = rows[0].solver
+        if ok and sdp_val is not None and (upper is None or sdp_val < upper):
+            upper = sdp_val
+        if not ok:
+            notes.append("the SDP bound could not be verified: " + "; ".join(r.message for r in rows if not r.certified))
+    lower = None
+    try:
+        est = sdp.sampled_lower_bound(net, norm=2 if norm == "2" else "inf", n=lower_samples,
+                                      c=None if norm == "2" else _best_output_c(net))
+        lower = est.value
+    except Exception as exc:  # an estimate is optional
+        notes.append(f"no sampled lower estimate ({type(exc).__name__})")
+    if norm == "inf":
+        notes.append("l_inf input: bound on max_i |f_i(x) - f_i(y)| / ||x - y||_inf (max over outputs)")
+    result = LipschitzResult(scope="global", norm=norm, upper=upper, lower=lower, by_method=by_method)
+    return make_certificate(status="certified" if upper is not None else "failed", method=f"global/{method}",
+                            result=result, model=model_ref(lm), parameters={"norm": norm, "method": method,
+                                                                            "solver": solver, "time_limit": time_limit},
+                            solver=solver_used, total_s=time.perf_counter() - t0, notes=notes)
+
+
+def _best_output_c(net):
+    q = net.output_shape[0]
+    c = torch.zeros(q, dtype=torch.float64)
+    c[0] = 1.0
+    return c
+
+
+def _product_bound(net, norm: str) -> float | None:
+    """Product of layer operator norms (float64, rounded up): a certified but loose global bound.
+
+    ``None`` for networks that are not chains (residual): there the SDP bound is reported alone.
+    """
+    from models.errors import UnsupportedOperationError
+    from relax.lipschitz.api import certified
+    from relax.lipschitz.chain import dense_chain
+    from relax.lipschitz.naive import naive_product
+    try:
+        chain = dense_chain(net.to(torch.float64))
+    except (UnsupportedOperationError, ValueError):
+        return None
+    v = float(certified(naive_product(chain, norm)))
+    return v if math.isfinite(v) else None
+
+
+def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, output: int | None = None,
+                   index: int | None = None, clip=None) -> Certificate:
+    from relax import Ball
+    from relax.lipschitz import local_lipschitz
+    eps = check_eps(eps)
+    norm = parse_norm(norm)
+    net = lm.network
+    t0 = time.perf_counter()
+    c = None
+    if output is not None:
+        q = net.output_shape[0]
+        if not 0 <= output < q:
+            raise InvalidArgumentError(f"--output {output}: the model has {q} outputs")
+        c = torch.zeros(q, dtype=torch.float64)
+        c[output] = 1.0
+    center = x.reshape(1, *net.input_shape).to(torch.float64)
+    region = Ball(center, eps, p={"inf": math.inf, "2": 2, "1": 1}[norm], clip=parse_clip(clip))
+    res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout)
+    status = "certified" if res.status != "failed" and math.isfinite(res.upper) else "failed"
+    by_method = {f"bound propagation ({res.method})": res.upper}
+    naive = _product_bound(net, norm)
+    if naive is not None:
+        by_method["product of norms (global)"] = naive
+    result = LipschitzResult(scope="local", norm=norm, output="all outputs" if output is None else f"output {output}",
+                             upper=res.upper if math.isfinite(res.upper) else None, lower=res.lower, exact=res.exact,
+                             center_index=index, eps=eps, by_method=by_method, per_output=res.per_output_upper,
+                             history=[list(h) for h in res.history] or None)
+    return make_certificate(status=status, method=f"local/{res.method}" + ("+bab" if bab_timeout > 0 else ""),
+                            result=result, model=model_ref(lm),
+                            parameters={"eps": eps, "norm": norm, "bab_timeout": bab_timeout, "output": output,
+                                        "index": index, "clip": clip},
+                            total_s=time.perf_counter() - t0, details=res.timings,
+                            notes=[f"BaB status: {res.status}"] if bab_timeout > 0 else [])
+
+
+def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0, 1.0), radius: bool = True,
+                    radius_iters: int = 8) -> Certificate:
+    from relax import verify_robustness
+    eps = check_eps(eps)
+    norm = parse_norm(norm)
+    if method not in ("ibp", "crown", "alpha-crown"):
+        raise InvalidArgumentError(f"--method {method!r}: use ibp, crown or alpha-crown")
+    net = lm.network
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        clean = (net(X).argmax(1) == y)
+    res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip)
+    statuses = list(res.status)
+    margins = res.margin_lower.min(dim=1).values if res.margin_lower.dim() == 2 else res.margin_lower
+    radii = certified_radii(net, X, y, norm, clip, iters=radius_iters, hi=2 * eps) if radius else None
+    samples = [SampleVerdict(index=i, label=int(y[i]), status=statuses[i],
+                             margin_lower=float(margins[i]) if math.isfinite(float(margins[i])) else None,
+                             certified_radius=float(radii[i]) if radii is not None else None)
+               for i in range(len(statuses))]
+    n = len(samples)
+    result = RobustnessResult(norm=norm, eps=eps, samples=samples, verified=statuses.count("verified"),
+                              falsified=statuses.count("falsified"), unknown=statuses.count("unknown"),
+                              clean_accuracy=float(clean.float().mean()), verified_accuracy=statuses.count("verified") / n)
+    return make_certificate(status="certified", method=f"robustness/{method}", result=result, model=model_ref(lm),
+                            parameters={"eps": eps, "norm": norm, "method": method, "clip": clip, "samples": n},
+                            total_s=time.perf_counter() - t0,
+                            notes=["'verified' is proven (sound bounds); 'falsified' has a real counterexample "
+                                   "re-checked in float64; certified_radius is the largest eps verified by CROWN "
+                                   "(bisection)"])
+
+
+def certified_radii(net, X, y, norm: str, clip, iters: int = 8, hi: float = 0.1) -> torch.Tensor:
+    """Per-sample radius r such that the ball of radius r is *verified* by CROWN (0 if none).
+
+    Bisection over eps, batched over samples; only radii at which verification succeeded are
+    kept, so each reported radius is itself certified.
+    """
+    from relax import Ball, compute_bounds, margin_spec
+    p = {"inf": math.inf, "2": 2, "1": 1}[norm]
+    B = X.shape[0]
+    lo = torch.zeros(B, dtype=torch.float64)
+    up = torch.full((B,), float(hi), dtype=torch.float64)
+    C = margin_spec(y, net.output_shape[0]).to(net.dtype)
+    with torch.no_grad():
+        wrong = net(X).argmax(1) != y
+    for _ in range(iters):
+        mid = (lo + up) / 2
+        res = compute_bounds(net, Ball(X, mid.to(net.dtype), p=p, clip=clip), method="crown", C=C)
+        ok = (res.lower > 0).all(dim=1).cpu() & ~wrong.cpu()
+        lo = torch.where(ok, mid, lo)
+        up = torch.where(ok, up, mid)
+    return lo
+
+
+def task_steps(lm, X, y) -> Certificate:
+    from .ghosts import step_report
+    t0 = time.perf_counter()
+    rep = step_report(lm.module, X, y)
+    rho = rep.get("rho_a")
+    result = StepRadiusResult(direction="negative gradient of the mean cross-entropy", radius=rho,
+                              gradient_norm=rep.get("grad_norm"), safe_lr_sgd=rep.get("safe_lr"),
+                              bottleneck_index=rep.get("bottleneck"),
+                              per_sample_radius=rep.get("per_sample_rho"))
+    ok = rho is not None and math.isfinite(rho) and rho > 0
+    return make_certificate(status="certified" if ok else "failed", method="softmax-ghost radius (JVP)",
+                            result=result, model=model_ref(lm), parameters={"batch": int(X.shape[0])},
+                            total_s=time.perf_counter() - t0,
+                            notes=["rho_a = pi / max_x Delta_a(x) bounds the Taylor radius of the cross-entropy "
+                                   "along the step direction under logit linearization (Ghosts of Softmax, Thm 4.6)"])
+
+
+def task_game(factory: str, mode: str = "certified") -> Certificate:
+    from .games import certify_game, toy_game
+    if mode not in ("certified", "estimate"):
+        raise InvalidArgumentError(f"--mode {mode!r}: use certified or estimate")
+    t0 = time.perf_counter()
+    if factory == "toy":
+        game, region = toy_game()
+    else:
+        if ":" not in factory:
+            raise InvalidArgumentError(f"{factory!r}: expected MODULE:FACTORY (or 'toy')")
+        mod, fn = factory.rsplit(":", 1)
+        try:
+            if mod.endswith(".py"):
+                import importlib.util
+                spec = importlib.util.spec_from_file_location(Path(mod).stem, mod)
+                if spec is None or not Path(mod).exists():
+                    raise InvalidArgumentError(f"{factory!r}: no such file {mod}")
+                m = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(m)
+            else:
+                m = importlib.import_module(mod)
+        except InvalidArgumentError:
+            raise
+        except Exception as exc:
+            raise InvalidArgumentError(f"{factory!r}: cannot import {mod} ({type(exc).__name__}: {exc})") from None
+        f = getattr(m, fn, None)
+        if not callable(f):
+            raise InvalidArgumentError(f"{factory!r}: {mod} has no callable {fn!r}")
+        out = f()
+        game, region = out if isinstance(out, tuple) else (out, None)
+    cert = certify_game(game, region, mode=mode)
+    d = cert.to_dict()
+    ok = d.get("status") == "certified" or (mode == "estimate" and d.get("status") == "estimate")
+    result = GameResult(players=int(d.get("players", 0)), weights=d.get("weights"), margin=d.get("margin"),
+                        rate=d.get("rate"), beta=d.get("beta"), euler_step=d.get("euler_step"),
+                        rk4_step=d.get("rk4_step"), band=d.get("band"), constants=d.get("constants", {}),
+                        reason=d.get("reason"))
+    status = ("certified" if mode == "certified" else "estimate") if ok else "failed"
+    return make_certificate(status=status, method=f"SGN ({mode})", result=result, parameters={"factory": factory,
+                                                                                                "mode": mode},
+                            total_s=time.perf_counter() - t0, notes=[d["reason"]] if d.get("reason") else [])
+
+
+# ------------------------------------------------------------------------------------------ batch + demo
+def run_unit(unit: dict) -> Certificate:
+    """Execute one batch unit (see :mod:`certify.batch`)."""
+    lm = resolve_model(unit["model"])
+    p = dict(unit.get("params", {}))
+    task = unit["task"]
+    if task == "global":
+        return task_global(lm, **p)
+    X, y = resolve_data(None if unit.get("data") in (None, "zoo:digits") else unit["data"], lm.network, None,
+                        unit["stop"])
+    X, y = X[unit["start"]:unit["stop"]], y[unit["start"]:unit["stop"]] if y is not None else None
+    if task == "robustness":
+        return task_robustness(lm, X, y, **p)
+    if task == "lipschitz":
+        i = p.pop("index", 0)
+        return task_lipschitz(lm, X[i], index=unit["start"] + i, **p)
+    if task == "steps":
+        return task_steps(lm, X, y)
+    raise InvalidArgumentError(f"unknown task {task!r}")
+
+
+def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print) -> dict:
+    """The embedded default: certify a zoo model with every method and write a report."""
+    from .report import write_report
+    out = Path(out)
+    lm = resolve_model(model)
+    X, y = resolve_data(None, lm.network, None, samples)
+    certs = []
+
+    def add(name, cert):
+        certs.append(cert)
+        cert.save(out / "certificates" / f"{name}.json")
+        from .report import _headline
+        what, res = _headline(cert)
+        echo(f"[{cert.status:>9}] {what}: {res}")
+
+    add("global_l2", task_global(lm, norm="2"))
+    for eps in (0.01, 0.02, 0.04):
+        add(f"robustness_linf_{eps}", task_robustness(lm, X, y, eps=eps, norm="inf", clip=(0.0, 1.0)))
+    add("local_lipschitz_linf", task_lipschitz(lm, X[0], eps=0.02, norm="inf", bab_timeout=5.0, index=0))
+    add("step_radius", task_steps(lm, X, y))
+    add("game_toy", task_game("toy"))
+    return write_report(certs, out, title=f"nncertify demo: {model}")
