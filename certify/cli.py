@@ -26,7 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 _DEBUG = {"on": False}
 
-ModelArg = typer.Argument(..., help="model file or zoo name (see `certify zoo`)")
+ModelArg = typer.Argument(..., metavar="MODEL", help="model file or zoo name (see `certify zoo`)")
 ArchOpt = typer.Option(None, "--arch", help="architecture for bare weights: pkg.module:factory, file.py:factory "
                                             "or an architecture .json")
 ShapeOpt = typer.Option(None, "--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file lacks it)")
@@ -213,6 +213,15 @@ def batch(plan: Path = typer.Argument(..., help="plan JSON (models x tasks x sam
         raise typer.Exit(EXIT_NOT_CERTIFIED)
 
 
+def _is_usage_error(e: BaseException) -> bool:
+    """click's (or typer's bundled click's) usage errors: they know how to show themselves."""
+    import click
+    return isinstance(e, click.exceptions.ClickException) or (
+        hasattr(e, "show") and hasattr(e, "exit_code") and type(e).__name__ in (
+            "UsageError", "BadParameter", "NoSuchOption", "MissingParameter", "BadOptionUsage",
+            "BadArgumentUsage", "ClickException", "FileError"))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import click
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -223,21 +232,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         rc = command.main(args=argv, prog_name="certify", standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else EXIT_OK)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.exceptions.ClickException as e:
-        e.show()
-        sys.exit(EXIT_BAD_INPUT)
+    except SystemExit:
+        raise
     except NNCertifyError as e:
         if _DEBUG["on"]:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):
         sys.exit(130)
-    except Exception as e:  # a bug: one line, unless --debug
+    except Exception as e:
+        if type(e).__name__ == "Exit" and hasattr(e, "exit_code"):
+            sys.exit(e.exit_code)
+        if _is_usage_error(e):
+            e.show()
+            sys.exit(EXIT_BAD_INPUT)
         if _DEBUG["on"]:
             raise
         typer.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)

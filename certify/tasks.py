@@ -263,20 +263,29 @@ def task_steps(lm, X, y) -> Certificate:
     t0 = time.perf_counter()
     rep = step_report(lm.module, X, y)
     rho = rep.get("rho_a")
+    bott = rep.get("bottleneck") or []
     result = StepRadiusResult(direction="negative gradient of the mean cross-entropy", radius=rho,
-                              gradient_norm=rep.get("grad_norm"), safe_lr_sgd=rep.get("safe_lr"),
-                              bottleneck_index=rep.get("bottleneck"),
-                              per_sample_radius=rep.get("per_sample_rho"))
-    ok = rho is not None and math.isfinite(rho) and rho > 0
+                              gradient_norm=rep.get("grad_norm"), safe_lr_sgd=rep.get("lr_max_sgd"),
+                              bottleneck_index=int(bott[0]) if len(bott) else None)
+    ok = rho is not None and math.isfinite(rho) and rho > 0 and rep.get("kind") == "certified"
+    notes = ["rho_a = pi / max_x Delta_a(x) lower-bounds the Taylor radius of the cross-entropy along the step "
+             "under logit linearization (Ghosts of Softmax, Thm 4.6); a plain SGD step is inside it iff lr < "
+             "rho_a / ||g||"]
+    if not ok:
+        notes.append(f"no radius: {rep.get('status')}")
     return make_certificate(status="certified" if ok else "failed", method="softmax-ghost radius (JVP)",
                             result=result, model=model_ref(lm), parameters={"batch": int(X.shape[0])},
-                            total_s=time.perf_counter() - t0,
-                            notes=["rho_a = pi / max_x Delta_a(x) bounds the Taylor radius of the cross-entropy "
-                                   "along the step direction under logit linearization (Ghosts of Softmax, Thm 4.6)"])
+                            total_s=time.perf_counter() - t0, notes=notes)
+
+
+def toy_game():
+    """The two-player toy of the SGN reference: Jacobian [[1, 10], [0.05, 1]] (Euclidean margin -4.025)."""
+    from .games import QuadraticGame
+    return QuadraticGame([[1.0, 10.0], [0.05, 1.0]], dims=[1, 1]), None
 
 
 def task_game(factory: str, mode: str = "certified") -> Certificate:
-    from .games import certify_game, toy_game
+    from .games import certify_game
     if mode not in ("certified", "estimate"):
         raise InvalidArgumentError(f"--mode {mode!r}: use certified or estimate")
     t0 = time.perf_counter()
@@ -289,9 +298,9 @@ def task_game(factory: str, mode: str = "certified") -> Certificate:
         try:
             if mod.endswith(".py"):
                 import importlib.util
-                spec = importlib.util.spec_from_file_location(Path(mod).stem, mod)
-                if spec is None or not Path(mod).exists():
+                if not Path(mod).exists():
                     raise InvalidArgumentError(f"{factory!r}: no such file {mod}")
+                spec = importlib.util.spec_from_file_location(Path(mod).stem, mod)
                 m = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(m)
             else:
@@ -307,15 +316,17 @@ def task_game(factory: str, mode: str = "certified") -> Certificate:
         game, region = out if isinstance(out, tuple) else (out, None)
     cert = certify_game(game, region, mode=mode)
     d = cert.to_dict()
-    ok = d.get("status") == "certified" or (mode == "estimate" and d.get("status") == "estimate")
-    result = GameResult(players=int(d.get("players", 0)), weights=d.get("weights"), margin=d.get("margin"),
-                        rate=d.get("rate"), beta=d.get("beta"), euler_step=d.get("euler_step"),
-                        rk4_step=d.get("rk4_step"), band=d.get("band"), constants=d.get("constants", {}),
-                        reason=d.get("reason"))
-    status = ("certified" if mode == "certified" else "estimate") if ok else "failed"
-    return make_certificate(status=status, method=f"SGN ({mode})", result=result, parameters={"factory": factory,
-                                                                                                "mode": mode},
-                            total_s=time.perf_counter() - t0, notes=[d["reason"]] if d.get("reason") else [])
+    result = GameResult(players=cert.n_players, weights=d.get("weights"), margin=d.get("margin"), rate=d.get("rate"),
+                        beta=d.get("beta"), euler_step=d["euler"].get("h_max"), rk4_step=d["rk4"].get("h_max"),
+                        band=d.get("band") if d.get("band") and None not in d["band"] else None,
+                        constants={"gain_spectral_radius": d.get("gain_spectral_radius"),
+                                   "euclidean_margin": d.get("euclidean_margin"), "region": d.get("region"),
+                                   "euler": d["euler"], "rk4": d["rk4"]},
+                        reason=cert.reason or None)
+    status = {"certified": "certified", "estimate": "estimate"}.get(cert.status, "failed")
+    return make_certificate(status=status, method=f"SGN ({mode})", result=result,
+                            parameters={"factory": factory, "mode": mode}, total_s=time.perf_counter() - t0,
+                            notes=[cert.reason] if cert.reason else [])
 
 
 # ------------------------------------------------------------------------------------------ batch + demo
