@@ -60,7 +60,13 @@ def read_arrays(path: str | Path, labels: str | Path | None = None):
                 d = {k: z[k] for k in z.files}
             X, y = _pick(d, _X_KEYS, path, "input", True), _pick(d, _Y_KEYS, path, "label", False)
         elif suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                if "GLOBAL" in str(exc):
+                    raise DataLoadError(f"{path}: holds pickled Python objects; data files may contain tensors "
+                                        f"only (they are never unpickled)") from None
+                raise
             if isinstance(obj, dict):
                 X, y = _pick(obj, _X_KEYS, path, "input", True), _pick(obj, _Y_KEYS, path, "label", False)
             elif isinstance(obj, (tuple, list)) and len(obj) == 2:

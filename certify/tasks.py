@@ -12,6 +12,7 @@ wrap their results into :class:`~certify.records.Certificate` records.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -297,7 +298,6 @@ def task_game(factory: str, mode: str = "certified") -> Certificate:
         mod, fn = factory.rsplit(":", 1)
         try:
             if mod.endswith(".py"):
-                import importlib.util
                 if not Path(mod).exists():
                     raise InvalidArgumentError(f"{factory!r}: no such file {mod}")
                 spec = importlib.util.spec_from_file_location(Path(mod).stem, mod)

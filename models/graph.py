@@ -24,6 +24,9 @@ from .errors import ModelLoadError, ShapeMismatchError, UnsupportedOperationErro
 from . import ops as _ops
 
 
+MAX_INPUT_NUMEL = 50_000_000  # values per sample; larger declared inputs are refused before allocation
+
+
 @dataclass
 class Node:
     """One operation: ``name`` = ``op``(``inputs``...) with ``params`` and ``attrs``."""
@@ -160,6 +163,15 @@ class Network:
         return last
 
     def _infer_shapes(self) -> None:
+        shape = self.input_shape
+        numel = 1
+        for d in shape:
+            if not isinstance(d, int) or d <= 0:
+                raise ShapeMismatchError(f"network {self.name!r}: invalid input shape {shape}")
+            numel *= d
+        if numel > MAX_INPUT_NUMEL:
+            raise ShapeMismatchError(f"network {self.name!r}: input shape {shape} has {numel:,} values per sample, "
+                                     f"more than the limit of {MAX_INPUT_NUMEL:,}")
         with torch.no_grad():
             x = torch.zeros((1, *self.input_shape), dtype=self.dtype, device=self.device)
             try:

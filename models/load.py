@@ -292,8 +292,9 @@ def _torch_load(path: Path, trust_pickle: bool):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise ModelLoadError(f"{path}: not a readable PyTorch file ({str(exc).splitlines()[0][:160]})") from None
+        if "GLOBAL" not in str(exc) and "Unsupported global" not in str(exc):
+            raise ModelLoadError(f"{path}: not a readable PyTorch file (neither a state_dict nor a saved module)") \
+                from None
         if not trust_pickle:
             raise UntrustedPickleError(
                 f"{path}: holds a pickled Python object (e.g. a whole nn.Module); unpickling it can run arbitrary "
@@ -304,11 +305,18 @@ def _torch_load(path: Path, trust_pickle: bool):
 
 # ---------------------------------------------------------------------------------------------- torch.export
 def _load_exported(path: Path, input_shape, name: str) -> Network:
-    from .aten import from_aten_graph
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path}: not a torch.export program (not a zip archive)")
+    import logging
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # torch logs a traceback for unreadable archives; we raise one line instead
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"{path}: not a readable torch.export program ({type(exc).__name__})") from None
+    finally:
+        logger.setLevel(level)
     return _from_exported(ep, input_shape, name, str(path))
 
 

@@ -69,6 +69,24 @@ _BUILDERS = {
 }
 
 
+MAX_ELEMENTS = 500_000_000  # refuse architectures declaring more parameters than this (2 GB in float32)
+
+
+def _declared_elements(r: dict) -> int:
+    t = r.get("type")
+    try:
+        if t == "Linear":
+            return int(r.get("in_features", 0)) * int(r.get("out_features", 0))
+        if t == "Conv2d":
+            k = int(r.get("kernel_size", 1))
+            return int(r.get("in_channels", 0)) * int(r.get("out_channels", 0)) * k * k
+        if t in ("BatchNorm1d", "BatchNorm2d", "Householder"):
+            return int(r.get("num_features", 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0  # the builder reports the bad field
+    return 0
+
+
 def build_layers(records: Any, where: str) -> nn.Sequential:
     if not isinstance(records, list):
         raise ModelLoadError(f"{where}: expected a list of layer records")
@@ -77,6 +95,9 @@ def build_layers(records: Any, where: str) -> nn.Sequential:
         w = f"{where}[{i}]"
         if not isinstance(r, dict) or "type" not in r:
             raise ModelLoadError(f"{w}: expected an object with a 'type'")
+        if _declared_elements(r) > MAX_ELEMENTS:
+            raise ModelLoadError(f"{w}: declares {_declared_elements(r):,} parameters, more than the limit of "
+                                 f"{MAX_ELEMENTS:,}")
         t = r["type"]
         if t == "Residual":
             mods.append(L.Residual(build_layers(r.get("body"), f"{w}.body")))

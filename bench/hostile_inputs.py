@@ -1,0 +1,183 @@
+"""Hostile and broken input campaign: run the `certify` CLI on every kind of bad input and tabulate
+what happened (exit code, the one line shown, whether a traceback leaked, whether foreign code ran).
+
+    python bench/hostile_inputs.py          # writes bench/results/hostile_inputs.md and .json
+
+A row passes when: exit code is 2 (bad input), stderr is exactly one line, no traceback, and the
+marker file that a malicious pickle would create does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def make_inputs(d: Path, marker: Path) -> list[tuple[str, list[str]]]:
+    torch.manual_seed(0)
+    good = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    (d / "arch.py").write_text("from torch import nn\ndef make():\n    return nn.Sequential(nn.Linear(64, 16), "
+                               "nn.ReLU(), nn.Linear(16, 10))\n")
+    arch = ["--arch", f"{d / 'arch.py'}:make"]
+    torch.save(good.state_dict(), d / "good.pt")
+    from safetensors.torch import save_file
+    save_file(good.state_dict(), str(d / "good.safetensors"))
+    torch.onnx.export(good, (torch.zeros(1, 64),), str(d / "good.onnx"), dynamo=False)
+    torch.export.save(torch.export.export(good, (torch.zeros(2, 64),)), str(d / "good.pt2"))
+    for name in ("good.pt", "good.safetensors", "good.onnx", "good.pt2"):
+        data = (d / name).read_bytes()
+        (d / f"trunc_{name}").write_bytes(data[: len(data) // 3])
+    for ext in (".pt", ".safetensors", ".onnx", ".pt2", ".json", ".mat", ".ts"):
+        (d / f"random{ext}").write_bytes(os.urandom(5000))
+    (d / "onnx_as.pt").write_bytes((d / "good.onnx").read_bytes())
+    (d / "json_as.onnx").write_text('{"layers": []}')
+    torch.save({"w": Evil(marker)}, d / "evil.pt")
+    torch.save(Evil(marker), d / "evil_module.pth")
+    torch.onnx.export(nn.Sequential(nn.Linear(64, 64), nn.Softmax(dim=1), nn.Linear(64, 10)), (torch.zeros(1, 64),),
+                      str(d / "softmax.onnx"), dynamo=False)
+    torch.onnx.export(nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10)),
+                      (torch.zeros(1, 64),), str(d / "maxpool.onnx"), dynamo=False)
+    nan = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    with torch.no_grad():
+        nan[2].bias[3] = float("nan")
+    torch.save(nan.state_dict(), d / "nan.pt")
+    inf = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    with torch.no_grad():
+        inf[0].weight[1, 1] = float("inf")
+    save_file(inf.state_dict(), str(d / "inf.safetensors"))
+    sd = good.state_dict()
+    sd["0.weight"] = torch.zeros(16, 65)
+    torch.save(sd, d / "mismatch.pt")
+    sd2 = dict(good.state_dict())
+    sd2.pop("2.bias")
+    torch.save(sd2, d / "missing_key.pt")
+    (d / "huge.json").write_text(json.dumps({"input_shape": [64], "layers": [
+        {"type": "Linear", "in_features": 64, "out_features": 10 ** 11}]}))
+    save_file({"0.weight": torch.zeros(1)}, str(d / "huge.safetensors"))
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 10 ** 6, 10 ** 6])
+    yv = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10 ** 6, 10 ** 6])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [yv])),
+              str(d / "huge.onnx"))
+    np.save(d / "data_wrong_shape.npy", np.zeros((5, 63), np.float32))
+    np.save(d / "data_strings.npy", np.array([["a"] * 64] * 3))
+    np.save(d / "data_empty.npy", np.zeros((0, 64), np.float32))
+    np.save(d / "data_nan.npy", np.full((4, 64), np.nan, np.float32))
+    np.savez(d / "data_bad_labels.npz", x=np.zeros((4, 64), np.float32), y=np.array([0, 1, 99, 2]))
+    np.save(d / "data_object.npy", np.array([Evil(marker)], dtype=object), allow_pickle=True)
+    torch.save({"x": torch.zeros(3, 64), "y": Evil(marker)}, d / "data_evil.pt")
+    (d / "data_ragged.csv").write_text("1,2,3\n4,5\n")
+    (d / "plan_bad.json").write_text(json.dumps({"models": [], "tasks": []}))
+    (d / "plan_garbage.json").write_text("{{{")
+    g = str(d / "good.pt")
+    m = "digits_relu_mlp"
+    return [
+        ("model: missing file", ["global", str(d / "nope.pt")]),
+        *[(f"model: truncated {n}", ["global", str(d / f"trunc_{n}"), *arch]) for n in
+          ("good.pt", "good.safetensors", "good.onnx", "good.pt2")],
+        *[(f"model: random bytes {ext}", ["global", str(d / f"random{ext}"), *arch]) for ext in
+          (".pt", ".safetensors", ".onnx", ".pt2", ".json", ".mat", ".ts")],
+        ("model: ONNX bytes named .pt", ["global", str(d / "onnx_as.pt"), *arch]),
+        ("model: JSON named .onnx", ["global", str(d / "json_as.onnx")]),
+        ("model: pickle with code (dict)", ["global", str(d / "evil.pt"), *arch]),
+        ("model: pickle with code (object)", ["global", str(d / "evil_module.pth")]),
+        ("model: ONNX with Softmax (unsupported)", ["global", str(d / "softmax.onnx")]),
+        ("model: ONNX with MaxPool (unsupported)", ["robustness", str(d / "maxpool.onnx"), "--eps", "0.1"]),
+        ("model: NaN weight", ["global", str(d / "nan.pt"), *arch]),
+        ("model: Inf weight (safetensors)", ["global", str(d / "inf.safetensors"), *arch]),
+        ("model: state_dict shape mismatch", ["global", str(d / "mismatch.pt"), *arch]),
+        ("model: state_dict missing key", ["global", str(d / "missing_key.pt"), *arch]),
+        ("model: weights without architecture", ["global", g]),
+        ("model: architecture factory missing", ["global", g, "--arch", "no_such_mod_xyz:make"]),
+        ("model: huge declared layer (spec)", ["global", str(d / "huge.json")]),
+        ("model: huge declared input (ONNX)", ["global", str(d / "huge.onnx")]),
+        ("data: wrong shape", ["robustness", m, "--eps", "0.01", "--data", str(d / "data_wrong_shape.npy")]),
+        ("data: wrong dtype (strings)", ["robustness", m, "--eps", "0.01", "--data", str(d / "data_strings.npy")]),
+        ("data: empty", ["robustness", m, "--eps", "0.01", "--data", str(d / "data_empty.npy")]),
+        ("data: NaN", ["robustness", m, "--eps", "0.01", "--data", str(d / "data_nan.npy")]),
+        ("data: labels out of range", ["robustness", m, "--eps", "0.01", "--data", str(d / "data_bad_labels.npz")]),
+        ("data: pickled object array", ["steps", m, "--data", str(d / "data_object.npy")]),
+        ("data: pickle with code in .pt", ["steps", m, "--data", str(d / "data_evil.pt")]),
+        ("data: ragged CSV", ["steps", m, "--data", str(d / "data_ragged.csv")]),
+        ("data: missing file", ["steps", m, "--data", str(d / "nothing.npy")]),
+        ("arg: eps = 0", ["robustness", m, "--eps", "0"]),
+        ("arg: eps < 0", ["lipschitz", m, "--eps", "-0.1"]),
+        ("arg: eps = nan", ["lipschitz", m, "--eps", "nan"]),
+        ("arg: eps = inf", ["robustness", m, "--eps", "inf"]),
+        ("arg: unknown norm", ["lipschitz", m, "--norm", "3"]),
+        ("arg: nonsense solver", ["global", m, "--solver", "GUROBI_PIRATE"]),
+        ("arg: nonsense method", ["robustness", m, "--eps", "0.01", "--method", "magic"]),
+        ("arg: negative BaB timeout", ["lipschitz", m, "--bab-timeout", "-5"]),
+        ("arg: index out of range", ["lipschitz", m, "--index", "100000"]),
+        ("arg: bad input shape", ["global", g, *arch, "--input-shape", "a,b"]),
+        ("arg: unknown option", ["global", m, "--frobnicate"]),
+        ("batch: empty plan", ["batch", str(d / "plan_bad.json")]),
+        ("batch: garbage plan", ["batch", str(d / "plan_garbage.json")]),
+        ("game: missing factory", ["game", "no_such_mod_xyz:f"]),
+        ("report: not a certificate", ["report", g]),
+    ]
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        marker = d / "PWNED"
+        cases = make_inputs(d, marker)
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        for what, args in cases:
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "certify.cli", *args], capture_output=True, text=True,
+                               timeout=600, env=env, cwd=ROOT)
+            err = [l for l in r.stderr.strip().splitlines() if l.strip()]
+            usage = r.stderr.startswith("Usage:")
+            line = err[-1] if err else ""
+            ok = (r.returncode == 2 and (len(err) == 1 or usage) and "Traceback" not in r.stderr
+                  and not marker.exists())
+            rows.append({"input": what, "exit": r.returncode, "message": line.replace(str(d), "<tmp>"),
+                         "traceback": "Traceback" in r.stderr, "code_executed": marker.exists(),
+                         "seconds": round(time.perf_counter() - t0, 2), "pass": ok})
+            print(("PASS " if ok else "FAIL ") + what + ": " + rows[-1]["message"][:120], flush=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    hw = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+          "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    (out / "hostile_inputs.json").write_text(json.dumps({"hardware": hw, "rows": rows,
+                                                         "passed": sum(r["pass"] for r in rows),
+                                                         "total": len(rows)}, indent=1) + "\n")
+    md = ["# Hostile and broken inputs", "",
+          f"`python bench/hostile_inputs.py` on {hw['cores']} cores ({hw['processor']}), Python {hw['python']}, "
+          f"torch {hw['torch']}. A row passes when the CLI exits with 2, prints one line naming the problem, leaks "
+          "no traceback and runs no foreign code (a malicious pickle would create a marker file).", "",
+          f"**{sum(r['pass'] for r in rows)} / {len(rows)} pass.**", "",
+          "| input | exit | message | traceback | code ran | pass |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        msg = r["message"].replace("|", "\\|")
+        md.append(f"| {r['input']} | {r['exit']} | {msg} | {'yes' if r['traceback'] else 'no'} | "
+                  f"{'YES' if r['code_executed'] else 'no'} | {'✓' if r['pass'] else '✗'} |")
+    (out / "hostile_inputs.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
