@@ -211,3 +211,19 @@ def test_zoo_has_the_required_architectures():
     need = [{"relu", "linear"}, {"relu", "conv2d"}, {"maxmin"}, {"groupsort"}, {"householder"}, {"maxmin", "add"}]
     for want in need:
         assert any(want <= o for o in ops.values()), want
+
+
+def test_huge_declared_shapes_are_refused_before_allocation(tmp_path):
+    spec = {"input_shape": [8], "layers": [{"type": "Linear", "in_features": 8, "out_features": 10 ** 12}]}
+    (tmp_path / "h.json").write_text(json.dumps(spec))
+    save_file({"0.weight": torch.zeros(1)}, str(tmp_path / "h.safetensors"))
+    with pytest.raises(ModelLoadError, match="more than the limit"):
+        load(tmp_path / "h.json")
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 100000, 100000])
+    yv = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 100000, 100000])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [yv])
+    onnx.save(helper.make_model(g), str(tmp_path / "huge.onnx"))
+    with pytest.raises(ShapeMismatchError, match="limit"):
+        load(tmp_path / "huge.onnx")
