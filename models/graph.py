@@ -209,9 +209,9 @@ class Network:
                 if v.is_floating_point() and not torch.isfinite(v).all():
                     raise ModelLoadError(f"layer {n.path or n.name}: parameter {k!r} contains NaN or Inf")
 
-    def to_module(self) -> torch.nn.Module:
+    def to_module(self, requires_grad: bool = True) -> torch.nn.Module:
         """An ``nn.Module`` view that evaluates this description (for attacks, JVPs, export)."""
-        return NetworkModule(self)
+        return NetworkModule(self, requires_grad)
 
 
 class NetworkModule(torch.nn.Module):

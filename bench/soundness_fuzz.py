@@ -1,0 +1,362 @@
+"""Soundness fuzzing across all methods: every certified quantity against an independent truth.
+
+    python bench/soundness_fuzz.py [--pairs 10000] [--seed 0] [--time-budget 1200]
+
+Random networks (depth 1-6, widths 2-64, ReLU / LeakyReLU / Tanh / Sigmoid / MaxMin / GroupSort /
+Householder, residual blocks, float32 and float64) on random regions (l_inf boxes, l2 and l1 balls,
+radii 1e-4..1, degenerate eps = 0, clipped boxes).  A *pair* is one (certified quantity, instance);
+a *violation* is a pair where the certificate is beaten by its truth:
+
+| method          | certified quantity                       | independent truth                                  |
+|-----------------|------------------------------------------|----------------------------------------------------|
+| ibp/crown/alpha | output bounds on the region              | outputs at sampled, vertex and boundary points (f64)|
+| local_lipschitz | upper bound of the local constant        | Jacobian norms at sampled points (autograd, f64)    |
+| bab_exact       | BaB-to-completion value, tiny ReLU nets  | MILP oracle (HiGHS), and sampled gradients          |
+| lipsdp          | certified global l2 bound (small nets)   | spectral norms of sampled Jacobians                 |
+| ghost_radius    | rho_a = pi / Delta_a                     | nearest complex zero of the partition function (polynomial roots) |
+| ghost_binary    | exact binary radius                      | the same roots: must agree to 1e-6                  |
+| sgn             | margin, Euler factor, certified steps    | metric monotonicity by sampling, exact step-operator norm, simulated Euler |
+
+Writes bench/results/soundness_fuzz.json and .md.  ``run()`` is also called by the tests with a
+small seeded budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import models
+import relax
+from models import GroupSort, HouseholderActivation, MaxMin, Residual
+
+ACTS = ("relu", "leaky_relu", "tanh", "sigmoid", "maxmin", "groupsort", "householder")
+
+
+def _act(kind: str, width: int, rng: np.random.Generator) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(float(rng.uniform(0.01, 0.3)))
+    if kind == "tanh":
+        return nn.Tanh()
+    if kind == "sigmoid":
+        return nn.Sigmoid()
+    if kind == "maxmin":
+        return MaxMin("pairs" if rng.random() < 0.7 else "halves")
+    if kind == "groupsort":
+        return GroupSort(4 if width % 4 == 0 else 2, descending=bool(rng.random() < 0.5))
+    return HouseholderActivation(width, 2, torch.tensor(rng.standard_normal((width // 2, 2)), dtype=torch.float32))
+
+
+def random_network(rng: np.random.Generator, max_width: int = 64, max_depth: int = 6):
+    depth = int(rng.integers(1, max_depth + 1))
+    act = str(rng.choice(ACTS))
+    width = int(rng.choice([2, 4, 8, 16, 32, 64]))
+    width = min(width, max_width)
+    in_dim = int(rng.integers(2, 9))
+    out_dim = int(rng.integers(2, 6))
+    residual = bool(rng.random() < 0.25) and depth >= 2
+    torch.manual_seed(int(rng.integers(0, 2 ** 31)))
+    layers: list[nn.Module] = [nn.Linear(in_dim, width), _act(act, width, rng)]
+    for _ in range(depth - 1):
+        if residual:
+            layers.append(Residual(nn.Sequential(nn.Linear(width, width), _act(act, width, rng))))
+        else:
+            layers += [nn.Linear(width, width), _act(act, width, rng)]
+    layers.append(nn.Linear(width, out_dim))
+    module = nn.Sequential(*layers).eval()
+    dtype = torch.float64 if rng.random() < 0.5 else torch.float32
+    module = module.to(dtype)
+    net = models.from_module(module, (in_dim,))
+    # the certified function is the normalized description; its float64 evaluation is the truth
+    module = net.to(torch.float64).to_module(requires_grad=False)
+    desc = f"{act} d{depth} w{width} in{in_dim} out{out_dim}{' res' if residual else ''} {str(dtype)[6:]}"
+    return module, net, desc
+
+
+def random_region(rng: np.random.Generator, net, dtype):
+    n = net.input_shape[0]
+    center = torch.tensor(rng.standard_normal((1, n)), dtype=dtype)
+    p = [math.inf, 2, 1][int(rng.integers(0, 3))]
+    r = rng.random()
+    eps = 0.0 if r < 0.03 else float(10 ** rng.uniform(-4, 0))
+    clip = None
+    if p == math.inf and rng.random() < 0.3:
+        lo = float(center.min()) - float(rng.uniform(0, 0.5))
+        hi = float(center.max()) + float(rng.uniform(0, 0.5))
+        clip = (lo, hi)
+    return relax.Ball(center, eps, p=p, clip=clip), (center, eps, p, clip)
+
+
+def sample_region(info, m: int, rng: np.random.Generator) -> torch.Tensor:
+    """Points of the region: interior, boundary and vertices, in float64."""
+    center, eps, p, clip = info
+    c = center.double()[0]
+    n = c.numel()
+    g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
+    if p == math.inf:
+        u = 2 * torch.rand(m, n, generator=g, dtype=torch.float64) - 1
+        k = m // 4
+        u[:k] = torch.sign(u[:k])  # vertices
+        x = c + eps * u
+        if clip is not None:
+            x = x.clamp(clip[0], clip[1])
+        return x
+    if p == 2:
+        d = torch.randn(m, n, generator=g, dtype=torch.float64)
+        d = d / d.norm(dim=1, keepdim=True)
+        rad = torch.rand(m, 1, generator=g, dtype=torch.float64) ** (1.0 / n)
+        rad[: m // 3] = 1.0  # boundary
+        return c + eps * (1 - 1e-12) * rad * d
+    e = -torch.log(torch.rand(m, n, generator=g, dtype=torch.float64))
+    d = e / e.sum(dim=1, keepdim=True) * torch.sign(torch.randn(m, n, generator=g, dtype=torch.float64))
+    rad = torch.rand(m, 1, generator=g, dtype=torch.float64) ** (1.0 / n)
+    x = c + eps * (1 - 1e-12) * rad * d
+    k = min(2 * n, m // 4)
+    for j in range(k):  # vertices +-eps e_i
+        x[j] = c
+        x[j, (j // 2) % n] += eps * (1 - 1e-12) * (1 if j % 2 == 0 else -1)
+    return x
+
+
+class Tally:
+    def __init__(self):
+        self.data: dict[str, dict] = {}
+
+    def add(self, method: str, ok: bool, detail: str = "", skipped: bool = False):
+        d = self.data.setdefault(method, {"pairs": 0, "violations": 0, "skipped": 0, "examples": []})
+        if skipped:
+            d["skipped"] += 1
+            return
+        d["pairs"] += 1
+        if not ok:
+            d["violations"] += 1
+            if len(d["examples"]) < 5:
+                d["examples"].append(detail)
+
+    @property
+    def pairs(self):
+        return sum(d["pairs"] for d in self.data.values())
+
+
+def check_forward(t: Tally, net, module, region, info, desc, rng, methods=("ibp", "crown", "alpha-crown")):
+    x = sample_region(info, 600, rng)
+    with torch.no_grad():
+        y = module(x)
+    for m in methods:
+        try:
+            b = relax.compute_bounds(net, region, method=m, alpha_iters=5)
+        except models.UnsupportedOperationError:
+            t.add(m, True, skipped=True)
+            continue
+        lo, hi = b.lower[0].double(), b.upper[0].double()
+        tol = 1e-9 * (1 + y.abs())
+        ok = bool((y >= lo - tol).all() and (y <= hi + tol).all() and torch.isfinite(lo).all() and torch.isfinite(hi).all())
+        t.add(m, ok, f"{desc}: {m} bound violated by {float(torch.maximum(lo - y, y - hi).max()):.3g}")
+
+
+def _jac_norms(module, x, p) -> torch.Tensor:
+    J = torch.func.vmap(torch.func.jacrev(lambda z: module(z[None])[0]))(x)
+    ordp = {math.inf: math.inf, 2: 2, 1: 1}[p]
+    return torch.linalg.matrix_norm(J, ord=ordp)
+
+
+def check_local_lipschitz(t: Tally, net, module, region, info, desc, rng):
+    from relax.lipschitz import local_lipschitz
+    p = info[2]
+    norm = {math.inf: "inf", 2: "2", 1: "1"}[p]
+    try:
+        res = local_lipschitz(net, region, norm=norm, attack_options={"steps": 10, "n_starts": 4, "n_samples": 128})
+    except (models.UnsupportedOperationError, NotImplementedError):
+        t.add("local_lipschitz", True, skipped=True)
+        return
+    x = sample_region(info, 200, rng)
+    m64 = module
+    truth = float(_jac_norms(m64, x, p).max())
+    ok = math.isfinite(res.upper) and res.upper >= truth * (1 - 1e-9) - 1e-12 and res.upper >= res.lower - 1e-12
+    t.add("local_lipschitz", ok, f"{desc} {norm}: upper {res.upper:.6g} < sampled {truth:.6g} / attack {res.lower:.6g}")
+
+
+def check_bab_exact(t: Tally, rng):
+    """Tiny ReLU nets: BaB to completion equals the MILP oracle; both >= sampled gradients."""
+    from relax.lipschitz import local_lipschitz
+    from relax.lipschitz.exact import exact_local_lipschitz
+    torch.manual_seed(int(rng.integers(0, 2 ** 31)))
+    n_in, w = int(rng.integers(2, 5)), int(rng.integers(3, 7))
+    module = nn.Sequential(nn.Linear(n_in, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2)).double().eval()
+    net = models.from_module(module, (n_in,))
+    center = torch.tensor(rng.standard_normal((1, n_in)))
+    eps = float(10 ** rng.uniform(-1.5, 0))
+    region = relax.Ball(center, eps, p=math.inf)
+    c = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    res = local_lipschitz(net, region, norm="inf", c=c, bab_timeout=20.0)
+    ex = exact_local_lipschitz(net, region, c=c, norm="inf", time_limit=20.0)
+    exact_val = float(getattr(ex, "value", getattr(ex, "upper", float("nan"))))
+    x = sample_region((center, eps, math.inf, None), 400, rng).requires_grad_(True)
+    (g,) = torch.autograd.grad((module(x) @ c).sum(), x)
+    sampled = float(g.abs().sum(dim=1).max())
+    ok = res.upper >= sampled * (1 - 1e-9) - 1e-12
+    if res.exact and math.isfinite(exact_val) and getattr(ex, "status", "optimal") in ("optimal", "proved", "exact"):
+        ok = ok and abs(res.upper - exact_val) <= 1e-6 * max(1.0, abs(exact_val))
+    t.add("bab_exact", ok, f"tiny relu {n_in}-{w}-{w}-2 eps {eps:.3g}: bab {res.upper:.9g} (exact={res.exact}) "
+                           f"milp {exact_val:.9g} sampled {sampled:.9g}")
+
+
+def check_lipsdp(t: Tally, rng):
+    import sdp
+    module, net, desc = random_network(rng, max_width=16, max_depth=3)
+    if sum(int(np.prod(n.shape)) for n in net.nodes if n.op in models.ACTIVATIONS) > 48:
+        t.add("lipsdp", True, skipped=True)
+        return
+    try:
+        cert = sdp.lipschitz_bound(net, norm=2, solver="CLARABEL" if rng.random() < 0.7 else "SCS")
+    except (models.UnsupportedOperationError, NotImplementedError):
+        t.add("lipsdp", True, skipped=True)
+        return
+    if not cert.certified:
+        t.add("lipsdp", True, skipped=True)
+        return
+    g = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 31)))
+    x = torch.randn(300, net.input_shape[0], generator=g, dtype=torch.float64) * float(rng.choice([0.3, 1, 3]))
+    truth = float(_jac_norms(module, x, 2).max())
+    t.add("lipsdp", cert.certified_value >= truth * (1 - 1e-9),
+          f"{desc}: LipSDP {cert.certified_value:.6g} < sampled {truth:.6g}")
+
+
+def _nearest_zero(z: np.ndarray, a: np.ndarray) -> float:
+    """Distance from 0 to the nearest complex zero of F(t) = sum_k exp(z_k + t a_k), a_k integers."""
+    a = a - a.min()
+    deg = int(a.max())
+    coef = np.zeros(deg + 1)
+    for zk, ak in zip(z, a):
+        coef[deg - int(ak)] += math.exp(zk - z.max())
+    roots = np.roots(coef)
+    roots = roots[np.abs(roots) > 0]
+    t = np.log(np.abs(roots)) ** 2 + np.angle(roots) ** 2
+    return float(np.sqrt(t.min())) if len(t) else math.inf
+
+
+def check_ghosts(t: Tally, rng):
+    from certify.ghosts import exact_binary_radii, radius_from_dlogits
+    n = int(rng.integers(2, 7))
+    z = rng.standard_normal(n) * float(rng.choice([0.3, 2, 6]))
+    a = rng.integers(0, 5, size=n).astype(float)
+    if a.max() == a.min():
+        a[0] += 1
+    truth = _nearest_zero(z, a)
+    rho = radius_from_dlogits(torch.tensor(a)[None]).rho_a
+    t.add("ghost_radius", rho <= truth * (1 + 1e-9), f"z={z.round(3)}, a={a}: rho_a {rho:.6g} > nearest zero {truth:.6g}")
+    if n == 2:
+        ex = float(exact_binary_radii(torch.tensor(z)[None], torch.tensor(a)[None])[0])
+        t.add("ghost_binary", abs(ex - truth) <= 1e-6 * truth, f"z={z}, a={a}: exact {ex:.9g} vs roots {truth:.9g}")
+
+
+def check_sgn(t: Tally, rng):
+    from certify.games import QuadraticGame, certify_game
+    N = int(rng.integers(2, 5))
+    dims = [int(d) for d in rng.integers(1, 4, size=N)]
+    d = sum(dims)
+    offs = np.concatenate([[0], np.cumsum(dims)])
+    A = np.zeros((d, d))
+    scale = float(10 ** rng.uniform(-1.5, 0.5))
+    for i in range(N):
+        si = slice(offs[i], offs[i + 1])
+        B = rng.standard_normal((dims[i], dims[i]))
+        A[si, si] = B @ B.T + float(rng.uniform(0.2, 2)) * np.eye(dims[i])
+        for j in range(N):
+            if i != j:
+                A[si, slice(offs[j], offs[j + 1])] = scale * rng.standard_normal((dims[i], dims[j]))
+    cert = certify_game(QuadraticGame(A, dims))
+    if cert.status != "certified":
+        t.add("sgn", True, skipped=True)
+        return
+    w = np.concatenate([[cert.weights[i]] * dims[i] for i in range(N)])
+    M = np.diag(w)
+    Mh, Mih = np.diag(np.sqrt(w)), np.diag(1 / np.sqrt(w))
+    # strong monotonicity in the metric: v^T M A v >= alpha v^T M v
+    S = Mih @ (0.5 * (M @ A + A.T @ M)) @ Mih
+    ok = np.linalg.eigvalsh(S).min() >= cert.margin * (1 - 1e-9) - 1e-12
+    # Lipschitz in the metric: ||A||_M <= beta
+    ok = ok and np.linalg.norm(Mh @ A @ Mih, 2) <= cert.beta * (1 + 1e-9) + 1e-12
+    h = cert.euler.get("h_opt")
+    fac = cert.euler.get("rate_opt")
+    if h and fac is not None:
+        T = Mh @ (np.eye(d) - h * A) @ Mih
+        ok = ok and np.linalg.norm(T, 2) <= fac * (1 + 1e-9) + 1e-12
+        x = rng.standard_normal(d)
+        nx = math.sqrt(x @ M @ x)
+        for k in range(1, 31):
+            x = x - h * (A @ x)
+            ok = ok and math.sqrt(x @ M @ x) <= nx * fac ** k * (1 + 1e-9) + 1e-12
+    t.add("sgn", bool(ok), f"N={N} dims={dims}: margin {cert.margin:.4g} beta {cert.beta:.4g} h {h} factor {fac}")
+
+
+def run(pairs: int = 10000, seed: int = 0, time_budget: float = 1800.0, log=print) -> dict:
+    warnings.filterwarnings("ignore")
+    rng = np.random.default_rng(seed)
+    t = Tally()
+    t0 = time.perf_counter()
+    i = 0
+    while t.pairs < pairs and time.perf_counter() - t0 < time_budget:
+        i += 1
+        module, net, desc = random_network(rng)
+        region, info = random_region(rng, net, net.dtype)
+        check_forward(t, net, module, region, info, desc, rng)
+        if i % 2 == 0:
+            check_local_lipschitz(t, net, module, region, info, desc, rng)
+        for _ in range(4):
+            check_ghosts(t, rng)
+        check_sgn(t, rng)
+        if i % 25 == 0:
+            check_lipsdp(t, rng)
+        if i % 60 == 0:
+            check_bab_exact(t, rng)
+        if i % 50 == 0 and log:
+            log(f"{t.pairs} pairs, {sum(d['violations'] for d in t.data.values())} violations, "
+                f"{time.perf_counter() - t0:.0f} s")
+    return {"seed": seed, "instances": i, "pairs": t.pairs,
+            "violations": sum(d["violations"] for d in t.data.values()),
+            "seconds": round(time.perf_counter() - t0, 1), "by_method": t.data}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-budget", type=float, default=1800.0)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    res = run(args.pairs, args.seed, args.time_budget)
+    hw = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+          "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    res["hardware"] = hw
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "soundness_fuzz.json").write_text(json.dumps(res, indent=1) + "\n")
+    md = ["# Soundness fuzzing", "", f"`python bench/soundness_fuzz.py --pairs {args.pairs} --seed {args.seed}` on "
+          f"{hw['cores']} cores ({hw['processor']}), torch {hw['torch']}: {res['instances']} random instances, "
+          f"**{res['pairs']} pairs, {res['violations']} violations**, {res['seconds']} s.", "",
+          "| method | pairs | violations | skipped (unsupported / not certified) |", "|---|---|---|---|"]
+    for m, d in sorted(res["by_method"].items()):
+        md.append(f"| {m} | {d['pairs']} | {d['violations']} | {d['skipped']} |")
+    if res["violations"]:
+        md += ["", "## Violations (first examples)", ""]
+        for m, d in res["by_method"].items():
+            md += [f"- {m}: {e}" for e in d["examples"]]
+    (out / "soundness_fuzz.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
