@@ -1,0 +1,356 @@
+"""Safe-step controller: keep every optimizer step inside the softmax-ghost radius ``ρ_a``.
+
+Rule (Sao 2026, Prop. 5.2).  Let ``p = θ_new − θ_old`` be the update the optimizer proposes (learning
+rate, momentum, Adam scaling and decoupled weight decay included), ``τ₀ = ‖p‖`` and ``ρ_a`` the radius
+of :mod:`certify.ghosts` along ``v̂ = p/τ₀`` on the current batch.
+
+* ``mode="clip"``: apply ``s·p`` with ``s = min(1, ρ_a/τ₀)`` -- the applied step has ``r = ‖s p‖/ρ_a ≤ 1``.
+  The scale carries a relative safety factor ``1 − 1e-6`` and the *applied* displacement is re-measured
+  in float64 after the update; if rounding pushed it over ``ρ_a`` it is shrunk again, so the recorded
+  ``r_applied ≤ 1`` is a measured fact, not an assumption.
+* ``mode="set"``: apply ``s·p`` with ``s = r_target·ρ_a/τ₀`` (schedule-free step length, may enlarge).
+
+The step is taken by the optimizer as usual and rescaled afterwards (``θ ← θ_old + s(θ_new − θ_old)``),
+which is exactly the paper's ``p̃ = s·p``; the optimizer's internal state (moments, momentum buffers)
+is left as the optimizer computed it.  A step whose ``ρ_a`` or ``‖p‖`` is NaN/Inf is *rejected*
+(``θ ← θ_old``, ``status="rejected_nonfinite"``) -- it is never certified.
+
+Cost.  The controller snapshots θ_old in a pre-step hook (one ``foreach`` copy) and needs the batch the
+gradient came from: by default a forward hook records the inputs *and logits* of the last forward run with
+autograd enabled, so nothing is recomputed.  ``method="fd"`` then needs one extra forward without autograd
+(``a ≈ (z(θ_old + ε v̂) − z)/ε``, an *estimate*); ``method="jvp"`` (default) runs one exact forward-mode
+JVP (per-step records labelled ``certified`` for the logit-linearized loss on the batch).
+
+Each step appends a :class:`StepCertificate` to ``controller.records`` (and to a JSONL file if given).
+Adapters for PyTorch Lightning and Hugging Face ``Trainer`` are built on demand by
+:func:`lightning_callback` and :func:`hf_callback` (they import those packages lazily).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from models.errors import InvalidArgumentError
+from .ghosts import _first_tensor, logit_fd, logit_jvp, radius_from_dlogits
+
+_SAFETY = 1.0 - 1e-6
+
+
+@dataclass
+class StepCertificate:
+    """What one controlled step did.  ``r_* = ‖step‖/ρ_a``; ``scale`` multiplied the proposed update."""
+
+    step: int
+    rho_a: float
+    step_norm: float          # ‖p‖ proposed by the optimizer
+    applied_norm: float       # ‖θ_after − θ_old‖ measured in float64
+    r_proposed: float
+    r_applied: float
+    scale: float
+    bottleneck: list[int]
+    n_samples: int
+    mode: str
+    method: str
+    kind: str                 # "certified" (exact JVP) | "estimate" (finite differences / rejected)
+    status: str               # "ok" | "clipped" | "set" | "unbounded" | "rejected_nonfinite" | "zero_step"
+    temperature: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                d[k] = None
+        return d
+
+
+def _flat_norm64(tensors: list[torch.Tensor]) -> float:
+    if not tensors:
+        return 0.0
+    norms = torch._foreach_norm([t.double() if t.dtype != torch.float64 else t for t in tensors])
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def _underlying(opt: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside wrappers (Lightning's LightningOptimizer, accelerate's AcceleratedOptimizer)."""
+    seen = 0
+    while hasattr(opt, "optimizer") and isinstance(opt.optimizer, torch.optim.Optimizer) and seen < 5:
+        opt, seen = opt.optimizer, seen + 1  # the wrapper's step() calls the inner step (hooks fire there)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise InvalidArgumentError(f"expected a torch.optim.Optimizer, got {type(opt).__name__}")
+    return opt
+
+
+class SafeStepController:
+    """Clip (or set) every step of ``optimizer`` to the ghost radius ``ρ_a`` of ``model`` on the batch.
+
+    Parameters: ``mode`` ``"clip"``/``"set"``; ``r_target`` (set mode); ``method`` ``"jvp"``/``"fd"``;
+    ``temperature`` of the loss ``CE(z/T)``; ``capture``: ``"forward"`` (hook on ``logits_module``,
+    default ``model``, records the last forward run with autograd enabled) or ``"manual"`` (call
+    :meth:`observe` before each step); ``model_mode`` for the radius forward (``"as_is"`` = the
+    module's mode, i.e. batch statistics in training); ``jsonl`` a file to append records to.
+    Only the parameters of ``model`` that are in the optimizer are controlled.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any, *, mode: str = "clip", r_target: float = 1.0,
+                 method: str = "jvp", temperature: float = 1.0, capture: str = "forward",
+                 logits_module: nn.Module | None = None, model_mode: str = "as_is", eps: float = 1e-3,
+                 logits_fn: Callable[[Any], torch.Tensor] = _first_tensor, jsonl: str | Path | None = None,
+                 keep_records: bool = True, attach: bool = True):
+        if mode not in ("clip", "set"):
+            raise InvalidArgumentError(f"controller mode must be 'clip' or 'set', got {mode!r}")
+        if method not in ("jvp", "fd"):
+            raise InvalidArgumentError(f"controller method must be 'jvp' or 'fd', got {method!r}")
+        if capture not in ("forward", "manual"):
+            raise InvalidArgumentError(f"capture must be 'forward' or 'manual', got {capture!r}")
+        if not (r_target > 0 and math.isfinite(r_target)):
+            raise InvalidArgumentError(f"r_target must be positive and finite, got {r_target}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise InvalidArgumentError(f"temperature must be positive and finite, got {temperature}")
+        self.model, self.optimizer = model, _underlying(optimizer)
+        self.logits_module = logits_module if logits_module is not None else model
+        self.mode, self.r_target, self.method, self.temperature = mode, float(r_target), method, float(temperature)
+        self.capture, self.model_mode, self.eps, self.logits_fn = capture, model_mode, eps, logits_fn
+        self.jsonl = Path(jsonl) if jsonl is not None else None
+        self.keep_records = keep_records
+        self.records: list[StepCertificate] = []
+        self.last: StepCertificate | None = None
+        self._step = 0
+        self._batch: tuple[tuple, dict, torch.Tensor | None] | None = None
+        self._busy = False
+        self._handles: list[Any] = []
+        in_opt = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        self._names = [k for k, p in self.logits_module.named_parameters() if id(p) in in_opt and p.requires_grad]
+        named = dict(self.logits_module.named_parameters())
+        self._params = [named[k] for k in self._names]
+        if not self._params:
+            raise InvalidArgumentError("none of the model's parameters is in the optimizer")
+        if method == "fd" and any(p.dtype not in (torch.float32, torch.float64) for p in self._params):
+            raise InvalidArgumentError("method='fd' needs float32/float64 parameters (a finite difference in half "
+                                       "precision is meaningless); use method='jvp', which runs in float32")
+        self._old: list[torch.Tensor] | None = None
+        self._new: list[torch.Tensor] | None = None
+        self._bufsave: list[torch.Tensor] = []
+        if attach:
+            self.attach()
+
+    # ------------------------------------------------------------------ wiring
+    def attach(self) -> "SafeStepController":
+        if self._handles:
+            return self
+        self._handles.append(self.optimizer.register_step_pre_hook(self._pre))
+        self._handles.append(self.optimizer.register_step_post_hook(self._post))
+        if self.capture == "forward":
+            self._handles.append(self.logits_module.register_forward_hook(self._on_forward, with_kwargs=True))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def observe(self, x: Any, logits: torch.Tensor | None = None, kwargs: dict | None = None) -> None:
+        """Set the batch (and optionally its logits at the current θ, reused by ``method="fd"``)."""
+        args = x if isinstance(x, tuple) else (x,)
+        self._batch = (args, dict(kwargs or {}), None if logits is None else logits.detach())
+
+    def _on_forward(self, module, args, kwargs, output) -> None:
+        if self._busy or not torch.is_grad_enabled():
+            return
+        try:
+            z = self.logits_fn(output).detach()
+        except InvalidArgumentError:
+            z = None
+        self._batch = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                       {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}, z)
+
+    # ------------------------------------------------------------------ hooks
+    def _pre(self, optimizer, args, kwargs) -> None:
+        with torch.no_grad():
+            if self._old is None:
+                self._old = [p.detach().clone() for p in self._params]
+            else:
+                torch._foreach_copy_(self._old, [p.detach() for p in self._params])
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        if self._batch is None:
+            raise InvalidArgumentError("SafeStepController: no batch seen before optimizer.step(); run the "
+                                       "forward with autograd enabled or call controller.observe(x)")
+        self._step += 1
+        cur = [p.detach() for p in self._params]
+        with torch.no_grad():
+            delta = torch._foreach_sub(cur, self._old)
+            tau = _flat_norm64(delta)
+            rec = self._decide(delta, tau)
+        self.last = rec
+        if self.keep_records:
+            self.records.append(rec)
+        if self.jsonl is not None:
+            with self.jsonl.open("a") as f:
+                f.write(json.dumps(rec.to_dict()) + "\n")
+
+    def _radius(self, delta: list[torch.Tensor], tau: float):
+        args, kw, z0 = self._batch
+        self._busy = True
+        try:
+            if self.method == "fd" and z0 is not None and self.model_mode == "as_is":
+                a = self._fd_inplace(delta, tau, args, kw, z0)
+            else:
+                old = dict(zip(self._names, self._old))
+                params = {k: old.get(k, p) for k, p in self.logits_module.named_parameters()}
+                unit = {k: d / tau for k, d in zip(self._names, delta)}
+                if self.method == "jvp":
+                    _, a = logit_jvp(self.logits_module, args, unit, mode=self.model_mode, params=params,
+                                     kwargs=kw, logits_fn=self.logits_fn)
+                else:
+                    _, a = logit_fd(self.logits_module, args, unit, eps=self.eps, z0=None, mode=self.model_mode,
+                                    params=params, kwargs=kw, logits_fn=self.logits_fn)
+        finally:
+            self._busy = False
+        return radius_from_dlogits(a, temperature=self.temperature, method=self.method)
+
+    def _fd_inplace(self, delta: list[torch.Tensor], tau: float, args: tuple, kw: dict,
+                    z0: torch.Tensor) -> torch.Tensor:
+        """``(z(θ_old + ε v̂) − z(θ_old))/ε`` with ``z(θ_old)`` = the training forward's logits.
+
+        Writes θ_old + ε v̂ into the parameters, runs the module's own forward without autograd, and puts
+        θ_new and the buffers (BatchNorm statistics) back bit for bit.
+        """
+        cur = [p.detach() for p in self._params]
+        bufs = [b for b in self.logits_module.buffers()]
+        if self._new is None:
+            self._new = [c.clone() for c in cur]
+            self._bufsave = [b.clone() for b in bufs]
+        else:
+            torch._foreach_copy_(self._new, cur)
+            if bufs:
+                torch._foreach_copy_(self._bufsave, bufs)
+        try:
+            torch._foreach_copy_(cur, self._old)
+            torch._foreach_add_(cur, delta, alpha=self.eps / tau)
+            z1 = self.logits_fn(self.logits_module(*args, **kw)).detach()
+        finally:
+            torch._foreach_copy_(cur, self._new)
+            if bufs:
+                torch._foreach_copy_(bufs, self._bufsave)
+        return (z1 - z0) / self.eps
+
+    def _apply_scale(self, s: float, delta: list[torch.Tensor]) -> float:
+        """θ ← θ_old + s·(θ_new − θ_old); returns the applied displacement ‖θ − θ_old‖ measured in float64."""
+        cur = [p.detach() for p in self._params]
+        torch._foreach_copy_(cur, self._old)
+        if s != 0.0:
+            torch._foreach_add_(cur, delta, alpha=s)
+        return _flat_norm64(torch._foreach_sub(cur, self._old)) if s != 0.0 else 0.0
+
+    def _decide(self, delta: list[torch.Tensor], tau: float) -> StepCertificate:
+        common = dict(step=self._step, mode=self.mode, method=self.method, temperature=self.temperature)
+        if tau == 0.0:
+            return StepCertificate(rho_a=math.inf, step_norm=0.0, applied_norm=0.0, r_proposed=0.0, r_applied=0.0,
+                                   scale=1.0, bottleneck=[], n_samples=0, kind="estimate", status="zero_step",
+                                   **common)
+        res = None if not math.isfinite(tau) else self._radius(delta, tau)
+        if res is None or res.status == "nonfinite":
+            self._apply_scale(0.0, delta)  # reject: back to θ_old
+            return StepCertificate(rho_a=0.0 if res is None else res.rho_a, step_norm=tau, applied_norm=0.0,
+                                   r_proposed=math.inf, r_applied=0.0, scale=0.0,
+                                   bottleneck=[] if res is None else list(res.bottleneck),
+                                   n_samples=0 if res is None else res.n_samples, kind="estimate",
+                                   status="rejected_nonfinite", **common)
+        rho = res.rho_a
+        r_prop = tau / rho if rho > 0 else math.inf
+        if res.status == "unbounded":
+            s, status = 1.0, "unbounded"
+        elif self.mode == "clip":
+            s = min(1.0, _SAFETY * rho / tau)
+            status = "clipped" if s < 1.0 else "ok"
+        else:
+            s, status = self.r_target * rho / tau, "set"
+        if s != 1.0:
+            applied = self._apply_scale(s, delta)
+            if self.mode == "clip" and applied > rho:  # rounding pushed it over: shrink once more
+                applied = self._apply_scale(s * _SAFETY * rho / applied, delta)
+        else:
+            applied = tau
+        return StepCertificate(rho_a=rho, step_norm=tau, applied_norm=applied, r_proposed=r_prop,
+                               r_applied=applied / rho if math.isfinite(rho) and rho > 0 else 0.0, scale=s,
+                               bottleneck=list(res.bottleneck), n_samples=res.n_samples, kind=res.kind,
+                               status=status, **common)
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self) -> dict[str, Any]:
+        """Counts and extremes over the recorded steps (JSON-ready)."""
+        recs = self.records
+        fin = [r.r_applied for r in recs if math.isfinite(r.r_applied)]
+        return {"steps": len(recs), "mode": self.mode, "method": self.method,
+                "clipped": sum(r.status == "clipped" for r in recs),
+                "rejected": sum(r.status == "rejected_nonfinite" for r in recs),
+                "max_r_applied": max(fin) if fin else None,
+                "max_r_proposed": max((r.r_proposed for r in recs if math.isfinite(r.r_proposed)), default=None),
+                "kind": "certified" if recs and all(r.kind == "certified" for r in recs) else "estimate"}
+
+    def write_jsonl(self, path: str | Path) -> None:
+        with Path(path).open("w") as f:
+            for r in self.records:
+                f.write(json.dumps(r.to_dict()) + "\n")
+
+
+# ---------------------------------------------------------------------- framework adapters
+def lightning_callback(logits_attr: str | None = None, **controller_kwargs: Any):
+    """A ``lightning.pytorch.Callback`` that attaches a :class:`SafeStepController` at ``on_train_start``.
+
+    ``logits_attr`` names the submodule of the LightningModule whose forward returns the logits (default:
+    the LightningModule itself).  Records are in ``callback.controller.records``.
+    """
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:  # pragma: no cover - depends on the environment
+        try:
+            from pytorch_lightning import Callback
+        except ImportError as e:
+            raise InvalidArgumentError("PyTorch Lightning is not installed (pip install lightning)") from e
+
+    class SafeStepCallback(Callback):
+        def __init__(self) -> None:
+            self.controller: SafeStepController | None = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            target = getattr(pl_module, logits_attr) if logits_attr else pl_module
+            self.controller = SafeStepController(target, trainer.optimizers[0], **controller_kwargs)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self.controller is not None:
+                self.controller.detach()
+
+    return SafeStepCallback()
+
+
+def hf_callback(**controller_kwargs: Any):
+    """A ``transformers.TrainerCallback`` attaching a :class:`SafeStepController` at ``on_train_begin``.
+
+    Uses the model's ``.logits`` output and the inputs of the last training forward (forward hook).
+    With gradient accumulation only the last micro-batch defines ``ρ_a``.
+    """
+    try:
+        from transformers import TrainerCallback
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise InvalidArgumentError("Hugging Face transformers is not installed") from e
+
+    class SafeStepHFCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.controller: SafeStepController | None = None
+
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            self.controller = SafeStepController(model, optimizer, **controller_kwargs)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.controller is not None:
+                self.controller.detach()
+
+    return SafeStepHFCallback()
