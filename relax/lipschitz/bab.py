@@ -1,0 +1,240 @@
+"""Complete branch-and-bound for the local Lipschitz constant of ReLU / LeakyReLU chain networks.
+
+A domain is (seed row ``s``, partial activation pattern): each neuron is free, split "on"
+(``z >= 0``) or split "off" (``z <= 0``).  For a batch of domains:
+
+1. **Re-bound the forward graph under the splits**: interval arithmetic from the input box with the
+   root pre-activation bounds (forward engine CROWN) intersected in and every split neuron's
+   interval clamped to its side of zero; neurons downstream of a split become stable when their
+   interval no longer crosses zero.  An empty interval proves the domain infeasible.
+2. **Bound** ``sup ||grad||_q`` over the domain by CROWN on the backward graph with the domain's
+   Clarke masks (:mod:`.backward`); the child bound is ``min(child, parent)``.
+3. **Leaves** (no free unstable neuron left): the gradient is one constant vector; an LP (HiGHS)
+   checks that the closed activation region meets the box.  Infeasible leaves are pruned; feasible
+   ones are exact.  The LP maximizes the normalized margin ``t`` of all sign constraints, and when
+   ``t > 0`` its solution is an interior point where autograd's gradient is evaluated: an exact,
+   attained lower bound.
+4. Best-first: the ``batch`` domains with the largest bounds are split on the unstable neuron with
+   the largest ``|CROWN coefficient| * max(|l_g|, |u_g|)`` (the looseness of its chord relaxation).
+   Domains whose bound is <= the best lower bound are dropped (they cannot raise the maximum).
+
+The anytime upper bound (max over open domains and closed leaves) is always certified; when no
+open domain remains, the maximum over feasible closed regions has been found: the result is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from models.errors import UnsupportedOperationError
+
+from ._split_crown_shim import split_crown_bounds
+from .attack import true_gradients
+from .feasibility import domain_infeasible, leaf_margin
+from .backward import BackwardGraph
+from .chain import DenseChain, interval_bounds
+from .norms import dual_norm_of, row_dual_upper
+from .result import LipschitzResult
+
+BAB_OPS = ("relu", "leaky_relu")
+
+
+def run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: LipschitzResult, timeout: float,
+            operator: bool, attack_lower, batch: int = 256, max_domains: int = 1_000_000,
+            feas_tol: float = 1e-9, rebound: bool = True, layer_bias: float = 0.0,
+            lp_check: bool = False, balance: bool = False,
+            lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False, abs_weight: float = 1.0
+            ) -> LipschitzResult:
+    """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds."""
+    from .api import certified, derivative_ranges
+    t0 = time.perf_counter()
+    for node in chain.acts:
+        if node.op not in BAB_OPS:
+            raise UnsupportedOperationError(
+                f"node {node.describe()}: branch-and-bound supports {', '.join(BAB_OPS)} networks only")
+    if norm == "2" or (operator and norm != "inf"):
+        raise UnsupportedOperationError(
+            "branch-and-bound bounds max_rows ||grad||_q for l_inf and l1 input norms (per output / given c)")
+    S = seeds.shape[0]
+    dev, dt = seeds.device, seeds.dtype
+    use_abs = abs_split and norm == "inf"
+    sizes = [g.n for g in chain.gates] + ([chain.in_dim] if use_abs else [])
+    offs = np.cumsum([0] + sizes)
+    lb_seed = torch.tensor([max(v, 0.0) if v is not None else 0.0 for v in (attack_lower or [0.0] * S)],
+                           dtype=dt, device=dev)
+    closed_ub = torch.zeros(S, dtype=dt, device=dev)
+    xl_np, xu_np = xl.cpu().numpy(), xu.cpu().numpy()
+    stats = {"domains_bounded": 0, "leaves": 0, "infeasible": 0, "pruned": 0, "lp_calls": 0, "batches": 0}
+
+    def bound(seed_idx, fixed):
+        D = seed_idx.shape[0]
+        base = [(l.expand(D, -1), u.expand(D, -1)) for l, u in root_fb]
+        fb = interval_bounds(chain, xl.expand(D, -1), xu.expand(D, -1), base=base, fixed=fixed)
+        if rebound:
+            fb = split_crown_bounds(chain, xl.expand(D, -1), xu.expand(D, -1), fixed, fb)
+        empty = torch.zeros(D, dtype=torch.bool, device=dev)
+        for l, u in fb:
+            empty |= (l > u).any(-1)
+        fb = [(l, torch.maximum(u, l)) for l, u in fb]
+        dr = derivative_ranges(chain, fb, D, fixed)
+        bg = BackwardGraph(chain, seeds[seed_idx], dr, "crown")
+        bb = bg.run(want_coef=True, abs_fixed=fixed[-1] if use_abs else None)
+        ub = row_dual_upper(norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
+        scores, unst_any = [], torch.zeros(D, dtype=torch.bool, device=dev)
+        for k, gate in enumerate(chain.gates):
+            un = gate.unstable(*fb[k], fixed[k])
+            ql, qu = bb.q_bounds[k]
+            sc = bb.gate_coef[k] * torch.maximum(ql.abs(), qu.abs())
+            if balance:
+                zl, zu = fb[k]
+                sc = sc * (torch.minimum(zu, -zl).clamp(min=0) / (zu - zl).clamp(min=1e-30)).clamp(min=1e-3)
+            sc = sc * (1.0 + layer_bias) ** (chain.depth - 1 - k)
+            scores.append(torch.where(un, sc + 1e-12, torch.full_like(sc, -1.0)))
+            unst_any |= un.any(-1)
+        if use_abs:  # sign choices of ||g||_1 = max_s s^T g: the gap of the abs chord is the score
+            gl, gu = bb.grad_lower, bb.grad_upper
+            gap = torch.where((gl < 0) & (gu > 0), -2 * gl * gu / (gu - gl).clamp(min=1e-300), torch.zeros_like(gl))
+            scores.append(torch.where((fixed[-1] == 0) & (gap > 0), gap * abs_weight + 1e-12, torch.full_like(gap, -1.0)))
+        signs = [torch.where(f != 0, f, torch.where(l > 0, 1, -1).to(torch.int8)) for f, (l, u) in zip(fixed, fb)]
+        return ub, torch.cat(scores, 1), unst_any, empty, signs
+
+    # root domain per seed
+    seed_idx = torch.arange(S, device=dev)
+    fixed = [torch.zeros(S, n, dtype=torch.int8, device=dev) for n in sizes]
+    root_rows = torch.tensor(root.per_output_upper, dtype=dt, device=dev)
+    ub, score, unst, empty, signs = bound(seed_idx, fixed)
+    ub = torch.minimum(ub, root_rows)
+    history = [(time.perf_counter() - t0, root.upper, float(lb_seed.max()))]
+    pool = None
+    witness = {}
+
+    def process(seed_idx, fixed, ub, score, unst, empty, signs):
+        nonlocal closed_ub, lb_seed
+        keep = ~empty
+        stats["infeasible"] += int(empty.sum())
+        leaf = keep & ~unst
+        for i in torch.nonzero(leaf).flatten().tolist():
+            stats["lp_calls"] += 1
+            t, xs = leaf_margin(chain, xl_np, xu_np, [s[i].cpu().numpy().astype(float) for s in signs])
+            s_i = int(seed_idx[i])
+            if t < -feas_tol:
+                stats["infeasible"] += 1
+                continue
+            stats["leaves"] += 1
+            closed_ub[s_i] = torch.maximum(closed_ub[s_i], ub[i])
+            if t > feas_tol and xs is not None:
+                X = torch.as_tensor(xs, dtype=dt, device=dev)[None, None]
+                g = true_gradients(net, X, seeds[s_i:s_i + 1])
+                v = dual_norm_of(g, norm)[0, 0]
+                if v > lb_seed[s_i]:
+                    lb_seed[s_i] = v
+                    witness[s_i] = xs
+        inner = keep & unst
+        return seed_idx[inner], [f[inner] for f in fixed], ub[inner], score[inner]
+
+    pool = process(seed_idx, fixed, ub, score, unst, empty, signs)
+    while pool[0].numel() > 0 and time.perf_counter() - t0 < timeout and stats["domains_bounded"] < max_domains:
+        p_seed, p_fixed, p_ub, p_score = pool
+        # drop domains that cannot raise the maximum
+        lbg = lb_seed.max()
+        dead = p_ub <= lbg
+        if dead.any():
+            stats["pruned"] += int(dead.sum())
+            closed_ub.scatter_reduce_(0, p_seed[dead], p_ub[dead], reduce="amax")
+            alive = ~dead
+            p_seed, p_fixed, p_ub, p_score = p_seed[alive], [f[alive] for f in p_fixed], p_ub[alive], p_score[alive]
+            if p_seed.numel() == 0:
+                pool = (p_seed, p_fixed, p_ub, p_score)
+                break
+        k = min(batch, p_ub.numel())
+        t_batch = time.perf_counter()
+        top = torch.topk(p_ub, k).indices
+        rest = torch.ones_like(p_ub, dtype=torch.bool)
+        rest[top] = False
+        sel_seed, sel_fixed, sel_ub, sel_score = p_seed[top], [f[top] for f in p_fixed], p_ub[top], p_score[top]
+        if lp_check:
+            # LP feasibility (triangle relaxation + splits) of the domains about to be split
+            nsplit = sum((f != 0).sum(-1) for f in sel_fixed)
+            cand = torch.nonzero(nsplit >= lp_min_splits).flatten()
+            cand = cand[torch.argsort(sel_ub[cand], descending=True)][:lp_top]  # the domains defining the max
+            if cand.numel():
+                Dc = cand.numel()
+                base = [(l.expand(Dc, -1), u.expand(Dc, -1)) for l, u in root_fb]
+                cf = [f[cand] for f in sel_fixed]
+                fbc = interval_bounds(chain, xl.expand(Dc, -1), xu.expand(Dc, -1), base=base, fixed=cf)
+                if rebound:
+                    fbc = split_crown_bounds(chain, xl.expand(Dc, -1), xu.expand(Dc, -1), cf, fbc)
+                fb_np = [(l.cpu().numpy(), u.cpu().numpy()) for l, u in fbc]
+                drop = torch.zeros(k, dtype=torch.bool, device=dev)
+                for ci, i in enumerate(cand.tolist()):
+                    if time.perf_counter() - t0 > timeout:
+                        break
+                    stats["lp_calls"] += 1
+                    if domain_infeasible(chain, xl_np, xu_np, [(l[ci], u[ci]) for l, u in fb_np]):
+                        drop[i] = True
+                if drop.any():
+                    stats["infeasible"] += int(drop.sum())
+                    keep_sel = ~drop
+                    sel_seed, sel_fixed = sel_seed[keep_sel], [f[keep_sel] for f in sel_fixed]
+                    sel_ub, sel_score = sel_ub[keep_sel], sel_score[keep_sel]
+                    k = int(keep_sel.sum())
+                    if k == 0:
+                        pool = (p_seed[rest], [f[rest] for f in p_fixed], p_ub[rest], p_score[rest])
+                        continue
+        K = max(1, min(fsb_k, sel_score.shape[1]))
+        cand_sc, cand_j = sel_score.topk(K, dim=1)  # (k, K) candidate neurons per domain
+        jj = cand_j.T.reshape(-1)  # candidate-major: r * k + i
+        valid = (cand_sc.T.reshape(-1) > 0)
+        valid[:k] = True  # the best candidate always exists (domain has an unstable neuron)
+        layer = torch.as_tensor(np.searchsorted(offs, jj.cpu().numpy(), side="right") - 1, device=dev)
+        pos = jj - torch.as_tensor(offs, device=dev)[layer]
+        kk = K * k
+        c_seed = sel_seed.repeat(2 * K)
+        c_fixed = []
+        for li, f in enumerate(sel_fixed):
+            f2 = f.repeat(2 * K, 1).clone()
+            lay2, pos2 = torch.cat((layer, layer)), torch.cat((pos, pos))
+            rows = torch.nonzero((lay2 == li) & torch.cat((valid, valid))).flatten()
+            vals = torch.cat((torch.ones(kk, dtype=torch.int8, device=dev), -torch.ones(kk, dtype=torch.int8, device=dev)))
+            f2[rows, pos2[rows]] = vals[rows]
+            c_fixed.append(f2)
+        cub, cscore, cunst, cempty, csigns = bound(c_seed, c_fixed)
+        cub = torch.minimum(cub, sel_ub.repeat(2 * K))
+        if K > 1:  # keep, per domain, the candidate whose worse child is lowest
+            eff = torch.where(cempty, torch.full_like(cub, -math.inf), cub).reshape(2, K, k).amax(0)  # (K, k)
+            eff = torch.where(valid.reshape(K, k), eff, torch.full_like(eff, math.inf))
+            best = eff.argmin(0)  # (k,)
+            idx = torch.cat((best * k + torch.arange(k, device=dev), kk + best * k + torch.arange(k, device=dev)))
+            c_seed, c_fixed, cub = c_seed[idx], [f[idx] for f in c_fixed], cub[idx]
+            cscore, cunst, cempty = cscore[idx], cunst[idx], cempty[idx]
+            csigns = [t[idx] for t in csigns]
+        stats["domains_bounded"] += 2 * k
+        stats["batches"] += 1
+        if time.perf_counter() - t_batch > timeout / 20 and batch > 8:
+            batch //= 2  # keep the time budget: a batch must take a small fraction of it
+        n_seed, n_fixed, n_ub, n_score = process(c_seed, c_fixed, cub, cscore, cunst, cempty, csigns)
+        pool = (torch.cat((p_seed[rest], n_seed)), [torch.cat((f[rest], g)) for f, g in zip(p_fixed, n_fixed)],
+                torch.cat((p_ub[rest], n_ub)), torch.cat((p_score[rest], n_score)))
+        open_ub = torch.zeros(S, dtype=dt, device=dev)
+        if pool[0].numel():
+            open_ub.scatter_reduce_(0, pool[0], pool[2], reduce="amax")
+        history.append((time.perf_counter() - t0, float(torch.maximum(open_ub, closed_ub).max()),
+                        float(lb_seed.max())))
+    open_ub = torch.zeros(S, dtype=dt, device=dev)
+    if pool[0].numel():
+        open_ub.scatter_reduce_(0, pool[0], pool[2], reduce="amax")
+    per_seed = torch.minimum(torch.maximum(open_ub, closed_ub), torch.tensor(root.per_output_upper, dtype=dt, device=dev))
+    finished = pool[0].numel() == 0
+    per_c = certified(per_seed)
+    upper = float(per_c.max())
+    # a finished run is exact for the maximum: domains pruned by the lower bound cannot hold the max
+    res = LipschitzResult(min(upper, root.upper), float(lb_seed.max()), norm, root.method + "+bab",
+                          exact=finished, per_output_upper=[float(v) for v in per_c],
+                          per_output_lower=[float(v) for v in lb_seed], status="exact" if finished else "timeout",
+                          forward_method=root.forward_method, history=history, stats=stats)
+    res.stats["witness"] = {k: v.tolist() for k, v in witness.items()}
+    return res

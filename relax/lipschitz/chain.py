@@ -1,0 +1,214 @@
+"""Dense view of a feed-forward chain network for the Clarke-Jacobian bounds.
+
+``f(x) = W_L phi_L( ... phi_1(W_0 x + b_0) ... ) + b_L`` with dense ``W_k`` (from
+:func:`models.chain_stages`) and one :class:`~relax.lipschitz.gates.Gate` per activation.  This
+module also holds the *forward* interval arithmetic used to (i) fall back when the forward bound
+engine (``relax.compute_bounds``) is not available and (ii) re-bound the forward graph inside a
+branch-and-bound domain, where split neurons have their pre-activation interval clamped to one
+side of zero.  Everything here is sound interval arithmetic: every returned interval contains the
+true value for every input in the box (and every activation pattern allowed by the splits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from models import chain_stages
+from models.errors import InvalidArgumentError, UnsupportedOperationError
+from models.graph import Network, Node
+
+from .gates import Gate, build_gate
+
+
+@dataclass
+class DenseChain:
+    weights: list[torch.Tensor]  # W_0 .. W_L, W_k: (n_{k+1}, n_k)
+    biases: list[torch.Tensor]
+    acts: list[Node]  # activation nodes, len L
+    gates: list[Gate]
+    net: Network
+
+    @property
+    def depth(self) -> int:
+        return len(self.acts)
+
+    @property
+    def in_dim(self) -> int:
+        return self.weights[0].shape[1]
+
+    @property
+    def out_dim(self) -> int:
+        return self.weights[-1].shape[0]
+
+    def forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Pre-activations ``z_1..z_L`` and the output for a batch ``x`` of shape ``(B, n_0)``."""
+        zs = []
+        y = x
+        for k, node in enumerate(self.acts):
+            z = y @ self.weights[k].T + self.biases[k]
+            zs.append(z)
+            y = _evaluate_act(node, z)
+        return zs, y @ self.weights[-1].T + self.biases[-1]
+
+
+def _evaluate_act(node: Node, z: torch.Tensor) -> torch.Tensor:
+    from models.ops import OPS
+    return OPS[node.op].evaluate(node, z)
+
+
+def dense_chain(net: Network, dtype: torch.dtype = torch.float64) -> DenseChain:
+    """Collapse a chain ``Network`` into dense matrices (in ``dtype``, float64 by default)."""
+    stages = chain_stages(net)
+    W, b, acts = [], [], []
+    for s in stages:
+        if s.kind == "affine":
+            W.append(s.W.to(dtype))
+            b.append(s.b.to(dtype))
+        else:
+            acts.append(s.node)
+    gates = []
+    for k, node in enumerate(acts):
+        n = W[k].shape[0]
+        g = build_gate(node, n, W[k])
+        for attr in ("E", "F_g", "F_p", "d_on", "d_off", "_S"):
+            t = getattr(g, attr, None)
+            if isinstance(t, torch.Tensor):
+                setattr(g, attr, t.to(dtype))
+        gates.append(g)
+    return DenseChain(W, b, acts, gates, net)
+
+
+# ---------------------------------------------------------------------- forward interval arithmetic
+def _affine_interval(W, b, l, u):
+    """Interval image of ``W x + b`` over ``[l, u]``, widened by a float rounding margin
+    (relative 1e-12 of the magnitudes, far above n * 2^-53 for any realistic fan-in)."""
+    c, r = (l + u) / 2, (u - l) / 2
+    yc = c @ W.T + b
+    yr = r @ W.abs().T
+    mag = torch.maximum(l.abs(), u.abs()) @ W.abs().T + b.abs()
+    yr = yr + 1e-12 * mag + 1e-300
+    return yc - yr, yc + yr
+
+
+def _act_relu(node, gate, l, u):
+    return l.clamp(min=0), u.clamp(min=0)
+
+
+def _act_monotone(node, gate, l, u):
+    return _evaluate_act(node, l), _evaluate_act(node, u)
+
+
+def _act_maxmin(node, gate, l, u):
+    S = gate._S  # rows e_a - e_b
+    a_idx = (S > 0).float().argmax(dim=1)
+    b_idx = (S < 0).float().argmax(dim=1)
+    # output positions: F_g maps h_a <- g_lo and h_b <- g_hi
+    lo_pos = gate.F_g[a_idx].argmax(dim=1)
+    hi_pos = gate.F_g[b_idx].argmax(dim=1)
+    la, lb, ua, ub = l[:, a_idx], l[:, b_idx], u[:, a_idx], u[:, b_idx]
+    yl, yu = torch.empty_like(l), torch.empty_like(u)
+    yl[:, hi_pos], yu[:, hi_pos] = torch.maximum(la, lb), torch.maximum(ua, ub)
+    yl[:, lo_pos], yu[:, lo_pos] = torch.minimum(la, lb), torch.minimum(ua, ub)
+    return yl, yu
+
+
+def _act_householder(node, gate, l, u):
+    E = gate.E  # (groups, n) unit v per group
+    H = torch.eye(E.shape[1], dtype=E.dtype, device=E.device) - 2.0 * E.T @ E
+    rl, ru = _affine_interval(H, torch.zeros_like(l[0]), l, u)
+    sl, su = gate.switch_bounds(l, u)
+    groups, n = E.shape
+    group_of = torch.arange(n, device=E.device) // (n // groups)  # feature -> its group
+    on = (sl > 0)[:, group_of]
+    off = (su < 0)[:, group_of]
+    yl = torch.where(on, l, torch.where(off, rl, torch.minimum(l, rl)))
+    yu = torch.where(on, u, torch.where(off, ru, torch.maximum(u, ru)))
+    return yl, yu
+
+
+FORWARD_INTERVAL: dict[str, Callable] = {
+    "relu": _act_relu, "leaky_relu": _act_monotone, "tanh": _act_monotone, "sigmoid": _act_monotone,
+    "maxmin": _act_maxmin, "groupsort": _act_maxmin, "householder": _act_householder,
+}
+
+
+def clamp_splits(gate: Gate, l: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor | None):
+    """Impose split constraints ``s >= 0`` (+1) / ``s <= 0`` (-1) on pre-activation bounds (ReLU-type ops)."""
+    if fixed is None:
+        return l, u
+    if gate.op not in ("relu", "leaky_relu"):
+        return l, u  # switch is not a single coordinate: splits only fix the derivative
+    l = torch.where(fixed > 0, l.clamp(min=0), l)
+    u = torch.where(fixed < 0, u.clamp(max=0), u)
+    return l, u
+
+
+def interval_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor,
+                    base: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                    fixed: list[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pre-activation bounds ``[(l_k, u_k)]`` by interval arithmetic over the box ``[xl, xu]`` (``(B, n_0)``).
+
+    ``base`` (sound bounds from elsewhere) are intersected in at every layer; ``fixed`` are
+    branch-and-bound splits.  An empty interval (``l > u``) means the domain is infeasible.
+    """
+    out = []
+    l, u = xl, xu
+    for k, (node, gate) in enumerate(zip(chain.acts, chain.gates)):
+        zl, zu = _affine_interval(chain.weights[k], chain.biases[k], l, u)
+        if base is not None:
+            zl, zu = torch.maximum(zl, base[k][0]), torch.minimum(zu, base[k][1])
+        zl, zu = clamp_splits(gate, zl, zu, None if fixed is None else fixed[k])
+        out.append((zl, zu))
+        l, u = FORWARD_INTERVAL[node.op](node, gate, zl, torch.maximum(zu, zl))
+    return out
+
+
+def engine_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method: str
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Pre-activation bounds from the forward bound engine ``relax.compute_bounds`` (None if unavailable)."""
+    try:
+        import relax
+        compute_bounds = relax.compute_bounds
+        Box = relax.sets.Box
+    except (ImportError, AttributeError):
+        return None
+    net = chain.net
+    shape = net.input_shape
+    dt = net.dtype
+    lo = xl.reshape(xl.shape[0], *shape).to(dt)
+    hi = xu.reshape(xu.shape[0], *shape).to(dt)
+    res = compute_bounds(net, Box(lo, hi), method=method)
+    out = []
+    for node in chain.acts:
+        l, u = res.intermediate[node.inputs[0]]
+        out.append((l.reshape(l.shape[0], -1).to(xl), u.reshape(u.shape[0], -1).to(xl)))
+    return out
+
+
+FORWARD_METHODS = ("ibp", "crown", "alpha-crown", "auto")
+
+
+def forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method: str = "auto"
+                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+    """Sound pre-activation bounds of every activation over the box, and the method actually used.
+
+    ``auto`` uses the forward engine's CROWN when ``relax.compute_bounds`` exists and interval
+    arithmetic otherwise; engine bounds are always intersected with the interval bounds.
+    """
+    if method not in FORWARD_METHODS:
+        raise InvalidArgumentError(f"forward bound method must be one of {FORWARD_METHODS}, got {method!r}")
+    ib = interval_bounds(chain, xl, xu)
+    if method == "ibp":
+        return ib, "ibp"
+    eng = engine_bounds(chain, xl, xu, "crown" if method == "auto" else method)
+    if eng is None:
+        if method != "auto":
+            raise UnsupportedOperationError(
+                f"forward bound method {method!r} needs relax.compute_bounds, which is not available")
+        return ib, "ibp"
+    used = "crown" if method == "auto" else method
+    # re-run interval arithmetic with the engine bounds intersected at each layer (tightens later layers)
+    return interval_bounds(chain, xl, xu, base=eng), used

@@ -1,0 +1,217 @@
+"""Clarke-derivative "gates": how each activation acts on the backward (gradient) signal.
+
+For an activation ``y = phi(z)`` (``z, y`` of ``n`` features) the chain rule maps the gradient
+``g = dL/dy`` to ``h = dL/dz = J_phi(z)^T g``.  Every supported activation has the form
+
+    h = F_g g + F_p p,      p = d * q,      q = E g,      d in [a, b]  (element-wise, per coordinate of q)
+
+where ``E`` (``n_q x n``), ``F_g`` (``n x n``), ``F_p`` (``n x n_q``) are fixed matrices and ``d`` is the
+Clarke derivative of a scalar "switch", bounded by ``[a, b]`` from the forward pre-activation
+bounds over the input region:
+
+| op          | switch s (forward)        | q          | d                          | h                                 |
+|-------------|---------------------------|------------|----------------------------|-----------------------------------|
+| relu        | z_i                       | g_i        | 1[s>0] in {0,1}            | p                                 |
+| leaky_relu  | z_i                       | g_i        | {alpha, 1}                 | p                                 |
+| tanh/sigmoid| z_i                       | g_i        | phi'(z) in [min, max] phi' | p                                 |
+| maxmin/     | z_a - z_b (pair a,b)      | g_hi-g_lo  | 1[z_a>=z_b] in {0,1}       | h_a = g_lo + p, h_b = g_hi - p    |
+| groupsort(2)|                           |            |                            |                                   |
+| householder | v^T z (per group)         | v^T g      | 1[v^T z<=0] in {0,1}       | h = g - 2 v p                     |
+
+For the piecewise-linear ops, ``d_on``/``d_off`` give the derivative on the closed half-spaces
+``s >= 0`` / ``s <= 0``; they are used by branch-and-bound, which splits on the sign of ``s``.
+Stability uses strict inequalities (``l_s > 0`` is "on", ``u_s < 0`` is "off"); anything else keeps
+the full range ``[min(d_on,d_off), max(d_on,d_off)]``, which contains every Clarke derivative at
+kinks (``s = 0``).  The table :data:`GATES` maps op name -> builder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from models.errors import UnsupportedOperationError
+from models.graph import Node
+
+
+@dataclass
+class Gate:
+    """One backward activation step (see the module docstring); matrices are shared over the batch."""
+
+    op: str
+    n: int
+    E: torch.Tensor | None  # (n_q, n) or None = identity
+    F_g: torch.Tensor | None  # (n, n) or None = zero
+    F_p: torch.Tensor | None  # (n, n_q) or None = identity
+    d_on: torch.Tensor | None  # (n_q,) derivative when switch >= 0 (piecewise-linear ops only)
+    d_off: torch.Tensor | None
+    piecewise_linear: bool
+
+    @property
+    def n_q(self) -> int:
+        return self.n if self.E is None else self.E.shape[0]
+
+    def switch_bounds(self, zl: torch.Tensor, zu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds of the forward switch ``s = S z`` from pre-activation bounds (interval arithmetic)."""
+        S = _SWITCH[self.op](self)
+        if S is None:
+            return zl, zu
+        Sp, Sn = S.clamp(min=0), S.clamp(max=0)
+        return zl @ Sp.T + zu @ Sn.T, zu @ Sp.T + zl @ Sn.T
+
+    def switch_values(self, z: torch.Tensor) -> torch.Tensor:
+        S = _SWITCH[self.op](self)
+        return z if S is None else z @ S.T
+
+    def derivative_range(self, zl: torch.Tensor, zu: torch.Tensor, fixed: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[a, b]`` bounding ``d`` for all ``z`` in ``[zl, zu]`` (batch ``(B, n)``).
+
+        ``fixed`` (``(B, n_q)`` int8: +1 switch >= 0, -1 switch <= 0, 0 free) adds branch-and-bound splits.
+        """
+        if not self.piecewise_linear:
+            return _SMOOTH_DERIV[self.op](zl, zu)
+        sl, su = self.switch_bounds(zl, zu)
+        on, off = self.d_on.to(sl), self.d_off.to(sl)
+        lo, hi = torch.minimum(on, off).expand_as(sl), torch.maximum(on, off).expand_as(sl)
+        is_on, is_off = sl > 0, su < 0
+        if fixed is not None:
+            is_on = is_on | (fixed > 0)
+            is_off = is_off | (fixed < 0)
+        d_on, d_off = on.expand_as(sl), off.expand_as(sl)
+        a = torch.where(is_on, d_on, torch.where(is_off, d_off, lo))
+        b = torch.where(is_on, d_on, torch.where(is_off, d_off, hi))
+        return a, b
+
+    def unstable(self, zl: torch.Tensor, zu: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean ``(B, n_q)``: switch sign not decided by the bounds (nor by a split)."""
+        sl, su = self.switch_bounds(zl, zu)
+        free = ~((sl > 0) | (su < 0))
+        if fixed is not None:
+            free = free & (fixed == 0)
+        return free
+
+
+# ---------------------------------------------------------------------- builders
+def _eye_like(n, ref):
+    return torch.eye(n, dtype=ref.dtype, device=ref.device)
+
+
+def _relu(node: Node, n: int, ref: torch.Tensor) -> Gate:
+    one = torch.ones(n, dtype=ref.dtype, device=ref.device)
+    return Gate("relu", n, None, None, None, one, torch.zeros_like(one), True)
+
+
+def _leaky(node: Node, n: int, ref: torch.Tensor) -> Gate:
+    alpha = float(node.attrs["negative_slope"])
+    one = torch.ones(n, dtype=ref.dtype, device=ref.device)
+    return Gate("leaky_relu", n, None, None, None, one, alpha * one, True)
+
+
+def _smooth(op):
+    def build(node: Node, n: int, ref: torch.Tensor) -> Gate:
+        return Gate(op, n, None, None, None, None, None, False)
+    return build
+
+
+def _pairs_for(node: Node, n: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(a, b, hi, lo): input indices of each pair and the output positions of its max and min."""
+    if node.op == "maxmin":
+        layout = node.attrs.get("layout", "pairs")
+        if layout == "pairs":
+            a = list(range(0, n, 2)); b = list(range(1, n, 2))
+            return a, b, a, b
+        if layout == "halves":
+            a = list(range(n // 2)); b = list(range(n // 2, n))
+            return a, b, a, b
+        raise UnsupportedOperationError(f"node {node.describe()}: MaxMin layout {layout!r} is not supported")
+    # groupsort with group size 2
+    a = list(range(0, n, 2)); b = list(range(1, n, 2))
+    if bool(node.attrs.get("descending", True)):
+        return a, b, a, b
+    return a, b, b, a
+
+
+def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
+    if node.op == "groupsort" and int(node.attrs["group_size"]) != 2:
+        raise UnsupportedOperationError(
+            f"node {node.describe()}: GroupSort with group size {node.attrs['group_size']} is not supported by the "
+            "Lipschitz bounds (group size 2 = MaxMin is)")
+    a, b, hi, lo = _pairs_for(node, n)
+    m = len(a)
+    E = torch.zeros(m, n, dtype=ref.dtype, device=ref.device)
+    F_g = torch.zeros(n, n, dtype=ref.dtype, device=ref.device)
+    F_p = torch.zeros(n, m, dtype=ref.dtype, device=ref.device)
+    S = torch.zeros(m, n, dtype=ref.dtype, device=ref.device)
+    for k in range(m):
+        E[k, hi[k]] += 1.0; E[k, lo[k]] -= 1.0          # q = g_hi - g_lo
+        F_g[a[k], lo[k]] = 1.0; F_g[b[k], hi[k]] = 1.0   # h_a = g_lo + p, h_b = g_hi - p
+        F_p[a[k], k] = 1.0; F_p[b[k], k] = -1.0
+        S[k, a[k]] = 1.0; S[k, b[k]] = -1.0              # switch z_a - z_b
+    one = torch.ones(m, dtype=ref.dtype, device=ref.device)
+    g = Gate("maxmin", n, E, F_g, F_p, one, torch.zeros_like(one), True)
+    g._S = S
+    return g
+
+
+def _householder(node: Node, n: int, ref: torch.Tensor) -> Gate:
+    v = node.params["v"].to(ref)
+    groups, gs = v.shape
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    E = torch.zeros(groups, n, dtype=ref.dtype, device=ref.device)
+    for k in range(groups):
+        E[k, k * gs:(k + 1) * gs] = v[k]
+    F_p = -2.0 * E.T.clone()
+    one = torch.ones(groups, dtype=ref.dtype, device=ref.device)
+    g = Gate("householder", n, E, _eye_like(n, ref), F_p, torch.zeros_like(one), one, True)
+    g._S = E.clone()  # switch v^T z; "on" (v^T z >= 0) keeps z: d = 0; "off" reflects: d = 1
+    return g
+
+
+_SWITCH: dict[str, Callable[[Gate], torch.Tensor | None]] = {
+    "relu": lambda g: None, "leaky_relu": lambda g: None, "tanh": lambda g: None, "sigmoid": lambda g: None,
+    "maxmin": lambda g: g._S, "householder": lambda g: g._S,
+}
+
+
+def _tanh_d(z):
+    return 1.0 - torch.tanh(z) ** 2
+
+
+def _sigmoid_d(z):
+    s = torch.sigmoid(z)
+    return s * (1.0 - s)
+
+
+def _bell_range(dfun):
+    """phi' is even-unimodal with its maximum at 0: max at the point of [l,u] closest to 0, min at an end."""
+    def rng(zl, zu):
+        a = torch.minimum(dfun(zl), dfun(zu))
+        b = dfun(torch.clamp(torch.zeros_like(zl), zl, zu))
+        return a, b
+    return rng
+
+
+_SMOOTH_DERIV = {"tanh": _bell_range(_tanh_d), "sigmoid": _bell_range(_sigmoid_d)}
+
+GATES: dict[str, Callable[[Node, int, torch.Tensor], Gate]] = {
+    "relu": _relu,
+    "leaky_relu": _leaky,
+    "tanh": _smooth("tanh"),
+    "sigmoid": _smooth("sigmoid"),
+    "maxmin": _maxmin,
+    "groupsort": _maxmin,
+    "householder": _householder,
+}
+
+
+def build_gate(node: Node, n: int, ref: torch.Tensor) -> Gate:
+    try:
+        builder = GATES[node.op]
+    except KeyError:
+        raise UnsupportedOperationError(
+            f"node {node.describe()}: no Clarke-derivative handler for op {node.op!r}; supported: "
+            f"{', '.join(sorted(GATES))}") from None
+    return builder(node, n, ref)
