@@ -187,7 +187,8 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
         c[output] = 1.0
     center = x.reshape(1, *net.input_shape).to(torch.float64)
     region = Ball(center, eps, p={"inf": math.inf, "2": 2, "1": 1}[norm], clip=parse_clip(clip))
-    res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout)
+    res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout,
+                          attack_options={"steps": 30, "n_samples": 256, "n_starts": 8})
     status = "certified" if res.status != "failed" and math.isfinite(res.upper) else "failed"
     by_method = {f"bound propagation ({res.method})": res.upper}
     naive = _product_bound(net, norm)
@@ -236,24 +237,34 @@ def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0,
                                    "(bisection)"])
 
 
-def certified_radii(net, X, y, norm: str, clip, iters: int = 8, hi: float = 0.1) -> torch.Tensor:
+def certified_radii(net, X, y, norm: str, clip, iters: int = 8, hi: float = 0.1, grow: int = 6) -> torch.Tensor:
     """Per-sample radius r such that the ball of radius r is *verified* by CROWN (0 if none).
 
-    Bisection over eps, batched over samples; only radii at which verification succeeded are
-    kept, so each reported radius is itself certified.
+    Doubling from ``hi`` while samples stay verified, then bisection, batched over samples; only
+    radii at which verification succeeded are kept, so each reported radius is itself certified.
     """
     from relax import Ball, compute_bounds, margin_spec
     p = {"inf": math.inf, "2": 2, "1": 1}[norm]
     B = X.shape[0]
+    C, _ = margin_spec(y, net.output_shape[0], dtype=net.dtype)
+    with torch.no_grad():
+        correct = (net(X).argmax(1) == y).cpu()
+
+    def verified(eps: torch.Tensor) -> torch.Tensor:
+        res = compute_bounds(net, Ball(X, eps.to(net.dtype), p=p, clip=clip), method="crown", C=C)
+        return (res.lower > 0).all(dim=1).cpu() & correct
+
     lo = torch.zeros(B, dtype=torch.float64)
     up = torch.full((B,), float(hi), dtype=torch.float64)
-    C = margin_spec(y, net.output_shape[0]).to(net.dtype)
-    with torch.no_grad():
-        wrong = net(X).argmax(1) != y
+    for _ in range(grow):  # exponential search for an unverified upper end
+        ok = verified(up)
+        if not ok.any():
+            break
+        lo = torch.where(ok, up, lo)
+        up = torch.where(ok, 2 * up, up)
     for _ in range(iters):
         mid = (lo + up) / 2
-        res = compute_bounds(net, Ball(X, mid.to(net.dtype), p=p, clip=clip), method="crown", C=C)
-        ok = (res.lower > 0).all(dim=1).cpu() & ~wrong.cpu()
+        ok = verified(mid)
         lo = torch.where(ok, mid, lo)
         up = torch.where(ok, up, mid)
     return lo

@@ -174,3 +174,22 @@ def test_monotonicity_is_certified_for_a_network_monotone_by_construction():
     mono = monotonicity(net, (lo, hi))
     assert (mono.sign[0] == 1).all() and (mono.sign[1] == -1).all()
     assert mono.label(0, 0) == "increasing" and mono.label(1, 2) == "decreasing"
+
+
+def test_attack_lower_bound_with_a_dead_neuron_is_positive():
+    """Regression: a neuron whose weights decayed to ~1e-10 sits within an absolute kink tolerance of 0
+    everywhere; the differentiability test must be relative to its own scale (found via the CLI on the zoo)."""
+    import math as _m
+    import torch as _t
+    from torch import nn as _nn
+    import models as _models
+    import relax as _relax
+    from relax.lipschitz import local_lipschitz as _ll
+    _t.manual_seed(0)
+    m = _nn.Sequential(_nn.Linear(4, 6), _nn.ReLU(), _nn.Linear(6, 3)).double()
+    with _t.no_grad():
+        m[0].weight[2].fill_(1e-12)
+        m[0].bias[2] = 3e-10
+    net = _models.from_module(m)
+    res = _ll(net, _relax.Ball(_t.zeros(1, 4, dtype=_t.float64), 0.1, p=_m.inf), norm="inf")
+    assert 0 < res.lower <= res.upper

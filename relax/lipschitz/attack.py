@@ -32,14 +32,27 @@ def true_gradients(net, X: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
 
 
 def differentiable(chain: DenseChain, X: torch.Tensor, tol: float) -> torch.Tensor:
-    """Boolean (...,): every switch of a piecewise-linear activation is farther than ``tol`` from 0."""
+    """Boolean (...,): every switch of a piecewise-linear activation is clearly away from 0.
+
+    "Clearly" is relative to the rounding scale of that switch value, ``|S|(|W||y| + |b|)`` (the
+    magnitude of the terms summed to compute it), so a neuron whose weights are all tiny (a dead
+    neuron after weight decay) is judged on its own scale rather than against an absolute ``tol``.
+    """
+    from .chain import _evaluate_act
+    from .gates import _SWITCH
     flat = X.reshape(-1, X.shape[-1])
-    zs, _ = chain.forward_all(flat)
     ok = torch.ones(flat.shape[0], dtype=torch.bool, device=X.device)
-    for z, gate in zip(zs, chain.gates):
+    y = flat
+    for k, gate in enumerate(chain.gates):
+        W, b = chain.weights[k], chain.biases[k]
+        z = y @ W.T + b
         if gate.piecewise_linear:
-            s = gate.switch_values(z)
-            ok &= (s.abs() > tol).all(-1)
+            scale = y.abs() @ W.abs().T + b.abs()
+            S = _SWITCH[gate.op](gate)
+            if S is not None:
+                scale = scale @ S.abs().T
+            ok &= (gate.switch_values(z).abs() > tol * scale).all(-1)
+        y = _evaluate_act(chain.acts[k], z)
     return ok.reshape(X.shape[:-1])
 
 
