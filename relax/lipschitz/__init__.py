@@ -16,7 +16,7 @@ attack=True, attack_options=None, bab_options=None, sdp_solver="CLARABEL") -> Li
 
 Modules: gates (Clarke derivatives per activation), chain (dense view + forward interval bounds),
 relaxations (chords), backward (CROWN on the backward graph), norms, attack, naive, bab,
-feasibility (LPs), exact (MILP), lipsdp_local (l2 local LipSDP), _split_crown_shim (temporary).
+feasibility (LPs), exact (MILP), lipsdp_local (l2 local LipSDP).
 """
 
 from .api import jacobian_bounds, local_lipschitz, monotonicity

@@ -3,10 +3,12 @@
 A domain is (seed row ``s``, partial activation pattern): each neuron is free, split "on"
 (``z >= 0``) or split "off" (``z <= 0``).  For a batch of domains:
 
-1. **Re-bound the forward graph under the splits**: interval arithmetic from the input box with the
-   root pre-activation bounds (forward engine CROWN) intersected in and every split neuron's
-   interval clamped to its side of zero; neurons downstream of a split become stable when their
-   interval no longer crosses zero.  An empty interval proves the domain infeasible.
+1. **Re-bound the forward graph under the splits** (:func:`split_forward_bounds`): interval
+   arithmetic from the input box with the root pre-activation bounds (forward engine CROWN)
+   intersected in and every split neuron's interval clamped to its side of zero, then CROWN of the
+   forward engine (``relax.compute_bounds(..., fixed_preact=...)``, batched over domains) layer by
+   layer under those clamped bounds; neurons downstream of a split become stable when their interval
+   no longer crosses zero.  An empty interval proves the domain infeasible.
 2. **Bound** ``sup ||grad||_q`` over the domain by CROWN on the backward graph with the domain's
    Clarke masks (:mod:`.backward`); the child bound is ``min(child, parent)``.
 3. **Leaves** (no free unstable neuron left): the gradient is one constant vector; an LP (HiGHS)
@@ -32,15 +34,68 @@ import torch
 
 from models.errors import UnsupportedOperationError
 
-from ._split_crown_shim import split_crown_bounds
 from .attack import true_gradients
 from .feasibility import domain_infeasible, leaf_margin
 from .backward import BackwardGraph
-from .chain import DenseChain, interval_bounds
+from .chain import DenseChain, clamp_splits, interval_bounds
 from .norms import dual_norm_of, row_dual_upper
 from .result import LipschitzResult
 
 BAB_OPS = ("relu", "leaky_relu")
+
+
+def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, root_fb, fixed: list[torch.Tensor],
+                         rebound: bool = True) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Pre-activation bounds of every activation for a batch of BaB domains, and their infeasibility flags.
+
+    ``fixed[k]``: ``(D, n_k)`` int8 split signs (+1: ``z >= 0``, -1: ``z <= 0``, 0: free) of the ``D``
+    domains (the batch dimension); ``root_fb``: sound bounds ``[(l_k, u_k)]`` (``(1, n_k)``) over the box.
+
+    Math: first interval arithmetic over the box with ``root_fb`` intersected in and every split
+    neuron clamped to its side of zero (:func:`.chain.interval_bounds`); then (``rebound``) for
+    ``k = 1 .. L-1`` the forward engine ``relax.compute_bounds(net, box, "crown",
+    fixed_preact={act_j: (l_j, u_j), j != k})`` gives CROWN bounds on ``z_k`` that hold for every ``x``
+    in the box whose pre-activations ``z_j`` lie in the current (split-clamped) bounds, i.e. for
+    every ``x`` of the domain (the bounds of layers ``j > k`` are fixed only so that the engine spends
+    no CROWN pass on them; they do not enter the bound on ``z_k``); these are intersected with the
+    current ``(l_k, u_k)`` and clamped by the splits of layer ``k``.  ``skip_stable=False``: every
+    neuron is CROWN-bounded (as tight as a CROWN pass over all rows).  Every returned interval
+    contains ``z_k(x)`` for every ``x`` of the box that satisfies the domain's splits.
+    ``empty[d]`` is True when some interval of domain ``d`` is empty (``l > u``, or flagged by the
+    engine's ``BoundResult.empty``): no input satisfies its splits (the domain is infeasible).
+    Returned intervals are made well-formed (``u >= l``) so that
+    relaxations on empty domains stay finite; their values are meaningless and must be pruned.
+    """
+    D = fixed[0].shape[0]
+    XL, XU = xl.reshape(1, -1).expand(D, -1), xu.reshape(1, -1).expand(D, -1)
+    base = [(l.expand(D, -1), u.expand(D, -1)) for l, u in root_fb]
+    fb = interval_bounds(chain, XL, XU, base=base, fixed=fixed)
+    empty = torch.zeros(D, dtype=torch.bool, device=XL.device)
+    if rebound and chain.depth > 1:
+        from relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
+        net = chain.net
+        shapes = [net[node.inputs[0]].shape for node in chain.acts]
+        box = Box(XL.reshape(D, *net.input_shape), XU.reshape(D, *net.input_shape))
+        for k in range(1, chain.depth):
+            fp = {}  # every other activation fixed: the engine runs CROWN for z_k only (j > k: no effect on z_k)
+            for j in range(chain.depth):
+                if j == k:
+                    continue
+                l, u = fb[j]
+                empty |= (l > u).any(-1)
+                fp[chain.acts[j].name] = (l.reshape(D, *shapes[j]), torch.maximum(u, l).reshape(D, *shapes[j]))
+            res = compute_bounds(net, box, "crown", fixed_preact=fp, dtype=XL.dtype,
+                                 bound_lower=False, bound_upper=False, skip_stable=False)
+            if res.empty is not None:
+                empty |= res.empty
+            cl, cu = res.intermediate[chain.acts[k].inputs[0]]
+            l0, u0 = fb[k]
+            l = torch.maximum(l0, cl.reshape(D, -1).to(l0))
+            u = torch.minimum(u0, cu.reshape(D, -1).to(u0))
+            fb[k] = clamp_splits(chain.gates[k], l, u, fixed[k])
+    for l, u in fb:
+        empty |= (l > u).any(-1)
+    return [(l, torch.maximum(u, l)) for l, u in fb], empty
 
 
 def run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: LipschitzResult, timeout: float,
@@ -72,14 +127,7 @@ def run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Lip
 
     def bound(seed_idx, fixed):
         D = seed_idx.shape[0]
-        base = [(l.expand(D, -1), u.expand(D, -1)) for l, u in root_fb]
-        fb = interval_bounds(chain, xl.expand(D, -1), xu.expand(D, -1), base=base, fixed=fixed)
-        if rebound:
-            fb = split_crown_bounds(chain, xl.expand(D, -1), xu.expand(D, -1), fixed, fb)
-        empty = torch.zeros(D, dtype=torch.bool, device=dev)
-        for l, u in fb:
-            empty |= (l > u).any(-1)
-        fb = [(l, torch.maximum(u, l)) for l, u in fb]
+        fb, empty = split_forward_bounds(chain, xl, xu, root_fb, fixed, rebound)
         dr = derivative_ranges(chain, fb, D, fixed)
         bg = BackwardGraph(chain, seeds[seed_idx], dr, "crown")
         bb = bg.run(want_coef=True, abs_fixed=fixed[-1] if use_abs else None)
@@ -162,17 +210,15 @@ def run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Lip
             cand = torch.nonzero(nsplit >= lp_min_splits).flatten()
             cand = cand[torch.argsort(sel_ub[cand], descending=True)][:lp_top]  # the domains defining the max
             if cand.numel():
-                Dc = cand.numel()
-                base = [(l.expand(Dc, -1), u.expand(Dc, -1)) for l, u in root_fb]
-                cf = [f[cand] for f in sel_fixed]
-                fbc = interval_bounds(chain, xl.expand(Dc, -1), xu.expand(Dc, -1), base=base, fixed=cf)
-                if rebound:
-                    fbc = split_crown_bounds(chain, xl.expand(Dc, -1), xu.expand(Dc, -1), cf, fbc)
+                fbc, emptyc = split_forward_bounds(chain, xl, xu, root_fb, [f[cand] for f in sel_fixed], rebound)
                 fb_np = [(l.cpu().numpy(), u.cpu().numpy()) for l, u in fbc]
                 drop = torch.zeros(k, dtype=torch.bool, device=dev)
                 for ci, i in enumerate(cand.tolist()):
                     if time.perf_counter() - t0 > timeout:
                         break
+                    if bool(emptyc[ci]):
+                        drop[i] = True
+                        continue
                     stats["lp_calls"] += 1
                     if domain_infeasible(chain, xl_np, xu_np, [(l[ci], u[ci]) for l, u in fb_np]):
                         drop[i] = True
