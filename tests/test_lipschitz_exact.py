@@ -139,3 +139,25 @@ def test_bab_rejects_unsupported_settings():
     relu = models.from_module(mlp([3, 4, 2], 0))
     with pytest.raises(UnsupportedOperationError):
         local_lipschitz(relu, (lo, hi), norm="2", bab_timeout=1.0, attack=False)
+
+
+def test_domain_memory_cap_stops_soundly_and_budget_is_tight():
+    """Issue 9 resource limits: a cap on pending domains stops BaB with a sound anytime bound, and the
+    branch-and-bound phase keeps its time budget to within a few percent."""
+    module = mlp([8, 24, 24, 4], seed=7)
+    net = models.from_module(module)
+    x0 = torch.zeros((1, 8), dtype=torch.float64)
+    lo, hi = x0 - 0.5, x0 + 0.5
+    plain = local_lipschitz(net, (lo, hi), attack_options=FAST_ATTACK)
+    capped = local_lipschitz(net, (lo, hi), bab_timeout=30, attack_options=FAST_ATTACK,
+                             bab_options={"max_pool": 40, "batch": 16})
+    assert capped.status == "domain_limit" and not capped.exact
+    # sound: never below true gradients at sampled points, never above the plain bound
+    xs = (lo + (hi - lo) * torch.rand(4000, 8, dtype=torch.float64)).requires_grad_(True)
+    J = torch.func.vmap(torch.func.jacrev(lambda z: module(z[None])[0]))(xs.detach())
+    sampled = float(J.abs().sum(-1).amax())  # l_inf input: max over outputs of ||grad f_i||_1
+    assert sampled <= capped.upper <= plain.upper
+    budget = 1.5
+    r = local_lipschitz(net, (lo, hi), bab_timeout=budget, attack_options=FAST_ATTACK)
+    if r.status == "timeout":
+        assert r.timings["bab"] <= budget * 1.05 + 0.25, r.timings

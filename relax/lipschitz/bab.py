@@ -100,11 +100,18 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
 
 def run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: LipschitzResult, timeout: float,
             operator: bool, attack_lower, batch: int = 256, max_domains: int = 1_000_000,
+            max_pool: int = 2_000_000,
             feas_tol: float = 1e-9, rebound: bool = True, layer_bias: float = 0.0,
             lp_check: bool = False, balance: bool = False,
             lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False, abs_weight: float = 1.0
             ) -> LipschitzResult:
-    """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds."""
+    """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds.
+
+    Resource limits: ``timeout`` (wall seconds), ``max_domains`` (domains bounded in total) and
+    ``max_pool`` (pending domains kept in memory: each costs ``O(hidden neurons)`` int8 plus a few
+    floats).  Whichever is hit first stops the search; the returned upper bound is then the maximum
+    over the pending and closed domains, which is sound at any stopping point (``status`` says why).
+    """
     from .api import certified, derivative_ranges
     t0 = time.perf_counter()
     for node in chain.acts:
@@ -185,7 +192,14 @@ def run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Lip
         return seed_idx[inner], [f[inner] for f in fixed], ub[inner], score[inner]
 
     pool = process(seed_idx, fixed, ub, score, unst, empty, signs)
-    while pool[0].numel() > 0 and time.perf_counter() - t0 < timeout and stats["domains_bounded"] < max_domains:
+    stop = "exact"
+    while pool[0].numel() > 0:
+        if time.perf_counter() - t0 >= timeout:
+            stop = "timeout"
+            break
+        if stats["domains_bounded"] >= max_domains or pool[0].numel() >= max_pool:
+            stop = "domain_limit"
+            break
         p_seed, p_fixed, p_ub, p_score = pool
         # drop domains that cannot raise the maximum
         lbg = lb_seed.max()
@@ -280,7 +294,7 @@ def run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Lip
     # a finished run is exact for the maximum: domains pruned by the lower bound cannot hold the max
     res = LipschitzResult(min(upper, root.upper), float(lb_seed.max()), norm, root.method + "+bab",
                           exact=finished, per_output_upper=[float(v) for v in per_c],
-                          per_output_lower=[float(v) for v in lb_seed], status="exact" if finished else "timeout",
+                          per_output_lower=[float(v) for v in lb_seed], status="exact" if finished else stop if stop != "exact" else "timeout",
                           forward_method=root.forward_method, history=history, stats=stats)
     res.stats["witness"] = {k: v.tolist() for k, v in witness.items()}
     return res
