@@ -15,3 +15,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (it exists only next to the development checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _default_dtype(request):
+    """Each test runs with its module's ``DEFAULT_DTYPE`` (float32 unless declared) and restores it,
+    so no test can leak a global default dtype into the others."""
+    want = getattr(request.module, "DEFAULT_DTYPE", torch.float32)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(want)
+    yield
+    torch.set_default_dtype(old)

@@ -18,7 +18,7 @@ def test_certified_radii_are_verified_and_not_beaten_by_attacks():
     C, _ = relax.margin_spec(y[pos], 10)
     b = relax.compute_bounds(net, relax.Ball(X[pos], r[pos].float(), p=math.inf, clip=(0.0, 1.0)), C=C)
     assert (b.lower > 0).all()  # an independent re-check at exactly the reported radius
-    xa = relax.verify.pgd_attack(net, X[pos], y[pos], r[pos].float(), math.inf, (torch.tensor(0.0), torch.tensor(1.0)),
+    xa, _ = relax.verify.pgd_attack(net, X[pos], y[pos], r[pos].float(), math.inf, (torch.tensor(0.0), torch.tensor(1.0)),
                                  steps=30, restarts=2)
     assert ((xa - X[pos]).abs().amax(dim=1) <= r[pos][:, None].float().squeeze(1) + 1e-6).all()
     assert (net(xa).argmax(1) == y[pos]).all()
