@@ -11,8 +11,6 @@ wrap their results into :class:`~certify.records.Certificate` records.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import time
 from pathlib import Path
@@ -306,23 +304,8 @@ def task_game(factory: str, mode: str = "certified") -> Certificate:
     else:
         if ":" not in factory:
             raise InvalidArgumentError(f"{factory!r}: expected MODULE:FACTORY (or 'toy')")
-        mod, fn = factory.rsplit(":", 1)
-        try:
-            if mod.endswith(".py"):
-                if not Path(mod).exists():
-                    raise InvalidArgumentError(f"{factory!r}: no such file {mod}")
-                spec = importlib.util.spec_from_file_location(Path(mod).stem, mod)
-                m = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(m)
-            else:
-                m = importlib.import_module(mod)
-        except InvalidArgumentError:
-            raise
-        except Exception as exc:
-            raise InvalidArgumentError(f"{factory!r}: cannot import {mod} ({type(exc).__name__}: {exc})") from None
-        f = getattr(m, fn, None)
-        if not callable(f):
-            raise InvalidArgumentError(f"{factory!r}: {mod} has no callable {fn!r}")
+        from models.factory import import_callable
+        f = import_callable(factory, "game factory", InvalidArgumentError)
         out = f()
         game, region = out if isinstance(out, tuple) else (out, None)
     cert = certify_game(game, region, mode=mode)

@@ -19,20 +19,18 @@ description's outputs equal the module's on random inputs (otherwise :class:`Mod
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import io
 import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from . import layers as L
 from .errors import ModelLoadError, NNCertifyError, ShapeMismatchError, UntrustedPickleError
+from .factory import import_callable
 from .graph import Network
 from .spec import build_module, input_shape_of, read_spec
 from .trace import from_module
@@ -205,23 +203,7 @@ def _resolve_arch(arch, path: Path) -> tuple[nn.Module, tuple | None]:
         return build_module(spec, arch), input_shape_of(spec, arch) if "input_shape" in spec else None
     if ":" not in arch:
         raise ModelLoadError(f"arch {arch!r}: expected 'package.module:factory', 'file.py:factory' or a .json file")
-    mod_name, fn_name = arch.rsplit(":", 1)
-    try:
-        if mod_name.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
-            if spec is None or not Path(mod_name).exists():
-                raise ModelLoadError(f"arch {arch!r}: no such file {mod_name}")
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(mod_name)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"arch {arch!r}: cannot import {mod_name} ({type(exc).__name__}: {exc})") from None
-    factory: Callable | None = getattr(mod, fn_name, None)
-    if not callable(factory):
-        raise ModelLoadError(f"arch {arch!r}: {mod_name} has no callable {fn_name!r}")
+    factory = import_callable(arch, "arch")
     m = factory()
     if not isinstance(m, nn.Module):
         raise ModelLoadError(f"arch {arch!r}: the factory returned {type(m).__name__}, not an nn.Module")

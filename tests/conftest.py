@@ -26,3 +26,12 @@ def _default_dtype(request):
     torch.set_default_dtype(want)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def single_thread():
+    """For tests made of many small tensor ops: one thread is much faster on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,13 +13,7 @@ from relax.activations import ACTIVATION_RELAXATIONS
 from relax.piecewise import CompareExchange, HouseholderMap, groupsort_layers, maxmin_layers, sorting_network
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests are many small tensor ops: one thread is much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py
 
 
 REF = {  # reference semantics, written independently of relax/

@@ -13,12 +13,7 @@ from models import Normalize
 from relax.affine import AFFINE_HANDLERS
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py
 
 
 def _cases():

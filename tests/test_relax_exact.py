@@ -20,13 +20,7 @@ import models
 from relax import Ball, Box, compute_bounds
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests are many small tensor ops: one thread is much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py
 
 
 TOL = 1e-5

@@ -15,13 +15,7 @@ from models import GroupSort, HouseholderActivation, MaxMin, Normalize, Residual
 from relax import Ball, Box, compute_bounds
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests are many small tensor ops: one thread is much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py
 
 
 N_SAMPLES = 1000

@@ -15,13 +15,7 @@ from relax import margin_spec, verify_robustness
 from relax.verify import _project_l1
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests are many small tensor ops: one thread is much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py
 
 
 
