@@ -1,0 +1,312 @@
+"""Public entry point: :func:`lipschitz_bound` (one table from method name to handler)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from models.errors import InvalidArgumentError, UnsupportedOperationError
+from models.graph import Network
+
+from . import solve as _solve
+from . import verify as V
+from .certificate import LipschitzEstimate, SDPCertificate
+from .first_order import optimize_sector
+from .formulations.common import row_space_reduction
+from .formulations.nsr import build_nsr
+from .formulations.sector import build_sector
+from .structure import GROUP_ACTS, SLOPE_RESTRICTED, LayerList, extract, lift, pow2_normalize
+
+METHODS = ("auto", "lipsdp-neuron", "lipsdp-layer", "lifted", "nsr")
+# LipSDP-Network (coupled multipliers zeta_ij (e_i - e_j)(e_i - e_j)^T) is deliberately absent: unsound for ReLU.
+
+
+def _blas_threads(n):
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=n)
+    except ImportError:  # pragma: no cover
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def _np(t):
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _norm(norm):
+    if norm in (2, 2.0, "2", "l2"):
+        return 2
+    if norm in ("inf", "linf", math.inf, float("inf")):
+        return "inf"
+    raise InvalidArgumentError(f"norm must be 2 or 'inf', got {norm!r}")
+
+
+# ----------------------------------------------------------------------------- verification drivers
+def certify_sector(blocks_np, W_out, norm, mult) -> float | None:
+    """Certified rho (l2: bound is sqrt) / L_inf from sector multipliers, or None."""
+    lams = mult["lam"]
+    if norm == 2:
+        Q = V.output_storage_l2(W_out)
+    else:
+        QK = mult.get("QK")
+        if QK is None or not np.all(np.isfinite(QK)):
+            return None
+        Q = 0.5 * (QK + QK.T)
+        ev = np.linalg.eigvalsh(Q)
+        Q = Q + (max(0.0, -ev[0]) + 1e-9 * max(abs(ev[-1]), 1e-300)) * np.eye(Q.shape[0])
+        mult["QK"] = Q
+    for k in range(len(blocks_np) - 1, -1, -1):
+        r = V.sector_stage(Q, blocks_np[k], lams[k] if lams[k] is not None else np.zeros(0))
+        if r is None:
+            return None
+        Q, lam = r
+        lams[k] = lam
+    if norm == 2:
+        return V.finish_l2(Q)
+    if mult.get("tau") is None:
+        return None
+    r = V.finish_linf(Q, mult["tau"], 0.5 * (mult["QK"] + mult["QK"].T), W_out.reshape(-1))
+    if r is None:
+        return None
+    mult["tau"] = r[1]
+    return r[0]
+
+
+def _groups(h) -> np.ndarray:
+    n = h.W.shape[0]
+    if h.act == "maxmin":
+        return V._group_matrix(n, 2, h.attrs.get("layout", "pairs"))
+    return V._group_matrix(n, int(h.attrs.get("group_size", 2)), "pairs")
+
+
+def certify_nsr(Ws, Ms, W_out, norm, mult) -> float | None:
+    lams, gams = mult["lam"], mult["gam"]
+    if norm == 2:
+        Q = V.output_storage_l2(W_out)
+    else:
+        lamK = np.maximum(lams[-1], 4 * V.U * np.abs(gams[-1]) + 1e-300)
+        if not (np.all(np.isfinite(lamK)) and np.all(np.isfinite(gams[-1]))):
+            return None
+        QK = V.nsr_T(lamK, gams[-1], Ms[-1])
+        Q = QK
+    for k in range(len(Ws) - 1, -1, -1):
+        r = V.nsr_stage(Q, Ws[k], Ms[k], lams[k], gams[k])
+        if r is None:
+            return None
+        Q, (lams[k], gams[k]) = r
+    if norm == 2:
+        return V.finish_l2(Q)
+    if mult.get("tau") is None:
+        return None
+    r = V.finish_linf(Q, mult["tau"], QK, W_out.reshape(-1))
+    if r is None:
+        return None
+    mult["tau"] = r[1]
+    return r[0]
+
+
+# ----------------------------------------------------------------------------- method handlers
+def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, iters):
+    blocks_t = lift(layers)
+    blocks = [tuple(_np(x) for x in (b.C, b.D, b.G, b.alpha, b.beta)) for b in blocks_t]
+    W_out = _np(layers.W_out)
+    sizes = [b[1].shape[1] + b[0].shape[0] for b in blocks]
+    if blocks and norm == 2:
+        sizes[0] = min(sizes[0], blocks[0][0].shape[0] + blocks[0][1].shape[0] + blocks[0][0].shape[0])
+    fo = str(solver).upper() == "FIRST_ORDER" if solver is not None else False
+    if solver is None or str(solver).lower() == "auto":
+        if norm == 2 and not per_layer and not _solve.mosek_licensed() and (
+                max(sizes, default=0) > _solve.CLARABEL_MAX_CONE or sum(sizes) > 150):
+            fo = True
+    if fo:
+        if norm != 2 or per_layer:
+            raise InvalidArgumentError("solver='FIRST_ORDER' supports norm=2 with per-neuron multipliers only")
+        dev = layers.W_out.device
+        tb = [tuple(x.to(dev) for x in (b.C, b.D, b.G, b.alpha, b.beta)) for b in blocks_t]
+        if tb:
+            C0, D0 = tb[0][0], tb[0][1]
+            Vr = torch.as_tensor(row_space_reduction(_np(torch.cat([C0, D0]))), dtype=C0.dtype, device=dev)
+            tb[0] = (C0 @ Vr, D0 @ Vr) + tb[0][2:]
+        lams, rho, dt, _ = optimize_sector(tb, layers.W_out, iters=iters, time_limit=time_limit)
+        mult = {"lam": lams}
+        return "FIRST_ORDER" if iters > 0 else "CLOSED_FORM", "done", rho, dt, mult, \
+            (lambda m: certify_sector(blocks, W_out, 2, m))
+    built = build_sector(blocks, W_out, norm, per_layer=per_layer)
+    s = _solve.choose_solver(solver, built.cone_sizes)
+    res = _solve.run(built.problem, s, time_limit, eps)
+    mult = built.read()
+    return s, res.status, res.raw_value, res.solve_time, mult, (lambda m: certify_sector(blocks, W_out, norm, m))
+
+
+def norm2_up(W: np.ndarray) -> float:
+    """Certified upper bound of ||W||_2 (float64 proof on the smaller Gram matrix)."""
+    M = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
+    a, b = (W, W.T) if W.shape[0] <= W.shape[1] else (W.T, W)
+    r = V.certify_lmax(M, V.product_error(a, b))
+    return math.inf if r is None else V.sqrt_up(r)
+
+
+def _run_residual_nsr(layers: LayerList, norm, solver, time_limit, eps, variant):
+    from .formulations.residual_nsr import build_residual_nsr
+    hs = layers.hidden
+    ok = (norm == 2 and len(hs) >= 2 and hs[0].act == "identity" and not hs[0].residual
+          and all(h.residual and h.act == "maxmin" and h.W2 is None for h in hs[1:]))
+    if not ok:
+        raise UnsupportedOperationError(
+            "method 'nsr' on residual nets needs x0 = W_in u, x_k = x_{k-1} + MaxMin(W_k x_{k-1}), y = W_out x_m "
+            "and norm=2 (Pauli et al.); use method='lifted' for anything else")
+    Ws = [_np(h.W) for h in hs[1:]]
+    Mg = np.zeros((len(Ws) * Ws[0].shape[0], len(Ws) * Ws[0].shape[0] // 2))
+    nx = Ws[0].shape[0]
+    for k, h in enumerate(hs[1:]):
+        Mg[k * nx:(k + 1) * nx, k * nx // 2:(k + 1) * nx // 2] = _groups(h)
+    outer = norm2_up(_np(hs[0].W)) * norm2_up(_np(layers.W_out))
+    built = build_residual_nsr(Ws, Mg, variant)
+    s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
+    res = _solve.run(built.problem, s, time_limit, eps)
+    mult = built.read()
+    raw = res.raw_value * outer ** 2 if res.raw_value == res.raw_value else res.raw_value
+
+    def certify(m):
+        r = V.certify_residual_nsr(Ws, Mg, m)
+        return None if r is None else V.round_up(r * V.round_up(outer * outer) * (1 + 4 * V.U))
+    return s, res.status, raw, res.solve_time, mult, certify
+
+
+def _run_nsr(layers: LayerList, norm, solver, time_limit, eps, iters, variant="Szero"):
+    if any(h.residual for h in layers.hidden):
+        return _run_residual_nsr(layers, norm, solver, time_limit, eps, variant)
+    for h in layers.hidden:
+        if h.residual or h.act not in ("maxmin", "groupsort"):
+            raise UnsupportedOperationError(
+                f"layer {h.path}: method 'nsr' needs a feed-forward MaxMin/GroupSort chain and c = None or a "
+                f"signed unit vector (got {h.act}"
+                f"{', residual' if h.residual else ''}); use method='lifted'")
+    if not layers.hidden:
+        raise UnsupportedOperationError("method 'nsr' needs at least one hidden layer")
+    Ws = [_np(h.W) for h in layers.hidden]
+    Ms = [_groups(h) for h in layers.hidden]
+    W_out = _np(layers.W_out)
+    built = build_nsr(Ws, Ms, W_out, norm)
+    s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
+    res = _solve.run(built.problem, s, time_limit, eps)
+    mult = built.read()
+    return s, res.status, res.raw_value, res.solve_time, mult, (lambda m: certify_nsr(Ws, Ms, W_out, norm, m))
+
+
+def _check_acts(layers, allowed, method):
+    for h in layers.hidden:
+        if h.act not in allowed:
+            raise UnsupportedOperationError(
+                f"layer {h.path}: activation {h.act!r} is not slope-restricted; method {method!r} needs "
+                f"{', '.join(allowed)} (use method='lifted' or 'nsr')")
+
+
+def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | None = None, c=None,
+                    time_limit: float | None = None, eps: float | None = None,
+                    first_order_iters: int = 300, residual_variant: str = "Szero") -> SDPCertificate:
+    """Certified global Lipschitz upper bound of ``f`` (or of ``c^T f``) by semidefinite programming.
+
+    ``norm``: 2 (l2 -> l2) or ``"inf"`` (l_inf -> |.|, needs a scalar output or ``c``).
+    ``method``: ``"lipsdp-neuron"`` / ``"lipsdp-layer"`` (slope-restricted activations), ``"lifted"``
+    (exact one-ReLU-per-comparator form: MaxMin, GroupSort via sorting networks, Householder,
+    residual blocks; equals LipSDP-Neuron for ReLU nets), ``"nsr"`` (Pauli et al. 2024 constraint,
+    feed-forward MaxMin/GroupSort), ``"auto"`` (lifted; for GroupSort with groups > 2 also NSR, the
+    smaller certified value wins).  ``method="nsr"`` on the paper's residual nets uses its residual
+    LMI (``residual_variant``: "PSzero", "Szero" (P free, default) or "Pzero") and reports, like the
+    paper, sqrt(rho) ||W_in|| ||W_out|| (norms certified).
+    ``solver``: ``"MOSEK" | "CLARABEL" | "SCS" | "CVXOPT" | "FIRST_ORDER" | None/"auto"``.
+    ``c``: output direction, e.g. ``e_i - e_j`` for margin certificates (radius = margin / L).
+    Guarantee: if ``status == "certified"``, ``certified_value`` >= the true Lipschitz constant; it
+    is recomputed from the (repaired) multipliers and proven in float64, never copied from the solver.
+    """
+    norm = _norm(norm)
+    if method not in METHODS:
+        raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}; got {method!r}"
+                                   + (" (LipSDP-Network is unsound for ReLU and not provided)"
+                                      if "network" in str(method).lower() else ""))
+    if time_limit is not None and not (time_limit > 0):
+        raise InvalidArgumentError(f"time_limit must be positive, got {time_limit!r}")
+    net.check_finite()
+    layers = extract(net, c)
+    if norm == "inf" and layers.W_out.shape[0] != 1:
+        raise InvalidArgumentError("norm='inf' bounds a scalar output: pass c (e.g. a logit or e_i - e_j)")
+    naive = layers.naive_spectral_product() if norm == 2 else layers.naive_inf_product()
+    scaled, scale = pow2_normalize(layers)
+    if method == "auto":
+        if any(h.act == "groupsort" and int(h.attrs.get("group_size", 2)) > 2 for h in layers.hidden) and \
+                all(h.act in ("maxmin", "groupsort") and not h.residual for h in layers.hidden):
+            a = lipschitz_bound(net, norm, "lifted", solver, c, time_limit, eps, first_order_iters)
+            b = lipschitz_bound(net, norm, "nsr", solver, c, time_limit, eps, first_order_iters)
+            cands = [x for x in (a, b) if x.certified]
+            return min(cands, key=lambda x: x.certified_value) if cands else a
+        method = "lifted"
+    if method in ("lipsdp-neuron", "lipsdp-layer"):
+        _check_acts(layers, SLOPE_RESTRICTED, method)
+        run = lambda: _run_sector(scaled, norm, method == "lipsdp-layer", solver, time_limit, eps, first_order_iters)
+    elif method == "lifted":
+        run = lambda: _run_sector(scaled, norm, False, solver, time_limit, eps, first_order_iters)
+    else:
+        if residual_variant not in ("PSzero", "Szero", "Pzero"):
+            raise InvalidArgumentError(f"residual_variant must be PSzero, Szero or Pzero; got {residual_variant!r}")
+        run = lambda: _run_nsr(scaled, norm, solver, time_limit, eps, first_order_iters, residual_variant)
+    sname, sstatus, raw, st, mult, certify = run()
+    t0 = time.perf_counter()
+    try:
+        with _blas_threads(1):  # matrices here are small: BLAS threading only adds contention
+            rho = certify(mult)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        rho, msg = None, f"verification error: {exc}"
+    else:
+        msg = "" if rho is not None else "multipliers could not be repaired into a proven certificate"
+    vt = time.perf_counter() - t0
+    if norm == 2:
+        raw_b = math.sqrt(raw) * scale if raw == raw and raw >= 0 else float("nan")
+        cert = None if rho is None else V.round_up(V.sqrt_up(rho) * scale)
+    else:
+        raw_b = raw * scale if raw == raw else float("nan")
+        cert = None if rho is None else V.round_up(rho * scale)
+    return SDPCertificate(raw_b, cert, "certified" if cert is not None else "failed", sname, st, method, norm,
+                          naive, mult, vt, sstatus, msg)
+
+
+def margin_lipschitz(net: Network, i: int, j: int, **kw) -> SDPCertificate:
+    """Lipschitz bound of the logit difference (e_i - e_j)^T f: a certified radius is margin / L."""
+    q = net.output_shape[0] if net.output_shape else 1
+    if not (0 <= i < q and 0 <= j < q) or i == j:
+        raise InvalidArgumentError(f"need two different output indices in [0, {q}), got {i}, {j}")
+    c = torch.zeros(q, dtype=torch.float64)
+    c[i], c[j] = 1.0, -1.0
+    return lipschitz_bound(net, c=c, **kw)
+
+
+def sampled_lower_bound(net: Network, norm=2, c=None, n: int = 2000, seed: int = 0, scale: float = 1.0,
+                        batch: int = 500) -> LipschitzEstimate:
+    """max over random points of the dual norm of the gradient of c^T f (or the spectral norm of the
+    Jacobian for vector f, via power iteration): a heuristic LOWER estimate, never a certificate."""
+    norm = _norm(norm)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    best = 0.0
+    dt, dev = net.dtype, net.device
+    shape = net.input_shape
+    for s in range(0, n, batch):
+        x = (torch.randn((min(batch, n - s), *shape), generator=g, dtype=torch.float64) * scale).to(dev, dt)
+        x.requires_grad_(True)
+        y = net(x)
+        if c is not None or y.shape[1] == 1:
+            cc = torch.as_tensor(c, dtype=y.dtype, device=dev) if c is not None else torch.ones(1, dtype=y.dtype, device=dev)
+            (gr,) = torch.autograd.grad((y @ cc).sum(), x)
+            gr = gr.reshape(gr.shape[0], -1)
+            val = gr.norm(dim=1) if norm == 2 else gr.abs().sum(dim=1)
+        else:
+            if norm != 2:
+                raise InvalidArgumentError("norm='inf' estimates need c")
+            J = torch.func.vmap(torch.func.jacrev(lambda z: net(z[None])[0]))(x.detach())
+            J = J.reshape(J.shape[0], J.shape[1], -1)
+            val = torch.linalg.matrix_norm(J, 2)
+        best = max(best, float(val.max()))
+    return LipschitzEstimate(best, norm, n, "max gradient norm at random points")
