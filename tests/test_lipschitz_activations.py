@@ -88,3 +88,32 @@ def test_leaky_relu_bab_is_sound_and_tightens():
     bab = local_lipschitz(net, (lo, hi), bab_timeout=20, attack_options=FAST_ATTACK)
     assert truth - 1e-12 <= bab.upper <= plain.upper
     assert bab.exact and bab.lower <= bab.upper
+
+
+def test_householder_gate_uses_v_as_stored_regression():
+    """Found by bench/soundness_fuzz.py: a float32 Householder net whose v is unit only to float32
+    precision got an upper bound below the true gradient norm, because the gate re-normalized v in
+    float64 (bounding a slightly different function). The description's semantics use v as stored;
+    a v of norm 1.05 makes the discrepancy large."""
+    import math as _m
+    import torch as _t
+    import models as _models
+    import relax as _relax
+    from models.graph import Network, Node
+    from relax.lipschitz import local_lipschitz as _ll
+    g = _t.Generator().manual_seed(3)
+    W1 = _t.randn(4, 3, generator=g, dtype=_t.float64)
+    v = _t.randn(2, 2, generator=g, dtype=_t.float64)
+    v = 1.05 * v / v.norm(dim=1, keepdim=True)
+    W2 = _t.randn(2, 4, generator=g, dtype=_t.float64)
+    net = Network([Node("input", "input", (), {}, {"shape": (3,)}),
+                   Node("l1", "linear", ("input",), {"weight": W1, "bias": _t.zeros(4, dtype=_t.float64)}),
+                   Node("h", "householder", ("l1",), {"v": v}, {"group_size": 2}),
+                   Node("l2", "linear", ("h",), {"weight": W2, "bias": _t.zeros(2, dtype=_t.float64)})])
+    center = _t.zeros(1, 3, dtype=_t.float64)
+    for norm, p in (("inf", _m.inf), ("1", 1), ("2", 2)):
+        res = _ll(net, _relax.Ball(center, 1.0, p=p), norm=norm)
+        xs = (2 * _t.rand(3000, 3, generator=g, dtype=_t.float64) - 1)
+        J = _t.func.vmap(_t.func.jacrev(lambda z: net(z[None])[0]))(xs)
+        sampled = float(_t.linalg.matrix_norm(J, ord={"inf": _m.inf, "1": 1, "2": 2}[norm]).max())
+        assert res.upper >= sampled * (1 - 1e-12), (norm, res.upper, sampled)

@@ -157,9 +157,8 @@ def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
 
 
 def _householder(node: Node, n: int, ref: torch.Tensor) -> Gate:
-    v = node.params["v"].to(ref)
+    v = node.params["v"].to(ref)  # as stored: the description's semantics (never re-normalized here)
     groups, gs = v.shape
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
     E = torch.zeros(groups, n, dtype=ref.dtype, device=ref.device)
     for k in range(groups):
         E[k, k * gs:(k + 1) * gs] = v[k]
