@@ -288,6 +288,48 @@ def task_steps(lm, X, y) -> Certificate:
                             total_s=time.perf_counter() - t0, notes=notes)
 
 
+def controller_certificate(controller, model_name: str = "training run", lm=None) -> Certificate:
+    """A step-radius record of a :class:`~certify.controller.SafeStepController` run (its trajectory).
+
+    ``certified`` when every step was an exact-JVP step inside its radius (``r_applied <= 1``).
+    """
+    recs = [r.to_dict() for r in controller.records]
+    traj = [{"rho": r["rho_a"], "step_norm": r["applied_norm"], "proposed": r["step_norm"],
+             "r_applied": r["r_applied"], "scale": r["scale"]} for r in recs]
+    ok = bool(recs) and all(r["kind"] == "certified" and r["r_applied"] is not None and r["r_applied"] <= 1.0
+                            for r in recs)
+    last = recs[-1] if recs else {}
+    result = StepRadiusResult(direction="optimizer update (clip mode)" if controller.mode == "clip" else
+                              "optimizer update (set mode)", radius=last.get("rho_a"), trajectory=traj)
+    return make_certificate(status="certified" if ok else "estimate", method=f"safe-step controller ({controller.method})",
+                            result=result, model=model_ref(lm) if lm is not None else None,
+                            parameters={"mode": controller.mode, "steps": len(recs)},
+                            notes=[f"{sum(r['scale'] < 1 for r in recs)} of {len(recs)} steps were clipped to rho_a"])
+
+
+def demo_training_run(steps: int = 60, spike_at: int = 30, spike: float = 1000.0):
+    """A short Adam run on digits with a learning-rate spike, under the safe-step controller."""
+    from torch import nn
+    from models.zoo import digits
+    from .controller import SafeStepController
+    Xtr, ytr = digits("train")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ctl = SafeStepController(model, opt, mode="clip")
+    g = torch.Generator().manual_seed(1)
+    for t in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * (spike if t == spike_at else 1.0)
+        idx = torch.randint(0, len(Xtr), (128,), generator=g)
+        loss = nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ctl.detach()
+    return controller_certificate(ctl, "digits MLP+LN, Adam with a 1000x LR spike")
+
+
 def toy_game():
     """The two-player toy of the SGN reference: Jacobian [[1, 10], [0.05, 1]] (Euclidean margin -4.025)."""
     from .games import QuadraticGame
@@ -364,5 +406,6 @@ def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print)
         add(f"robustness_linf_{eps}", task_robustness(lm, X, y, eps=eps, norm="inf", clip=(0.0, 1.0)))
     add("local_lipschitz_linf", task_lipschitz(lm, X[0], eps=0.02, norm="inf", bab_timeout=5.0, index=0))
     add("step_radius", task_steps(lm, X, y))
+    add("training_run", demo_training_run())
     add("game_toy", task_game("toy"))
     return write_report(certs, out, title=f"nncertify demo: {model}")

@@ -133,3 +133,29 @@ def test_state_dict_with_arch_and_robustness(files, tmp_path):
     for s in c.result.samples:
         if s.status == "verified":
             assert s.margin_lower > 0 and s.certified_radius >= 0
+
+
+def test_shipped_examples_run(tmp_path):
+    from pathlib import Path
+    ex = Path(__file__).resolve().parents[1] / "examples"
+    r = certify("game", f"{ex / 'games.py'}:lq", "--json", tmp_path / "lq.json")
+    assert r.returncode == 0, r.stderr
+    assert load_certificate(tmp_path / "lq.json").result.players == 2
+    r = certify("game", f"{ex / 'games.py'}:unstable")
+    assert r.returncode == 1
+    import json as _json
+    from certify.batch import expand_plan
+    units = expand_plan(_json.loads((ex / "batch_plan.json").read_text()))
+    assert len(units) == 2 * (2 * 2 + 1)
+
+
+def test_report_from_batch_results_and_certificates(tmp_path):
+    from certify.records import make_certificate, LipschitzResult
+    c = make_certificate(status="certified", method="x", result=LipschitzResult(scope="global", norm="2", upper=3.0,
+                                                                                 by_method={"product of norms": 3.0}))
+    c.save(tmp_path / "c.json")
+    rec = {"id": "u1", "unit": {}, "status": "certified", "elapsed_s": 0.1, "certificate": json.loads(c.to_json())}
+    (tmp_path / "b.jsonl").write_text(json.dumps(rec) + "\n")
+    r = certify("report", tmp_path / "c.json", tmp_path / "b.jsonl", "--out", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    assert "3" in (tmp_path / "rep" / "report.md").read_text()
