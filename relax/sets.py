@@ -176,7 +176,7 @@ class Ball(InputSet):
         if not isinstance(self.center, torch.Tensor) or self.center.dim() < 2:
             raise ShapeMismatchError("Ball: center must be a tensor of shape (B, *input_shape)")
         B = self.center.shape[0]
-        eps = _round_up(torch.as_tensor(self.eps, device=self.center.device), self.center.dtype)
+        eps = _round_up(_exact(self.eps, self.center.device), self.center.dtype)
         if eps.dim() == 0:
             eps = eps.expand(B)
         if eps.shape != (B,):
@@ -188,8 +188,8 @@ class Ball(InputSet):
         self.eps_t = eps.contiguous()
         if self.clip is not None:
             lo, hi = self.clip
-            lo = -_round_up(-torch.as_tensor(lo, device=self.center.device), self.center.dtype)
-            hi = _round_up(torch.as_tensor(hi, device=self.center.device), self.center.dtype)
+            lo = -_round_up(-_exact(lo, self.center.device), self.center.dtype)
+            hi = _round_up(_exact(hi, self.center.device), self.center.dtype)
             lo = torch.broadcast_to(lo, self.center.shape)
             hi = torch.broadcast_to(hi, self.center.shape)
             if (lo > hi).any():
@@ -211,7 +211,9 @@ class Ball(InputSet):
 
     def box(self):
         e = self._eps_view()
-        lo, hi = self.center - e, self.center + e
+        # c -/+ e rounded to nearest can land inside the real ball: step one ulp outward
+        lo = torch.nextafter(self.center - e, torch.full_like(self.center, -math.inf))
+        hi = torch.nextafter(self.center + e, torch.full_like(self.center, math.inf))
         if self._clip is not None:
             lo = torch.maximum(lo, self._clip[0])
             hi = torch.minimum(hi, self._clip[1])
@@ -283,6 +285,14 @@ class Ball(InputSet):
         if self._clip is not None:
             ok &= ((x >= self._clip[0] - tol) & (x <= self._clip[1] + tol)).flatten(1).all(1)
         return ok
+
+
+def _exact(v, device) -> torch.Tensor:
+    """A user number as a tensor without rounding it first: Python floats are float64 (torch's default
+    dtype, often float32, would round a radius before it can be rounded outward)."""
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    return torch.as_tensor(v, dtype=torch.float64, device=device)
 
 
 def _round_up(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import models
+import relax
 from models import GroupSort, HouseholderActivation, MaxMin, Normalize, Residual
 from relax import Ball, Box, compute_bounds
 
@@ -284,3 +285,22 @@ def test_chunked_backward_gives_the_same_bounds():
     assert torch.allclose(a.lower, b.lower, atol=1e-5) and torch.allclose(a.upper, b.upper, atol=1e-5)
     for n in net.nodes:
         assert torch.allclose(a.intermediate[n.name][0], b.intermediate[n.name][0], atol=1e-5)
+
+
+def test_float64_radius_is_not_rounded_through_float32_regression():
+    """Found by bench/soundness_fuzz.py: Ball(eps=<python float>) built the radius as a float32 tensor
+    (torch's default dtype) before rounding it outward, shrinking a float64 ball by ~1e-8: CROWN bounds
+    of a float64 network then missed the ball's vertices."""
+    eps = 0.19855884365516416  # float32(eps) < eps
+    assert float(torch.tensor(eps, dtype=torch.float32)) < eps
+    net = models.from_module(torch.nn.Sequential(torch.nn.Linear(1, 1)).double())
+    with torch.no_grad():
+        net.nodes[1].params["weight"].fill_(1.0)
+        net.nodes[1].params["bias"].zero_()
+    center = torch.zeros(1, 1, dtype=torch.float64)
+    for p in (math.inf, 2, 1):
+        for method in ("ibp", "crown"):
+            b = relax.compute_bounds(net, relax.Ball(center, eps, p=p), method=method)
+            assert float(b.upper[0, 0]) >= eps and float(b.lower[0, 0]) <= -eps, (p, method)
+    b = relax.compute_bounds(net, relax.Ball(center, eps, p=math.inf, clip=(-0.1, 0.30000000000000004)))
+    assert float(b.lower[0, 0]) <= -0.1 and float(b.upper[0, 0]) >= eps
