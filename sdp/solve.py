@@ -50,7 +50,23 @@ def choose_solver(solver: str | None, cone_sizes: list[int]) -> str:
         raise InvalidArgumentError("solver='MOSEK' needs a licence file (MOSEKLM_LICENSE_FILE or ~/mosek/mosek.lic)")
     if s not in cp.installed_solvers():
         raise InvalidArgumentError(f"solver {s!r} is not installed (installed: {', '.join(cp.installed_solvers())})")
+    if s == "CLARABEL":
+        n = max(cone_sizes, default=0)
+        need = clarabel_kkt_bytes(n)
+        if need > CLARABEL_MAX_BYTES:
+            raise InvalidArgumentError(
+                f"solver='CLARABEL' would need about {need / 2 ** 30:.0f} GiB for a PSD block of size {n} (its KKT "
+                f"system is dense in the cone); use solver='SCS' or 'FIRST_ORDER' (or 'auto')")
     return s
+
+
+CLARABEL_MAX_BYTES = 4 * 2 ** 30
+
+
+def clarabel_kkt_bytes(n: int) -> int:
+    """Memory of Clarabel's dense KKT block for one n x n PSD cone: (n(n+1)/2)^2 float64 entries."""
+    m = n * (n + 1) // 2
+    return 8 * m * m
 
 
 @dataclass

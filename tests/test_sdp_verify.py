@@ -40,3 +40,15 @@ def test_sqrt_up_and_round_up():
     for x in [2.0, 1e-300, 3.3, 1e300]:
         assert V.sqrt_up(x) ** 2 >= x or V.sqrt_up(x) > np.sqrt(x)
         assert V.round_up(x) > x
+
+
+def test_clarabel_refused_before_it_can_exhaust_memory():
+    """Issue 9 resource limits: Clarabel's KKT block is dense in each PSD cone; a 352-wide LMI was
+    OOM-killed on a 24 GB machine. Asking for it on such a problem is a clear error, not a crash."""
+    import pytest as _pytest
+    from models.errors import InvalidArgumentError
+    from sdp import solve as S
+    assert S.choose_solver("CLARABEL", [64]) == "CLARABEL"
+    with _pytest.raises(InvalidArgumentError, match="GiB"):
+        S.choose_solver("CLARABEL", [352])
+    assert S.choose_solver(None, [352]) == "SCS"
