@@ -333,6 +333,16 @@ def run(pairs: int = 10000, seed: int = 0, time_budget: float = 1800.0, log=prin
             "seconds": round(time.perf_counter() - t0, 1), "by_method": t.data}
 
 
+HISTORY = [
+    "- 2026-11-23, crown/alpha-crown (3 of 3,000 pairs, by up to 4.5e-9): `relax.Ball` turned a Python-float radius "
+    "into a float32 tensor before rounding it outward, so float64 balls were shrunk by ~1e-8. Fixed in relax/sets.py; "
+    "test_float64_radius_is_not_rounded_through_float32_regression.",
+    "- 2026-11-23, local_lipschitz (float32 Householder nets, ~1e-7 relative): the Clarke gate re-normalized v in "
+    "float64, bounding a slightly different function than the network's. Fixed in relax/lipschitz/gates.py; "
+    "test_householder_gate_uses_v_as_stored_regression.",
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=10000)
@@ -357,6 +367,7 @@ def main() -> None:
         md += ["", "## Violations (first examples)", ""]
         for m, d in res["by_method"].items():
             md += [f"- {m}: {e}" for e in d["examples"]]
+    md += ["", "## Violations found earlier and fixed (each is now a regression test)", "", *HISTORY]
     (out / "soundness_fuzz.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
