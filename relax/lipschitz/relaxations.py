@@ -47,16 +47,10 @@ def gated_product_upper(a, b, l, u, interval: bool = False):
 
 
 def gated_product_lower(a, b, l, u, interval: bool = False):
-    pos, neg = l >= 0, u <= 0
-    fl, fu = torch.minimum(a * l, b * l), torch.minimum(a * u, b * u)
-    slope, icpt = _chord(l, u, fl, fu, torch.where(l >= 0, a, b))
-    slope = torch.where(pos, a, torch.where(neg, b, slope))
-    icpt = torch.where(pos | neg, torch.zeros_like(icpt), icpt)
-    if interval:
-        const = (~(pos | neg)) & (a < b)
-        slope = torch.where(const, torch.zeros_like(slope), slope)
-        icpt = torch.where(const, torch.minimum(fl, fu), icpt)
-    return slope, icpt
+    """Lower line of ``d * g`` (``d in [a, b]``, ``g in [l, u]``): the mirror image of the upper line,
+    since ``min_d d g = -max_{d' in [-b, -a]} d' g``."""
+    slope, icpt = gated_product_upper(-b, -a, l, u, interval)
+    return -slope, -icpt
 
 
 def gated_product_interval(a, b, l, u):
