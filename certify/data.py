@@ -79,7 +79,7 @@ def read_arrays(path: str | Path, labels: str | Path | None = None):
             raise DataLoadError(f"{path}: unknown data format {suffix!r} (use .npy, .npz, .pt or .csv)")
     except DataLoadError:
         raise
-    except (ValueError, OSError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    except Exception as exc:  # only safe readers are used (allow_pickle=False, weights_only=True)
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise DataLoadError(f"{path}: could not be read as {suffix or 'data'} ({msg})") from None
     if labels is not None:

@@ -271,18 +271,29 @@ def _sniff(path: Path) -> str:
 
 
 def _torch_load(path: Path, trust_pickle: bool):
+    """``torch.load`` with the safe weights-only unpickler; a full pickle only with ``trust_pickle``.
+
+    The weights-only unpickler never runs code, so *any* failure of it on arbitrary bytes means "not a
+    readable PyTorch file", except the refusal of a Python object (a ``GLOBAL`` opcode), which means a
+    pickled object that would need the unsafe unpickler.
+    """
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" not in str(exc) and "Unsupported global" not in str(exc):
+    except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) and ("GLOBAL" in str(exc) or "Unsupported global" in str(exc)):
+            if not trust_pickle:
+                raise UntrustedPickleError(
+                    f"{path}: holds a pickled Python object (e.g. a whole nn.Module); unpickling it can run "
+                    f"arbitrary code, so it is refused. Save a state_dict/safetensors instead, or pass "
+                    f"--trust-pickle (trust_pickle=True) if you trust the file") from None
+        else:
             raise ModelLoadError(f"{path}: not a readable PyTorch file (neither a state_dict nor a saved module)") \
                 from None
-        if not trust_pickle:
-            raise UntrustedPickleError(
-                f"{path}: holds a pickled Python object (e.g. a whole nn.Module); unpickling it can run arbitrary "
-                f"code, so it is refused. Save a state_dict/safetensors instead, or pass --trust-pickle "
-                f"(trust_pickle=True) if you trust the file") from None
-    return torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: the trusted pickle could not be loaded ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
 
 
 # ---------------------------------------------------------------------------------------------- torch.export

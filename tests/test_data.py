@@ -53,3 +53,15 @@ def test_pickled_objects_in_data_files_are_refused(tmp_path):
     np.save(tmp_path / "o.npy", np.array([object()], dtype=object), allow_pickle=True)
     with pytest.raises(DataLoadError):
         load_data(tmp_path / "o.npy", SHAPE)
+
+
+def test_random_bytes_in_data_files_are_data_errors(tmp_path):
+    import random
+    rnd = random.Random(1)
+    blobs = [bytes(rnd.getrandbits(8) for _ in range(5000)) for _ in range(396)][-3:]
+    for i, b in enumerate(blobs):
+        for suffix in (".pt", ".npy", ".npz", ".csv"):
+            p = tmp_path / f"d{i}{suffix}"
+            p.write_bytes(b)
+            with pytest.raises(DataLoadError):
+                load_data(p, SHAPE)

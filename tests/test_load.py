@@ -227,3 +227,21 @@ def test_huge_declared_shapes_are_refused_before_allocation(tmp_path):
     onnx.save(helper.make_model(g), str(tmp_path / "huge.onnx"))
     with pytest.raises(ShapeMismatchError, match="limit"):
         load(tmp_path / "huge.onnx")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ts", ".pth", ".bin"])
+def test_random_bytes_always_give_a_model_load_error(tmp_path, suffix):
+    """Regression (bench/hostile_inputs.py): some random byte strings made torch.load raise IndexError,
+    which escaped as an internal error. Any unreadable file must be a one-line ModelLoadError."""
+    import random
+    rnd = random.Random(1)
+    cases = []
+    for i in range(396):  # case 395 of this stream made torch.load raise IndexError
+        cases.append(bytes(rnd.getrandbits(8) for _ in range(5000)))
+    cases = cases[-1:] + [head + cases[j][:n] for j, (head, n) in enumerate(
+        [(b"", 1), (b"\x80\x02", 7), (b"\x80\x04\x95", 64), (b"PK\x03\x04", 4096), (b"(lp0\n", 100)])]
+    for i, data in enumerate(cases):
+        p = tmp_path / f"r{i}{suffix}"
+        p.write_bytes(data)
+        with pytest.raises(ModelLoadError):
+            load(p, arch=lip_mlp)
