@@ -7,6 +7,7 @@ from .layers import GroupSort, HouseholderActivation, MaxMin, Normalize, Residua
 from .ops import ACTIVATIONS, OPS
 from .trace import from_module
 from .load import LoadedModel, check_equivalent, load, load_model
+from . import zoo
 
 __all__ = [
     "Network", "Node", "load", "load_model", "LoadedModel", "check_equivalent", "Stage", "affine_matrix", "chain_stages", "AFFINE_OPS", "OPS", "ACTIVATIONS", "from_module",
