@@ -63,6 +63,11 @@ def _headline(c: Certificate) -> tuple[str, str]:
         return (f"robustness ℓ{r.norm} ε={_fmt(r.eps)}",
                 f"verified {r.verified}/{len(r.samples)} ({100 * r.verified_accuracy:.1f}%), falsified {r.falsified}")
     if r.kind == "step_radius":
+        if r.trajectory:
+            rs = [t.get("r_applied") for t in r.trajectory if t.get("r_applied") is not None]
+            clipped = sum(1 for t in r.trajectory if (t.get("scale") or 1.0) < 1.0)
+            return "controlled training run", (f"{len(r.trajectory)} steps, {clipped} clipped to ρ_a, "
+                                               f"max applied r = {_fmt(max(rs) if rs else None)}")
         return "safe step radius", f"ρ_a = {_fmt(r.radius)}; safe SGD lr ≤ {_fmt(r.safe_lr_sgd)}"
     if r.kind == "game":
         return f"SGN game certificate ({r.players} players)", (
