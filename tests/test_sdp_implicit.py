@@ -4,6 +4,7 @@ difference quotients of the solved equilibria; ill-posed models are never certif
 import itertools
 
 import numpy as np
+from patterns import maxmin_patterns, relu_patterns
 import pytest
 
 from sdp import implicit_lipschitz_bound
@@ -33,19 +34,7 @@ def _solve(W, U, x, act):
 
 
 def _patterns(n, act):
-    if act == "relu":
-        return [np.diag(p) for p in itertools.product([0.0, 1.0], repeat=n)]
-    out = []
-    for p in itertools.product([0, 1], repeat=n // 2):
-        P = np.zeros((n, n))
-        for j, s in enumerate(p):
-            a, b = 2 * j, 2 * j + 1
-            if s:
-                P[a, a] = P[b, b] = 1
-            else:
-                P[a, b] = P[b, a] = 1
-        out.append(P)
-    return out
+    return relu_patterns(n) if act == "relu" else maxmin_patterns(n)
 
 
 @pytest.mark.parametrize("act", ["relu", "maxmin"])

@@ -12,6 +12,7 @@ import itertools
 import math
 
 import numpy as np
+from patterns import maxmin_patterns, relu_patterns
 import pytest
 import torch
 from torch import nn
@@ -48,19 +49,9 @@ def _pattern_jacobian_max(Ws, kind, norm=2, c=None, vs=None):
     for W in hidden:
         n = W.shape[0]
         if kind == "relu":
-            choices.append([np.diag(p) for p in itertools.product([0.0, 1.0], repeat=n)])
+            choices.append(relu_patterns(n))
         elif kind == "maxmin":
-            opts = []
-            for p in itertools.product([0, 1], repeat=n // 2):
-                P = np.zeros((n, n))
-                for j, s in enumerate(p):
-                    a, b = 2 * j, 2 * j + 1
-                    if s:
-                        P[a, a] = P[b, b] = 1
-                    else:
-                        P[a, b] = P[b, a] = 1
-                opts.append(P)
-            choices.append(opts)
+            choices.append(maxmin_patterns(n))
         elif kind == "householder":
             opts = []
             for p in itertools.product([0, 1], repeat=n // 2):
@@ -178,16 +169,7 @@ def test_residual_maxmin_sound():
     Ws = _weights(m)
     # enumerate: J = Wout (I + P2 W2)(I + P1 W1) Win
     best = 0.0
-    opts = []
-    for p in itertools.product([0, 1], repeat=2):
-        P = np.zeros((4, 4))
-        for j, s in enumerate(p):
-            a, b = 2 * j, 2 * j + 1
-            if s:
-                P[a, a] = P[b, b] = 1
-            else:
-                P[a, b] = P[b, a] = 1
-        opts.append(P)
+    opts = maxmin_patterns(4)
     for P1 in opts:
         for P2 in opts:
             J = Ws[3] @ (np.eye(4) + P2 @ Ws[2]) @ (np.eye(4) + P1 @ Ws[1]) @ Ws[0]

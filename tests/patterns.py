@@ -1,0 +1,26 @@
+"""Test oracles shared by several test files: every Clarke-Jacobian choice of an activation layer,
+written independently of the package (exhaustive enumeration for tiny networks)."""
+
+import itertools
+
+import numpy as np
+
+
+def relu_patterns(n: int) -> list[np.ndarray]:
+    """diag(d) for every d in {0, 1}^n."""
+    return [np.diag(p) for p in itertools.product([0.0, 1.0], repeat=n)]
+
+
+def maxmin_patterns(n: int) -> list[np.ndarray]:
+    """Every Jacobian of adjacent-pair MaxMin on n features: per pair the identity or the swap."""
+    out = []
+    for p in itertools.product([0, 1], repeat=n // 2):
+        P = np.zeros((n, n))
+        for j, s in enumerate(p):
+            a, b = 2 * j, 2 * j + 1
+            if s:
+                P[a, a] = P[b, b] = 1
+            else:
+                P[a, b] = P[b, a] = 1
+        out.append(P)
+    return out
