@@ -1,5 +1,5 @@
-"""Test oracles shared by several test files: every Clarke-Jacobian choice of an activation layer,
-written independently of the package (exhaustive enumeration for tiny networks)."""
+"""Helpers shared by several test files: every Clarke-Jacobian choice of an activation layer, written
+independently of the package (exhaustive enumeration for tiny networks), and a small MLP factory."""
 
 import itertools
 
@@ -24,3 +24,16 @@ def maxmin_patterns(n: int) -> list[np.ndarray]:
                 P[a, b] = P[b, a] = 1
         out.append(P)
     return out
+
+
+def mlp(widths, act=None, seed=0):
+    """A float64 MLP ``widths[0] -> ... -> widths[-1]`` with ``act`` (default ReLU) after each hidden layer."""
+    import torch
+    from torch import nn
+    act = act or nn.ReLU
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(widths[:-2], widths[1:-1]):
+        layers += [nn.Linear(a, b), act()]
+    layers.append(nn.Linear(widths[-2], widths[-1]))
+    return nn.Sequential(*layers).double()

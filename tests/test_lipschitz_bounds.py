@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from patterns import mlp
 
 import models
 from relax.lipschitz import jacobian_bounds, local_lipschitz, monotonicity
@@ -14,13 +15,6 @@ from relax.lipschitz.api import input_box
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}
 
 
-def mlp(widths, act=nn.ReLU, seed=0):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in zip(widths[:-2], widths[1:-1]):
-        layers += [nn.Linear(a, b), act()]
-    layers.append(nn.Linear(widths[-2], widths[-1]))
-    return nn.Sequential(*layers).double()
 
 
 def box(n, center=0.5, eps=0.1, clip=(-1.0, 2.0)):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from patterns import mlp
 
 import models
 from relax.lipschitz import local_lipschitz
@@ -17,13 +18,6 @@ pytest.importorskip("cvxpy")
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}
 
 
-def mlp(widths, act, seed):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in zip(widths[:-2], widths[1:-1]):
-        layers += [nn.Linear(a, b), act()]
-    layers.append(nn.Linear(widths[-2], widths[-1]))
-    return nn.Sequential(*layers).double()
 
 
 @pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh, lambda: nn.LeakyReLU(0.2)])
