@@ -139,7 +139,79 @@ def make_inputs(d: Path, marker: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def _random_relu(widths, seed=0):
+    from models.trace import from_module
+    torch.manual_seed(seed)
+    mods = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    return from_module(nn.Sequential(*mods[:-1]).double().eval(), (widths[0],))
+
+
+def resource_limits() -> list[dict]:
+    """Time budgets and the domain cap, measured in-process: elapsed vs budget and soundness of the answer.
+
+    SDP: ``sdp.lipschitz_bound(..., time_budget=T)`` on the zoo MaxMin MLP with the lifted
+    formulation and SCS (unbudgeted: ~40 s); the answer at the budget must be "failed" (nothing
+    certified) or a verified certificate.  BaB: ``local_lipschitz(..., bab_timeout=T)`` on a random
+    16-64-64-10 ReLU network (does not finish in 60 s); its anytime bound must stay >= the attack's
+    lower estimate.  Domain cap: ``bab_options={"max_domains": ...}``.
+    """
+    import sdp
+    from models.zoo import load_zoo
+    from relax.lipschitz import local_lipschitz
+    out = []
+    net = load_zoo("digits_maxmin_mlp").network
+    lower = sdp.sampled_lower_bound(net, norm=2, n=500).value
+    for T in (1.0, 2.0, 5.0, 10.0):
+        t0 = time.perf_counter()
+        r = sdp.lipschitz_bound(net, norm=2, method="lifted", solver="SCS", time_budget=T)
+        el = time.perf_counter() - t0
+        sound = (not r.certified) or r.certified_value >= lower
+        out.append({"limit": f"SDP time budget {T:g} s (zoo MaxMin MLP, lifted, SCS)", "budget_s": T,
+                    "elapsed_s": round(el, 3), "overshoot_pct": round(100 * (el / T - 1), 2),
+                    "outcome": f"{r.status} ({r.solver_status})", "sound": sound,
+                    "pass": sound and el <= 1.05 * T})
+        print(out[-1], flush=True)
+    rnet = _random_relu([16, 64, 64, 10])
+    lo, hi = torch.full((1, 16), 0.4, dtype=torch.float64), torch.full((1, 16), 0.6, dtype=torch.float64)
+    fast = {"steps": 20, "n_samples": 64, "n_starts": 4}
+    for T in (1.0, 2.0, 5.0, 10.0):
+        r = local_lipschitz(rnet, (lo, hi), bab_timeout=T, attack_options=fast)
+        el = r.timings["bab"]
+        sound = r.lower is None or r.upper >= r.lower
+        out.append({"limit": f"BaB time budget {T:g} s (random 16-64-64-10 ReLU, l_inf box)", "budget_s": T,
+                    "elapsed_s": round(el, 3), "overshoot_pct": round(100 * (el / T - 1), 2),
+                    "outcome": f"{r.status}, upper {r.upper:.4g} >= attack {r.lower:.4g}", "sound": sound,
+                    "pass": sound and el <= 1.05 * T})
+        print(out[-1], flush=True)
+    for cap in (64, 512):
+        r = local_lipschitz(rnet, (lo, hi), bab_timeout=60, attack_options=fast, bab_options={"max_domains": cap})
+        sound = r.lower is None or r.upper >= r.lower
+        out.append({"limit": f"BaB domain cap {cap} (same network, 60 s budget)", "budget_s": None,
+                    "elapsed_s": round(r.timings["bab"], 3), "overshoot_pct": None,
+                    "outcome": f"{r.status}, upper {r.upper:.4g} >= attack {r.lower:.4g}", "sound": sound,
+                    "pass": sound and r.status != "exact" and r.timings["bab"] < 60})
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limits-only", action="store_true",
+                    help="re-measure only the resource limits; keep the CLI rows of the last run")
+    args = ap.parse_args()
+    out = ROOT / "bench" / "results"
+    if args.limits_only:
+        rows = json.loads((out / "hostile_inputs.json").read_text())["rows"]
+    else:
+        rows = run_cli_cases()
+    limits = resource_limits()
+    write(rows, limits)
+
+
+def run_cli_cases() -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -159,13 +231,19 @@ def main() -> None:
                          "traceback": "Traceback" in r.stderr, "code_executed": marker.exists(),
                          "seconds": round(time.perf_counter() - t0, 2), "pass": ok})
             print(("PASS " if ok else "FAIL ") + what + ": " + rows[-1]["message"][:120], flush=True)
+    return rows
+
+
+def write(rows: list[dict], limits: list[dict]) -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     hw = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
           "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     (out / "hostile_inputs.json").write_text(json.dumps({"hardware": hw, "rows": rows,
                                                          "passed": sum(r["pass"] for r in rows),
-                                                         "total": len(rows)}, indent=1) + "\n")
+                                                         "total": len(rows), "resource_limits": limits,
+                                                         "limits_passed": sum(r["pass"] for r in limits)},
+                                                        indent=1) + "\n")
     md = ["# Hostile and broken inputs", "",
           f"`python bench/hostile_inputs.py` on {hw['cores']} cores ({hw['processor']}), Python {hw['python']}, "
           f"torch {hw['torch']}. A row passes when the CLI exits with 2, prints one line naming the problem, leaks "
@@ -176,6 +254,17 @@ def main() -> None:
         msg = r["message"].replace("|", "\\|")
         md.append(f"| {r['input']} | {r['exit']} | {msg} | {'yes' if r['traceback'] else 'no'} | "
                   f"{'YES' if r['code_executed'] else 'no'} | {'✓' if r['pass'] else '✗'} |")
+    md += ["", "## Resource limits", "",
+           "Measured in-process (`resource_limits()` in the script; the machine's 2 cores were shared with other "
+           "jobs). A row passes when the run returns within 5 % of its budget and its answer is sound: an SDP stopped "
+           "at the budget certifies nothing (the CLI then reports the certified product of norms), a BaB bound "
+           "stopped at its budget or domain cap stays above the attack's lower estimate.", "",
+           f"**{sum(r['pass'] for r in limits)} / {len(limits)} pass.**", "",
+           "| limit | elapsed (s) | overshoot | outcome | sound | pass |", "|---|---|---|---|---|---|"]
+    for r in limits:
+        ov = "–" if r["overshoot_pct"] is None else f"{r['overshoot_pct']:+.1f} %"
+        md.append(f"| {r['limit']} | {r['elapsed_s']} | {ov} | {r['outcome']} | {'yes' if r['sound'] else 'NO'} | "
+                  f"{'✓' if r['pass'] else '✗'} |")
     (out / "hostile_inputs.md").write_text("\n".join(md) + "\n")
 
 

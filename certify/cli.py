@@ -118,7 +118,9 @@ def global_(model: str = ModelArg, norm: str = typer.Option("2", "--norm", help=
                                                                 "FIRST_ORDER or auto"),
             method: str = typer.Option("auto", "--method", help="lipsdp-neuron, lipsdp-layer, lifted, nsr, auto, "
                                                                 "or product (product of layer norms only)"),
-            time_limit: Optional[float] = typer.Option(None, "--time-limit", help="solver time budget (s)"),
+            time_limit: Optional[float] = typer.Option(
+                None, "--time-limit", help="hard wall-clock budget for the SDP solves (s): at the budget the "
+                                           "solve is stopped and the certified product of norms is reported"),
             arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
             json_path: Optional[Path] = JsonOpt):
     """Certified GLOBAL Lipschitz upper bound by LipSDP (verified) and the product of layer norms."""

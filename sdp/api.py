@@ -208,7 +208,8 @@ def _check_acts(layers, allowed, method):
 
 def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | None = None, c=None,
                     time_limit: float | None = None, eps: float | None = None,
-                    first_order_iters: int = 300, residual_variant: str = "Szero") -> SDPCertificate:
+                    first_order_iters: int = 300, residual_variant: str = "Szero",
+                    time_budget: float | None = None) -> SDPCertificate:
     """Certified global Lipschitz upper bound of ``f`` (or of ``c^T f``) by semidefinite programming.
 
     ``norm``: 2 (l2 -> l2) or ``"inf"`` (l_inf -> |.|, needs a scalar output or ``c``).
@@ -221,9 +222,16 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
     paper, sqrt(rho) ||W_in|| ||W_out|| (norms certified).
     ``solver``: ``"MOSEK" | "CLARABEL" | "SCS" | "CVXOPT" | "FIRST_ORDER" | None/"auto"``.
     ``c``: output direction, e.g. ``e_i - e_j`` for margin certificates (radius = margin / L).
+    ``time_limit``: the solver's own (soft) limit.  ``time_budget``: a hard wall-clock limit (s) on the
+    whole call, enforced by running the solve in a killable child process (:mod:`sdp.budget`); at
+    the budget the result has status "failed", ``solver_status="time_budget"``.
     Guarantee: if ``status == "certified"``, ``certified_value`` >= the true Lipschitz constant; it
     is recomputed from the (repaired) multipliers and proven in float64, never copied from the solver.
     """
+    t_start = time.perf_counter()
+    if time_budget is not None and not (isinstance(time_budget, (int, float)) and math.isfinite(time_budget)
+                                        and time_budget > 0):
+        raise InvalidArgumentError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     norm = _norm(norm)
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}; got {method!r}"
@@ -236,6 +244,11 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
     if norm == "inf" and layers.W_out.shape[0] != 1:
         raise InvalidArgumentError("norm='inf' bounds a scalar output: pass c (e.g. a logit or e_i - e_j)")
     naive = layers.naive_spectral_product() if norm == 2 else layers.naive_inf_product()
+    if time_budget is not None:
+        from .budget import run_with_budget
+        kw = dict(norm=norm, method=method, solver=solver, c=c, time_limit=time_limit, eps=eps,
+                  first_order_iters=first_order_iters, residual_variant=residual_variant)
+        return run_with_budget(net, kw, time_budget, naive, start=t_start)
     scaled, scale = pow2_normalize(layers)
     if method == "auto":
         if any(h.act == "groupsort" and int(h.attrs.get("group_size", 2)) > 2 for h in layers.hidden) and \

@@ -1,0 +1,145 @@
+"""A hard wall-clock budget for an SDP solve: run it in a killable child process.
+
+Solver time limits are soft: SCS checks its clock only between iterations, Clarabel between
+interior-point steps, and neither counts cvxpy's compilation nor our float64 verification.  A
+user who asks for "at most T seconds" gets, from :func:`run_with_budget`, an answer after at most
+``T`` seconds of wall-clock time plus the few milliseconds it takes to kill a process:
+
+* the solve (formulation, solver, verification: everything :func:`sdp.api.lipschitz_bound` does)
+  runs in a child process forked from a *fork server* (``multiprocessing`` "forkserver" context)
+  that has :mod:`sdp.api` preloaded, so a child starts in milliseconds once the server is up (the
+  server itself is started once per parent process, on first use, and its start-up counts against
+  the first budget);
+* the child's own solver gets a soft ``time_limit`` of a fraction of the remaining budget, so that
+  it normally stops, verifies and reports on its own;
+* at the deadline the parent kills the child (SIGKILL) and returns a certificate with status
+  ``"failed"`` and ``solver_status="time_budget"``.  That answer is sound by construction: it
+  certifies nothing.  Callers fall back to a cheaper certified bound (e.g. the product of norms).
+
+The child sends back a pickle over a pipe it shares only with this parent (our own process, our
+own dataclass): no untrusted data is unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+
+from models.errors import InvalidArgumentError
+
+from .certificate import SDPCertificate
+
+SOFT_FRACTION = 0.7   # share of the remaining budget handed to the solver as its own (soft) limit
+_CTX_LOCK = threading.Lock()
+_CTX = None
+
+
+def _context():
+    global _CTX
+    with _CTX_LOCK:
+        if _CTX is None:
+            try:
+                ctx = mp.get_context("forkserver")
+                ctx.set_forkserver_preload(["sdp.api"])
+            except ValueError:  # platforms without fork (Windows): a fresh interpreter per solve
+                ctx = mp.get_context("spawn")
+            _CTX = ctx
+        return _CTX
+
+
+def _child(conn, net, kwargs) -> None:
+    """Runs in the child: one ordinary (unbudgeted) solve, result or error sent to the parent."""
+    try:
+        from .api import lipschitz_bound
+        res = lipschitz_bound(net, **kwargs)
+        conn.send(("ok", res))
+    except BaseException as exc:  # report, never hang the parent
+        try:
+            conn.send(("error", exc))
+        except Exception:
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
+
+
+def timed_out(budget: float, method: str, norm: Any, naive: float, elapsed: float) -> SDPCertificate:
+    """The sound answer at an exhausted budget: nothing certified."""
+    return SDPCertificate(float("nan"), None, "failed", "none", elapsed, method, norm, naive,
+                          solver_status="time_budget",
+                          message=f"time budget of {budget:.3g} s exhausted: the SDP solve was stopped "
+                                  f"after {elapsed:.2f} s and certifies nothing")
+
+
+def run_with_budget(net, kwargs: dict, budget: float, naive: float, start: float | None = None) -> SDPCertificate:
+    """:func:`sdp.api.lipschitz_bound` ``(net, **kwargs)`` under a hard wall-clock ``budget`` (seconds).
+
+    ``start``: ``time.perf_counter()`` at which the budget began (default: now).  Guarantee: returns
+    by ``start + budget`` plus process-kill latency; the result is either the child's own (verified
+    or failed) certificate or a ``"failed"`` one with ``solver_status="time_budget"``.  Errors raised
+    in the child (bad input) are re-raised here.
+    """
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise InvalidArgumentError(f"time_budget must be a positive number of seconds, got {budget!r}")
+    start = time.perf_counter() if start is None else start
+    deadline = start + float(budget)
+    method, norm = kwargs.get("method", "auto"), kwargs.get("norm", 2)
+    ctx = _context()
+    parent, child = ctx.Pipe(duplex=False)
+    remaining = deadline - time.perf_counter()
+    kw = dict(kwargs)
+    soft = max(0.05, SOFT_FRACTION * remaining)
+    kw["time_limit"] = soft if kw.get("time_limit") is None else min(float(kw["time_limit"]), soft)
+    proc = ctx.Process(target=_child, args=(child, net, kw), daemon=True)
+    state: dict[str, Any] = {"started": False, "cancel": False, "error": None}
+    lock = threading.Lock()
+
+    def starter() -> None:
+        # Process.start() blocks until the fork server is up (imports torch and cvxpy on first use):
+        # it runs in this thread so that the caller's deadline holds even during that start-up.
+        try:
+            proc.start()
+        except Exception as exc:  # e.g. no fork server possible: reported as a failed solve
+            state["error"] = exc
+        finally:
+            child.close()  # our copy of the child's end: EOF on ``parent`` once the child is gone
+        with lock:
+            state["started"] = state["error"] is None
+            cancel = state["cancel"]
+        if cancel and state["started"]:
+            proc.kill()
+            proc.join(timeout=1.0)
+
+    thread = threading.Thread(target=starter, name="sdp-budget-start", daemon=True)
+    thread.start()
+    msg = None
+    try:
+        wait = deadline - time.perf_counter()
+        if wait > 0 and parent.poll(wait):
+            try:
+                msg = parent.recv()
+            except EOFError:  # the child died without a word (e.g. killed for memory), or never started
+                msg = ("died", None)
+    finally:
+        with lock:
+            state["cancel"] = True
+            started = state["started"]
+        if started:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(timeout=1.0)
+        parent.close()
+    elapsed = time.perf_counter() - start
+    if msg is None:
+        return timed_out(budget, method, norm, naive, elapsed)
+    kind, payload = msg
+    if kind == "error":
+        raise payload
+    if kind == "died":
+        why = (f"could not be started ({type(state['error']).__name__}: {state['error']})" if state["error"]
+               else f"exited with code {proc.exitcode} before reporting (out of memory?)")
+        return SDPCertificate(float("nan"), None, "failed", "none", elapsed, method, norm, naive,
+                              solver_status="process_died", message=f"the SDP solver process {why}: nothing certified")
+    return payload
