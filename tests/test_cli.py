@@ -20,6 +20,28 @@ def certify(*args, timeout=600):
                           timeout=timeout, env=ENV)
 
 
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def certify_inproc(capsys, *args):
+    """``certify ARGS`` through the same ``certify.cli.main`` entry point, in this process (no
+    interpreter start-up): same exit code and the same lines on stdout/stderr as the console script."""
+    import warnings
+    from certify.cli import main
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            main([str(a) for a in args])
+            rc = 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return _Result(rc, out.out, out.err)
+
+
 def assert_bad_input(r, *words):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr + r.stdout
@@ -114,7 +136,17 @@ def files(tmp_path_factory):
     (["game", "nomodule_xyz:f"], ["cannot import"]),
     (["batch", "{d}/nothing.json"], ["no such file"]),
 ])
-def test_bad_input_one_line_exit_2(files, args, words):
+def test_bad_input_one_line_exit_2(files, args, words, capsys):
+    r = certify_inproc(capsys, *[a.format(d=files) for a in args])
+    assert_bad_input(r, *words)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["global", "{d}/full.pt"], ["full.pt", "trust-pickle"]),
+    (["robustness", "digits_relu_mlp", "--eps", "0.1", "--data", "{d}/nan.npy"], ["NaN"]),
+])
+def test_bad_input_one_line_exit_2_console_process(files, args, words):
+    """The same through a real interpreter (what a user's shell runs)."""
     r = certify(*[a.format(d=files) for a in args])
     assert_bad_input(r, *words)
 
