@@ -99,6 +99,8 @@ def lipschitz(model: str = ModelArg, eps: float = typer.Option(0.01, "--eps", he
               norm: str = typer.Option("inf", "--norm", help="input norm: inf, 2 or 1"),
               data: Optional[Path] = DataOpt, index: int = typer.Option(0, "--index", help="sample used as center"),
               bab_timeout: float = typer.Option(0.0, "--bab-timeout", help="seconds of branch-and-bound (0: none)"),
+              bab: str = typer.Option("auto", "--bab", help="branch-and-bound kind: activation (split ReLUs), "
+                                                            "input (split the input box; any activation), auto"),
               output: Optional[int] = typer.Option(None, "--output", help="bound only this output (default: all)"),
               arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
               json_path: Optional[Path] = JsonOpt):
@@ -108,7 +110,8 @@ def lipschitz(model: str = ModelArg, eps: float = typer.Option(0.01, "--eps", he
     X, _ = resolve_data(data, lm.network, None, index + 1)
     if index < 0 or index >= X.shape[0]:
         raise InvalidArgumentError(f"--index {index}: the data has {X.shape[0]} samples")
-    _emit(task_lipschitz(lm, X[index], eps=eps, norm=norm, bab_timeout=bab_timeout, output=output, index=index),
+    _emit(task_lipschitz(lm, X[index], eps=eps, norm=norm, bab_timeout=bab_timeout, output=output, index=index,
+                         bab=bab),
           json_path)
 
 

@@ -175,7 +175,7 @@ def _product_bound(net, norm: str) -> float | None:
 
 
 def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, output: int | None = None,
-                   index: int | None = None, clip=None) -> Certificate:
+                   index: int | None = None, clip=None, bab: str = "auto") -> Certificate:
     from relax import Ball
     from relax.lipschitz import local_lipschitz
     eps = check_eps(eps)
@@ -192,6 +192,7 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
     center = x.reshape(1, *net.input_shape).to(torch.float64)
     region = Ball(center, eps, p={"inf": math.inf, "2": 2, "1": 1}[norm], clip=parse_clip(clip))
     res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout,
+                          bab=bab if bab_timeout > 0 else "activation",
                           attack_options={"steps": 30, "n_samples": 256, "n_starts": 8})
     status = "certified" if res.status != "failed" and math.isfinite(res.upper) else "failed"
     by_method = {f"bound propagation ({res.method})": res.upper}
@@ -202,10 +203,11 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
                              upper=res.upper if math.isfinite(res.upper) else None, lower=res.lower, exact=res.exact,
                              center_index=index, eps=eps, by_method=by_method, per_output=res.per_output_upper,
                              history=[list(h) for h in res.history] or None)
-    return make_certificate(status=status, method=f"local/{res.method}" + ("+bab" if bab_timeout > 0 else ""),
+    suffix = "+bab" if bab_timeout > 0 and "bab" not in res.method else ""
+    return make_certificate(status=status, method=f"local/{res.method}{suffix}",
                             result=result, model=model_ref(lm),
-                            parameters={"eps": eps, "norm": norm, "bab_timeout": bab_timeout, "output": output,
-                                        "index": index, "clip": clip},
+                            parameters={"eps": eps, "norm": norm, "bab_timeout": bab_timeout, "bab": bab,
+                                        "output": output, "index": index, "clip": clip},
                             total_s=time.perf_counter() - t0, details=res.timings,
                             notes=[f"BaB status: {res.status}"] if bab_timeout > 0 else [])
 

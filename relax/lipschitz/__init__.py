@@ -3,10 +3,12 @@
 Public API
 ----------
 ``local_lipschitz(net, input_set, norm="inf", c=None, method="crown", forward="auto", bab_timeout=0.0,
-attack=True, attack_options=None, bab_options=None, sdp_solver="CLARABEL") -> LipschitzResult``
+attack=True, attack_options=None, bab_options=None, sdp_solver="CLARABEL", bab="activation") -> LipschitzResult``
     certified upper bound (``.upper``, label "certified") and attack lower bound (``.lower``, label
     "attack" = estimate); ``method`` in "crown" | "recurjac" | "ibp" | "naive" | "lipsdp" (l2 only);
-    ``bab_timeout > 0`` runs the complete branch-and-bound (ReLU/LeakyReLU chains, l_inf / l1 inputs).
+    ``bab_timeout > 0`` runs the complete branch-and-bound (ReLU/LeakyReLU chains, l_inf / l1 inputs);
+    ``bab="input"`` (or ``"auto"``) runs input-space branch-and-bound instead (every activation,
+    residual nets, l_inf boxes and l2 / l1 balls; effective for few inputs).
 ``jacobian_bounds(net, input_set, c=None, method="crown") -> JacobianBounds``
     certified element-wise bounds of every Clarke Jacobian entry over the region.
 ``monotonicity(net, input_set, pairs=None, c=None) -> MonotonicityResult``
@@ -16,7 +18,8 @@ attack=True, attack_options=None, bab_options=None, sdp_solver="CLARABEL") -> Li
 
 Modules: gates (Clarke derivatives per activation), chain (dense view + forward interval bounds),
 relaxations (chords), backward (CROWN on the backward graph), norms, attack, naive, bab,
-feasibility (LPs), exact (MILP), lipsdp_local (l2 local LipSDP).
+feasibility (LPs), exact (MILP), lipsdp_local (l2 local LipSDP), bab_input (input-space BaB),
+graph_jacobian (Clarke-Jacobian bounds of residual / general graph networks).
 """
 
 from .api import jacobian_bounds, local_lipschitz, monotonicity

@@ -102,9 +102,22 @@ def backward_bounds(chain: DenseChain, xl, xu, seeds, method="crown", forward="a
     return bb, fb, used
 
 
+BAB_KINDS = ("activation", "input", "auto")
+
+
+def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
+    """``bab="auto"``: input splitting unless a ReLU/LeakyReLU chain with > 3 inputs and a norm the
+    activation BaB handles (l_inf, or l1 per row).  Measured (bench/results/local_lipschitz_input.md):
+    on ReLU chains the complete activation BaB wins from 4 inputs on, input splitting up to 3."""
+    from .gates import GATES
+    return (any(n.op in GATES and n.op not in ("relu", "leaky_relu") for n in net.nodes) or not net.is_chain()
+            or math.prod(net.input_shape) <= 3 or norm == "2" or (operator and norm != "inf"))
+
+
 def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "crown", forward: str = "auto",
                     bab_timeout: float = 0.0, attack: bool = True, attack_options: dict | None = None,
-                    bab_options: dict | None = None, sdp_solver: str = "CLARABEL") -> LipschitzResult:
+                    bab_options: dict | None = None, sdp_solver: str = "CLARABEL",
+                    bab: str = "activation") -> LipschitzResult:
     """Certified upper bound (and attack lower bound) of the local Lipschitz constant over a box.
 
     * ``norm``: the input norm ``p`` ("inf", "2", "1"); gradients are measured in the dual norm.
@@ -119,6 +132,10 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available).
     * ``bab_timeout > 0`` (ReLU/LeakyReLU networks, l_inf and l1 inputs): complete branch-and-bound
       (:mod:`.bab`), anytime; when it finishes, ``exact`` is True.
+    * ``bab``: which branch-and-bound ``bab_timeout > 0`` runs: "activation" (above), "input"
+      (input-space splitting, :mod:`.bab_input`: every activation, l_inf boxes and l2/l1 balls; best
+      for few inputs) or "auto" (input splitting for non-ReLU/LeakyReLU or residual nets, l2 norms,
+      or <= 3 inputs; activation splitting otherwise).  ``bab_options`` go to the chosen engine.
     """
     t0 = time.perf_counter()
     norm = parse_norm(norm)
@@ -126,6 +143,17 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         raise InvalidArgumentError(f"bab_timeout must be a finite number >= 0, got {bab_timeout}")
     net64 = net.to(dtype=torch.float64)
     net64.check_finite()
+    # ---- input-space branch-and-bound (issue #4): a separate engine with its own attack and result
+    if bab not in BAB_KINDS:
+        raise InvalidArgumentError(f"bab must be one of {BAB_KINDS}, got {bab!r}")
+    if bab != "activation" and bab_timeout == 0:
+        raise InvalidArgumentError(f"bab={bab!r} needs bab_timeout > 0 (seconds of branch-and-bound)")
+    if bab_timeout > 0 and (bab == "input" or (bab == "auto" and _prefers_input_bab(net64, norm, c is None))):
+        from .bab_input import input_bab
+        res = input_bab(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options,
+                        **(bab_options or {}))
+        res.timings["total"] = time.perf_counter() - t0
+        return res
     chain = dense_chain(net64)
     xl, xu = input_box(net64, input_set)
     seeds = _seeds(chain, c)
