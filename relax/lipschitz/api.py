@@ -17,7 +17,7 @@ import torch
 from models.errors import InvalidArgumentError, ShapeMismatchError
 from models.graph import Network
 
-from .attack import attack_lower_bound
+from .attack import attack_lower_bound, ball_guard
 from .backward import MODES, BackwardGraph
 from .chain import DenseChain, dense_chain, forward_bounds
 from .naive import naive_product
@@ -162,7 +162,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     lower = 0.0
     if attack:
         ta = time.perf_counter()
-        lb, _ = attack_lower_bound(net64, chain, xl, xu, seeds, norm, **(attack_options or {}))
+        lb, _ = attack_lower_bound(net64, chain, xl, xu, seeds, norm, ball=ball_guard(input_set, xl),
+                                   **(attack_options or {}))
         per_output_lower = [float(v) for v in lb]
         timings["attack"] = time.perf_counter() - ta
     if method == "lipsdp":

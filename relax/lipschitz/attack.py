@@ -14,6 +14,8 @@ piecewise-linear network the true gradient norm is piecewise constant and has no
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .chain import DenseChain
@@ -78,12 +80,41 @@ def _smooth_grad_norm(chain: DenseChain, X: torch.Tensor, seeds: torch.Tensor, t
     return dual_norm_of(g, norm).reshape(S, N)
 
 
+class BallGuard:
+    """An l2 / l1 ball ``{x : ||x - center||_p <= eps}`` inside the search box: points are pulled into it
+    radially (then clamped to the box, which keeps them in the ball when the center is in the box) and
+    only points that are in it -- with a relative margin -- count as attack points."""
+
+    def __init__(self, center: torch.Tensor, eps: float, p: float):
+        self.center, self.eps, self.p = center.reshape(-1), float(eps), float(p)
+
+    def pull(self, X: torch.Tensor, xl: torch.Tensor, xu: torch.Tensor) -> torch.Tensor:
+        d = X - self.center
+        n = d.norm(p=self.p, dim=-1, keepdim=True)
+        scale = torch.clamp(self.eps * (1 - 1e-9) / n.clamp(min=1e-300), max=1.0)
+        return torch.minimum(torch.maximum(self.center + d * scale, xl), xu)
+
+    def contains(self, X: torch.Tensor) -> torch.Tensor:
+        return (X - self.center).norm(p=self.p, dim=-1) <= self.eps * (1 - 1e-12)
+
+
+def ball_guard(input_set, xl: torch.Tensor) -> BallGuard | None:
+    """The :class:`BallGuard` of an l2 / l1 :class:`relax.sets.Ball` region (``None`` for boxes and l_inf
+    balls, which are their own bounding box)."""
+    p = float(getattr(input_set, "p", math.inf))
+    if not hasattr(input_set, "eps_t") or p == math.inf:
+        return None
+    return BallGuard(input_set.center.reshape(-1).to(xl), float(input_set.eps_t.reshape(-1)[0]), p)
+
+
 def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor,
                        norm: str = "inf", n_samples: int = 512, n_starts: int = 16, steps: int = 60,
-                       seed: int = 0, kink_tol: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+                       seed: int = 0, kink_tol: float = 1e-9, ball: BallGuard | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best true gradient dual norm per seed and the point achieving it: ((S,), (S, n_0)).
 
-    ``xl, xu``: (n_0,) box.  Deterministic for a given ``seed``.
+    ``xl, xu``: (n_0,) box.  ``ball``: for an l2 / l1 ball region, the ball inside that (bounding)
+    box: points are kept in it and only points in it count.  Deterministic for a given ``seed``.
     """
     n_samples = min(n_samples, max(64, 65536 // max(1, xl.numel())))  # keep high-dimensional inputs cheap
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -101,7 +132,10 @@ def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tenso
         nonlocal best, best_x
         g = true_gradients(net, X, seeds)
         val = dual_norm_of(g.to(dt), norm)
-        val = torch.where(differentiable(chain, X, kink_tol), val, torch.full_like(val, -float("inf")))
+        ok = differentiable(chain, X, kink_tol)
+        if ball is not None:
+            ok = ok & ball.contains(X)
+        val = torch.where(ok, val, torch.full_like(val, -float("inf")))
         v, i = val.max(1)
         upd = v > best
         best = torch.where(upd, v, best)
@@ -112,6 +146,8 @@ def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tenso
     vert = xl + width * (rand(S, n_samples, n0) > 0.5).to(dt)
     center = ((xl + xu) / 2).expand(S, 1, n0)
     X0 = torch.cat((center, uni, vert), 1)
+    if ball is not None:
+        X0 = ball.pull(X0, xl, xu)
     val = consider(X0)
     # smoothed ascent from the best starting points
     zs, _ = chain.forward_all(X0.reshape(-1, n0))
@@ -133,5 +169,7 @@ def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tenso
             (gx,) = torch.autograd.grad(obj, X)
         with torch.no_grad():
             X = torch.minimum(torch.maximum(X + step0 * (1 - 0.9 * frac) * gx.sign(), xl), xu)
+            if ball is not None:
+                X = ball.pull(X, xl, xu)
         consider(X.detach())
     return best, best_x
