@@ -18,8 +18,19 @@ is left as the optimizer computed it.  A step whose ``ρ_a`` or ``‖p‖`` is N
 Cost.  The controller snapshots θ_old in a pre-step hook (one ``foreach`` copy) and needs the batch the
 gradient came from: by default a forward hook records the inputs *and logits* of the last forward run with
 autograd enabled, so nothing is recomputed.  ``method="fd"`` then needs one extra forward without autograd
-(``a ≈ (z(θ_old + ε v̂) − z)/ε``, an *estimate*); ``method="jvp"`` (default) runs one exact forward-mode
-JVP (per-step records labelled ``certified`` for the logit-linearized loss on the batch).
+(``a ≈ (z(θ_old + ε v̂) − z)/ε``, an *estimate*).  ``method="jvp"`` (default) computes the exact JVP
+``a = J_z(θ_old)·p`` (per-step records labelled ``certified`` for the logit-linearized loss on the batch):
+
+* ``engine="auto"`` (default) / ``"tangent"``: the training forward itself runs through the module's
+  ``torch.fx`` trace (same operations, same numbers; :mod:`certify.tangent`), its node values -- the
+  activations at θ_old, since the optimizer steps after forward and backward -- are kept, and after the
+  step only the tangent is propagated from them: no primal recomputation.  The capture is used only if
+  the parameters' version counters show that θ did not change between that forward and the step, and it
+  is dropped after the step.  ``compile_tangent=True`` fuses the tangent pass with ``torch.compile``.
+* fallback (``"auto"``) or ``engine="functorch"``: the whole-model ``torch.func`` JVP at θ_old on the
+  recorded batch (recomputes the forward).  Each record says which engine ran (``engine``) and why the
+  tangent engine was not used (``fallback_reason``: untraceable model, in-place op, no fresh capture, …);
+  both are exact and ``certified``.  ``engine="tangent"`` raises instead of falling back.
 
 Each step appends a :class:`StepCertificate` to ``controller.records`` (and to a JSONL file if given).
 Adapters for PyTorch Lightning and Hugging Face ``Trainer`` are built on demand by
@@ -36,9 +47,11 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from models.errors import InvalidArgumentError
 from .ghosts import _first_tensor, logit_fd, logit_jvp, radius_from_dlogits
+from .tangent import Unsupported, cached_program
 
 _SAFETY = 1.0 - 1e-6
 
@@ -61,6 +74,8 @@ class StepCertificate:
     kind: str                 # "certified" (exact JVP) | "estimate" (finite differences / rejected)
     status: str               # "ok" | "clipped" | "set" | "unbounded" | "rejected_nonfinite" | "zero_step"
     temperature: float = 1.0
+    engine: str = ""          # "tangent" (cached forward + tangent pass) | "functorch" (whole-model JVP) | "fd"
+    fallback_reason: str = ""  # why the tangent engine was not used (empty when it was, or not applicable)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,7 +88,10 @@ class StepCertificate:
 def _flat_norm64(tensors: list[torch.Tensor]) -> float:
     if not tensors:
         return 0.0
-    norms = torch._foreach_norm([t.double() if t.dtype != torch.float64 else t for t in tensors])
+    if sum(t.numel() for t in tensors) <= 1 << 22 and len({t.device for t in tensors}) == 1:
+        # small models: one flat float64 vector, one reduction (much cheaper than per-tensor dispatch)
+        return float(torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in tensors]), dtype=torch.float64))
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)  # accumulated in float64, no copies
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
@@ -87,6 +105,29 @@ def _underlying(opt: Any) -> torch.optim.Optimizer:
     return opt
 
 
+def _class_forward(module: nn.Module) -> Callable:
+    return type(module).forward.__get__(module)
+
+
+class _CaptureForward:
+    """The instance-level ``forward`` installed by the controller (see ``_install_forward``).  Copies and
+    pickles of the module must not route through the controller of the original: they get the class's
+    own forward, bound to the copy."""
+
+    def __init__(self, ctrl: "SafeStepController", module: nn.Module, orig: Callable):
+        self.ctrl, self.module, self.orig = ctrl, module, orig
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ctrl._capture_call(self.module, self.orig, args, kwargs)
+
+    def __deepcopy__(self, memo: dict) -> Callable:
+        import copy
+        return _class_forward(copy.deepcopy(self.module, memo))
+
+    def __reduce__(self):
+        return (_class_forward, (self.module,))
+
+
 class SafeStepController:
     """Clip (or set) every step of ``optimizer`` to the ghost radius ``ρ_a`` of ``model`` on the batch.
 
@@ -94,21 +135,28 @@ class SafeStepController:
     ``temperature`` of the loss ``CE(z/T)``; ``capture``: ``"forward"`` (hook on ``logits_module``,
     default ``model``, records the last forward run with autograd enabled) or ``"manual"`` (call
     :meth:`observe` before each step); ``model_mode`` for the radius forward (``"as_is"`` = the
-    module's mode, i.e. batch statistics in training); ``jsonl`` a file to append records to.
-    Only the parameters of ``model`` that are in the optimizer are controlled.
+    module's mode, i.e. batch statistics in training); ``jsonl`` a file to append records to;
+    ``engine`` ``"auto"``/``"tangent"``/``"functorch"`` and ``compile_tangent`` choose how the exact JVP
+    is computed (module doc).  Only the parameters of ``model`` that are in the optimizer are controlled.
+    While attached with ``capture="forward"`` and ``method="jvp"``, ``model.forward`` is an instance
+    attribute routing training forwards through the trace (removed by :meth:`detach`; copies and pickles
+    of the module get the class's forward).
     """
 
     def __init__(self, model: nn.Module, optimizer: Any, *, mode: str = "clip", r_target: float = 1.0,
                  method: str = "jvp", temperature: float = 1.0, capture: str = "forward",
                  logits_module: nn.Module | None = None, model_mode: str = "as_is", eps: float = 1e-3,
                  logits_fn: Callable[[Any], torch.Tensor] = _first_tensor, jsonl: str | Path | None = None,
-                 keep_records: bool = True, attach: bool = True):
+                 keep_records: bool = True, attach: bool = True, engine: str = "auto",
+                 compile_tangent: bool | str = False):
         if mode not in ("clip", "set"):
             raise InvalidArgumentError(f"controller mode must be 'clip' or 'set', got {mode!r}")
         if method not in ("jvp", "fd"):
             raise InvalidArgumentError(f"controller method must be 'jvp' or 'fd', got {method!r}")
         if capture not in ("forward", "manual"):
             raise InvalidArgumentError(f"capture must be 'forward' or 'manual', got {capture!r}")
+        if engine not in ("auto", "tangent", "functorch"):
+            raise InvalidArgumentError(f"engine must be 'auto', 'tangent' or 'functorch', got {engine!r}")
         if not (r_target > 0 and math.isfinite(r_target)):
             raise InvalidArgumentError(f"r_target must be positive and finite, got {r_target}")
         if not (temperature > 0 and math.isfinite(temperature)):
@@ -137,8 +185,23 @@ class SafeStepController:
         self._old: list[torch.Tensor] | None = None
         self._new: list[torch.Tensor] | None = None
         self._bufsave: list[torch.Tensor] = []
+        self.engine = engine
+        self.compile_tangent = compile_tangent  # False, True (Inductor) or a torch.compile backend name
+        self._programs: dict = {}             # traced programs per .training-flag pattern (or the Unsupported)
+        self._cap = None                      # tangent-engine capture of the last training forward
+        self._cap_versions: list[int] | None = None
+        self._pre_versions: list[int] | None = None
+        self._fast_reason = ""                # why the last forward was not captured
+        self._orig_forward = None
         if attach:
             self.attach()
+
+    def __getstate__(self) -> dict:
+        """Pickling (e.g. ``torch.save`` of a module whose hooks reference the controller) drops the traced
+        programs and the capture; they are rebuilt on demand."""
+        d = dict(self.__dict__)
+        d.update(_programs={}, _cap=None)
+        return d
 
     # ------------------------------------------------------------------ wiring
     def attach(self) -> "SafeStepController":
@@ -148,12 +211,103 @@ class SafeStepController:
         self._handles.append(self.optimizer.register_step_post_hook(self._post))
         if self.capture == "forward":
             self._handles.append(self.logits_module.register_forward_hook(self._on_forward, with_kwargs=True))
+            if self.method == "jvp" and self.engine != "functorch":
+                self._install_forward()
         return self
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        mod = self.logits_module
+        if self._orig_forward is not None and mod.__dict__.get("forward") is self._wrapped_forward:
+            del mod.__dict__["forward"]
+        self._orig_forward = None
+        self._cap = None
+
+    def _install_forward(self) -> None:
+        """Route the module's forward through its ``torch.fx`` trace while training, keeping every node value
+        of the forward at θ_old for the tangent engine (:mod:`certify.tangent`).  Same operations, same
+        numbers; forwards without autograd (evaluation) and calls the trace does not fit use the original.
+        A copy (``copy.deepcopy``) or pickle of the module gets the plain class forward back."""
+        mod = self.logits_module
+        if "forward" in mod.__dict__:
+            self._fast_reason = "the module's forward is already patched by someone else"
+            return
+        self._orig_forward = mod.forward
+        self._wrapped_forward = _CaptureForward(self, mod, self._orig_forward)
+        mod.forward = self._wrapped_forward
+
+    def _capture_call(self, mod: nn.Module, orig: Callable, args: tuple, kwargs: dict) -> Any:
+        if self._busy or not torch.is_grad_enabled() or self._orig_forward is None:
+            return orig(*args, **kwargs)
+        self._cap = None
+        try:
+            prog = cached_program(mod, self._programs, compile=self.compile_tangent)
+        except Unsupported as e:
+            self._fast_reason = str(e)
+            return orig(*args, **kwargs)
+        if not prog.accepts(args, kwargs):
+            self._fast_reason = "the forward call does not bind every traced input to a tensor"
+            return orig(*args, **kwargs)
+        if not getattr(prog, "validated", False):
+            return self._first_capture(mod, prog, orig, args, kwargs)
+        out, cap = prog.capture(*args, **kwargs)
+        self._cap, self._fast_reason = cap, ""
+        self._cap_versions = [p._version for p in self._params]
+        return out
+
+    def _first_capture(self, mod: nn.Module, prog: Any, orig: Callable, args: tuple, kwargs: dict) -> Any:
+        """First use of a traced program: check once that the trace reproduces the module's own forward
+        (same logits, bit for bit, from the same buffers and RNG state; the reference forward runs without
+        autograd on cloned buffers).  A trace that does not -- or that fails at run time -- is marked
+        unsupported and the original forward's output is returned, so training never depends on a wrong
+        trace."""
+        bufs = dict(mod.named_buffers())
+        b0 = {k: b.detach().clone() for k, b in bufs.items()}
+        devs = sorted({t.device.index for t in list(mod.parameters()) + list(bufs.values())
+                       if t.device.type == "cuda" and t.device.index is not None})
+        rng0 = torch.get_rng_state()
+        cuda0 = [torch.cuda.get_rng_state(d) for d in devs]
+
+        def set_rng():
+            torch.set_rng_state(rng0)
+            for d, st in zip(devs, cuda0):
+                torch.cuda.set_rng_state(st, d)
+
+        reason = ""
+        try:
+            out, cap = prog.capture(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - a trace that fails at run time is simply not used
+            out, cap, reason = None, None, f"the traced forward failed: {type(e).__name__}: {e}"
+        if cap is not None:
+            self._busy = True
+            try:
+                with torch.random.fork_rng(devices=devs), torch.no_grad():
+                    set_rng()
+                    params = {k: p.detach() for k, p in mod.named_parameters()}
+                    ref = functional_call(mod, {**params, **{k: v.clone() for k, v in b0.items()}}, args, kwargs)
+                same = torch.equal(self.logits_fn(out).detach(), self.logits_fn(ref).detach())
+            except Exception:  # noqa: BLE001
+                same = False
+            finally:
+                self._busy = False
+            if same:
+                prog.validated = True
+                self._cap, self._fast_reason = cap, ""
+                self._cap_versions = [p._version for p in self._params]
+                return out
+            reason = "the traced forward does not reproduce the module's forward"
+        out = cap = None  # drop the trace's autograd graph before restoring what it changed
+        with torch.no_grad():
+            for k, b in bufs.items():
+                b.copy_(b0[k])
+        set_rng()
+        for k, v in list(self._programs.items()):
+            if v is prog:
+                self._programs[k] = Unsupported(reason)
+        self._fast_reason = reason
+        return orig(*args, **kwargs)
 
     def observe(self, x: Any, logits: torch.Tensor | None = None, kwargs: dict | None = None) -> None:
         """Set the batch (and optionally its logits at the current θ, reused by ``method="fd"``)."""
@@ -175,11 +329,15 @@ class SafeStepController:
         with torch.no_grad():
             if self._old is None:
                 self._old = [p.detach().clone() for p in self._params]
+                self._old_map = dict(zip(self._names, self._old))
             else:
                 torch._foreach_copy_(self._old, [p.detach() for p in self._params])
+        # version counters at θ_old: a capture is θ_old's iff the parameters' versions then equal these
+        # (also when the forward runs inside optimizer.step(closure), after this hook)
+        self._pre_versions = [p._version for p in self._params]
 
     def _post(self, optimizer, args, kwargs) -> None:
-        if self._batch is None:
+        if self._batch is None and self._cap is None:
             raise InvalidArgumentError("SafeStepController: no batch seen before optimizer.step(); run the "
                                        "forward with autograd enabled or call controller.observe(x)")
         self._step += 1
@@ -188,6 +346,7 @@ class SafeStepController:
             delta = torch._foreach_sub(cur, self._old)
             tau = _flat_norm64(delta)
             rec = self._decide(delta, tau)
+        self._cap = None  # the capture belongs to θ_old of this step only
         self.last = rec
         if self.keep_records:
             self.records.append(rec)
@@ -195,7 +354,34 @@ class SafeStepController:
             with self.jsonl.open("a") as f:
                 f.write(json.dumps(rec.to_dict()) + "\n")
 
+    def _tangent_radius(self, delta: list[torch.Tensor], tau: float):
+        """``a = J_z(θ_old)·p/τ`` from the captured training forward, or the reason it cannot be used."""
+        cap, self._cap = self._cap, None
+        if self.engine == "functorch" or self.method != "jvp":
+            return None, ""
+        if cap is None:
+            return None, self._fast_reason or "no forward captured since the last step"
+        if self._cap_versions != self._pre_versions:
+            return None, "parameters changed between the captured forward and the step"
+        if self.model_mode != "as_is" and any(f != (self.model_mode == "train") for f in cap.program.flags):
+            return None, f"model_mode={self.model_mode!r} differs from the training forward's mode"
+        try:
+            _, a = cap.program.tangent(cap, self._old_map, dict(zip(self._names, delta)), self.logits_fn)
+        except Unsupported as e:
+            return None, str(e)
+        if a.dtype not in (torch.float32, torch.float64):
+            return None, f"activations in {a.dtype} (the certificate needs float32 or float64)"
+        return a / tau, ""
+
     def _radius(self, delta: list[torch.Tensor], tau: float):
+        a, reason = self._tangent_radius(delta, tau)
+        if a is not None:
+            return radius_from_dlogits(a, temperature=self.temperature, method="jvp"), "tangent", ""
+        if self.engine == "tangent":
+            raise InvalidArgumentError(f"engine='tangent' cannot be used for this step: {reason}")
+        if self._batch is None:
+            raise InvalidArgumentError("SafeStepController: no batch seen before optimizer.step(); run the "
+                                       "forward with autograd enabled or call controller.observe(x)")
         args, kw, z0 = self._batch
         self._busy = True
         try:
@@ -213,7 +399,8 @@ class SafeStepController:
                                     params=params, kwargs=kw, logits_fn=self.logits_fn)
         finally:
             self._busy = False
-        return radius_from_dlogits(a, temperature=self.temperature, method=self.method)
+        engine = "functorch" if self.method == "jvp" else "fd"
+        return radius_from_dlogits(a, temperature=self.temperature, method=self.method), engine, reason
 
     def _fd_inplace(self, delta: list[torch.Tensor], tau: float, args: tuple, kw: dict,
                     z0: torch.Tensor) -> torch.Tensor:
@@ -252,10 +439,12 @@ class SafeStepController:
     def _decide(self, delta: list[torch.Tensor], tau: float) -> StepCertificate:
         common = dict(step=self._step, mode=self.mode, method=self.method, temperature=self.temperature)
         if tau == 0.0:
+            self._cap = None
             return StepCertificate(rho_a=math.inf, step_norm=0.0, applied_norm=0.0, r_proposed=0.0, r_applied=0.0,
                                    scale=1.0, bottleneck=[], n_samples=0, kind="estimate", status="zero_step",
                                    **common)
-        res = None if not math.isfinite(tau) else self._radius(delta, tau)
+        res, engine, reason = (None, "", "") if not math.isfinite(tau) else self._radius(delta, tau)
+        common.update(engine=engine, fallback_reason=reason)
         if res is None or res.status == "nonfinite":
             self._apply_scale(0.0, delta)  # reject: back to θ_old
             return StepCertificate(rho_a=0.0 if res is None else res.rho_a, step_norm=tau, applied_norm=0.0,

@@ -186,6 +186,8 @@ def logit_jvp(model: nn.Module, x: Any, direction: Direction, *, mode: str = "as
     ``direction`` is used as given (not normalized).  ``params`` overrides the parameter values (e.g.
     the pre-step snapshot θ_old of a controller).  Runs in float32 or float64 (``dtype``; default: float64
     for float64 models, float32 otherwise).  Buffers are cloned, so the model is left untouched.
+    This recomputes the forward; the safe-step controller avoids that with :mod:`certify.tangent` (the
+    training forward's cached activations + a tangent-only pass) and uses this function as its fallback.
     """
     wd = _work_dtype(model, dtype)
     d = as_direction(model, direction)
@@ -282,22 +284,26 @@ def radius_from_dlogits(a: torch.Tensor, *, temperature: float = 1.0, method: st
         raise InvalidArgumentError(f"temperature must be a positive finite number, got {temperature}")
     if a.dim() < 2:
         raise ShapeMismatchError(f"logit derivatives need a batch and a class axis, got shape {tuple(a.shape)}")
-    s = spread(a)  # (B,) or (B, T, ...)
+    if a.numel() == 0:
+        raise ShapeMismatchError("empty batch: no samples to compute a radius on")
+    lo, hi = torch.aminmax(a, dim=-1)
+    s = hi - lo  # (B,) or (B, T, ...): the spread Δ_a per sample (token)
     flat = s.reshape(-1)
     margin = _MARGIN.get(a.dtype, 1e-4) if method == "jvp" else 0.0
     kind = "certified" if method == "jvp" else "estimate"
     n = int(a.shape[0])
-    if flat.numel() == 0:
-        raise ShapeMismatchError("empty batch: no samples to compute a radius on")
-    if not bool(torch.isfinite(flat).all()):
-        bad = int((~torch.isfinite(flat)).nonzero()[0, 0])
+    top_t, j_t = flat.max(0)
+    # one host transfer: the maximal spread and max|a| (a NaN/Inf anywhere makes max|a| non-finite)
+    top, amax = torch.stack([top_t, a.abs().amax()]).tolist()
+    if not (math.isfinite(amax) and math.isfinite(top)):
+        bad = int((~torch.isfinite(flat)).nonzero()[0, 0]) if not bool(torch.isfinite(flat).all()) else 0
         idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(bad), s.shape))
         return RadiusResult(0.0, math.inf, temperature, n, idx, method, "estimate", "nonfinite", margin,
                             s if keep_per_sample else None)
-    j = int(flat.argmax())
-    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), s.shape))
+    j = int(j_t)
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), s.shape)) if s.dim() > 1 else (j,)
     # rounding margin relative to the derivative magnitudes (covers cancellation in max - min)
-    da = float(flat[j]) + margin * float(a.abs().amax()) if margin else float(flat[j])
+    da = top + margin * amax if margin else top
     if da <= 0:
         return RadiusResult(math.inf, 0.0, temperature, n, idx, method, kind, "unbounded", margin,
                             s if keep_per_sample else None)

@@ -283,3 +283,19 @@ def test_nonfinite_never_certified_and_bad_arguments():
     # logits that do not move at all: unbounded (no ghost), JSON-safe
     r = radius_from_dlogits(torch.zeros(3, 4))
     assert r.status == "unbounded" and math.isinf(r.rho_a) and r.to_dict()["rho_a"] is None
+
+
+def test_radius_from_dlogits_against_numpy_bruteforce():
+    """Spread, bottleneck (sample, token), rounding margin and the non-finite index against plain numpy."""
+    rng = np.random.default_rng(3)
+    for shape in [(7, 4), (5, 3, 6)]:
+        a = rng.normal(0, 2, shape).astype(np.float32)
+        res = radius_from_dlogits(torch.tensor(a))
+        s = a.max(-1) - a.min(-1)
+        idx = np.unravel_index(int(s.argmax()), s.shape)
+        da = float(s.max()) + 1e-4 * float(np.abs(a).max())  # float32 margin
+        assert res.bottleneck == tuple(int(i) for i in idx)
+        assert res.delta_a == pytest.approx(da, rel=1e-6) and res.rho_a == pytest.approx(math.pi / da, rel=1e-6)
+        a[tuple(int(i) for i in idx[:-1]) + (1,) if len(shape) == 3 else (idx[0], 1)] = np.nan
+        bad = radius_from_dlogits(torch.tensor(a))
+        assert bad.status == "nonfinite" and bad.rho_a == 0.0 and bad.bottleneck == tuple(int(i) for i in idx)
