@@ -312,7 +312,22 @@ def controller_certificate(controller, model_name: str = "training run", lm=None
     return make_certificate(status="certified" if ok else "estimate", method=f"safe-step controller ({controller.method})",
                             result=result, model=model_ref(lm) if lm is not None else None,
                             parameters={"mode": controller.mode, "steps": len(recs)},
-                            notes=[f"{sum(r['scale'] < 1 for r in recs)} of {len(recs)} steps were clipped to rho_a"])
+                            notes=[f"{sum(r['scale'] < 1 for r in recs)} of {len(recs)} steps were clipped to rho_a"]
+                            + _engine_notes(recs))
+
+
+def _engine_notes(recs: list[dict]) -> list[str]:
+    """Which exact-JVP engine computed the radii (the forward-reusing tangent engine or functorch), and why
+    any step fell back."""
+    engines: dict[str, int] = {}
+    for r in recs:
+        if r.get("engine"):
+            engines[r["engine"]] = engines.get(r["engine"], 0) + 1
+    notes = [f"JVP engine: {', '.join(f'{k} ({v} steps)' for k, v in sorted(engines.items()))}"] if engines else []
+    reasons = sorted({r["fallback_reason"] for r in recs if r.get("fallback_reason")})
+    if reasons:
+        notes.append("fallback to functorch: " + "; ".join(reasons[:3]))
+    return notes
 
 
 def demo_training_run(steps: int = 60, spike_at: int = 30, spike: float = 1000.0):

@@ -45,3 +45,11 @@ def test_global_and_local_lipschitz_are_ordered():
     loc = task_lipschitz(lm, X[0], eps=0.01, norm="2")
     assert loc.status == "certified"
     assert loc.result.lower <= loc.result.upper <= g.result.upper * (1 + 1e-9)
+
+
+def test_controller_certificate_names_the_jvp_engine():
+    from certify.tasks import demo_training_run
+    cert = demo_training_run(steps=6, spike_at=3)
+    assert cert.status == "certified"
+    assert any(n.startswith("JVP engine: tangent") for n in cert.notes), cert.notes
+    assert all(t["r_applied"] <= 1.0 for t in cert.result.trajectory)
