@@ -118,6 +118,7 @@ def test_time_budget_is_honoured_and_anytime_bound_is_sound():
 
 
 @pytest.mark.parametrize("opts", [{"lp_check": True, "lp_min_splits": 1}, {"rebound": False}, {"batch": 3},
+                                  {"poly_iters": 0}, {"poly_iters": 2, "num_threads": None}, {"layer_bias": 0.0},
                                   {"fsb_k": 3}, {"abs_split": True}])
 def test_bab_variants_stay_complete(opts):
     module = mlp([3, 6, 5, 2], 11)
@@ -161,3 +162,14 @@ def test_domain_memory_cap_stops_soundly_and_budget_is_tight():
     r = local_lipschitz(net, (lo, hi), bab_timeout=budget, attack_options=FAST_ATTACK)
     if r.status == "timeout":
         assert r.timings["bab"] <= budget * 1.05 + 0.25, r.timings
+
+
+def test_bab_progress_log_and_thread_setting_are_restored(capsys):
+    module = mlp([3, 6, 5, 2], 11)
+    net = models.from_module(module)
+    lo, hi = torch.full((1, 3), -0.4, dtype=torch.float64), torch.full((1, 3), 0.4, dtype=torch.float64)
+    before = torch.get_num_threads()
+    r = local_lipschitz(net, (lo, hi), bab_timeout=30, attack_options=FAST_ATTACK,
+                        bab_options={"log_every": 1e-9, "num_threads": 1, "batch": 2})
+    assert torch.get_num_threads() == before
+    assert r.exact and "[bab] t=" in capsys.readouterr().err

@@ -1,0 +1,233 @@
+"""Branch-and-bound domain bounding over the input polytope (relax/lipschitz/polytope.py) and the joint
+domain LP (relax/lipschitz/split_lp.py).
+
+Independent truths: HiGHS LPs written here (max of a linear function over box ∩ half-spaces),
+rejection sampling of the domain (points of the box satisfying the splits), brute-force enumeration
+of activation patterns with an LP feasibility check, and constructions whose infeasibility is
+evident by hand."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+import models
+from relax.lipschitz.api import derivative_ranges
+from relax.lipschitz.backward import BackwardGraph
+from relax.lipschitz.chain import dense_chain, forward_bounds, interval_bounds
+from relax.lipschitz.polytope import polytope_forward_bounds, polytope_max
+from relax.lipschitz.split_lp import domain_lp_bound
+
+DT = torch.float64
+
+
+def lp_max(a, G, h, xl, xu):
+    r = linprog(-a, A_ub=G, b_ub=h, bounds=list(zip(xl, xu)), method="highs")
+    assert r.status == 0
+    return -r.fun
+
+
+def test_polytope_max_is_sound_and_closes_most_of_the_box_gap():
+    g = torch.Generator().manual_seed(0)
+    D, r, m, n = 6, 8, 5, 4
+    xl, xu = torch.full((n,), -0.3, dtype=DT), torch.full((n,), 0.5, dtype=DT)
+    x0 = xl + (xu - xl) * torch.rand(D, n, generator=g, dtype=DT)
+    G = torch.randn(D, m, n, generator=g, dtype=DT)
+    h = (G @ x0[..., None])[..., 0] + 0.05 * torch.rand(D, m, generator=g, dtype=DT)  # x0 is feasible
+    A = torch.randn(D, r, n, generator=g, dtype=DT)
+    c = torch.randn(D, r, generator=g, dtype=DT)
+    exact = np.array([[lp_max(A[d, i].numpy(), G[d].numpy(), h[d].numpy(), xl.numpy(), xu.numpy()) + float(c[d, i])
+                       for i in range(r)] for d in range(D)])
+    box = polytope_max(A, c, G, h, xl, xu, iters=0).numpy()
+    box_direct = (c + A.clamp(min=0) @ xu + A.clamp(max=0) @ xl).numpy()
+    assert box == pytest.approx(box_direct, rel=1e-9, abs=1e-12)
+    for iters in (5, 60):
+        ub = polytope_max(A, c, G, h, xl, xu, iters=iters).numpy()
+        assert (ub >= exact).all()  # sound for any number of iterations
+        assert (ub <= box + 1e-12).all()  # never worse than the box
+    closed = 1 - (ub - exact).sum() / (box - exact).sum()
+    assert closed > 0.9, closed
+
+
+def tiny_net(widths, seed, act=nn.ReLU):
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(widths[:-2], widths[1:-1]):
+        layers += [nn.Linear(a, b), act()]
+    layers.append(nn.Linear(widths[-2], widths[-1]))
+    return nn.Sequential(*layers).double()
+
+
+def domain_setup(module, lo, hi, n_dom, seed):
+    """Random domains whose splits agree with a random box point (so they are not empty)."""
+    chain = dense_chain(models.from_module(module).to(dtype=DT))
+    xl, xu = lo[0], hi[0]
+    fb, _ = forward_bounds(chain, xl[None], xu[None])
+    g = torch.Generator().manual_seed(seed)
+    anchors = xl + (xu - xl) * torch.rand(n_dom, xl.numel(), generator=g, dtype=DT)
+    zs, _ = chain.forward_all(anchors)
+    fixed = []
+    for z, (l, u) in zip(zs, fb):
+        unst = (l < 0) & (u > 0)
+        pick = (torch.rand(z.shape, generator=g) < 0.4) & unst
+        fixed.append(torch.where(pick, torch.where(z >= 0, 1, -1), 0).to(torch.int8))
+    base = [(l.expand(n_dom, -1), u.expand(n_dom, -1)) for l, u in fb]
+    ib = interval_bounds(chain, xl.expand(n_dom, -1), xu.expand(n_dom, -1), base=base, fixed=fixed)
+    return chain, xl, xu, ib, fixed
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, lambda: nn.LeakyReLU(0.2)])
+def test_polytope_forward_bounds_contain_every_point_of_the_domain(act):
+    module = tiny_net([3, 7, 6, 2], 3, act)
+    lo, hi = torch.full((1, 3), -0.5, dtype=DT), torch.full((1, 3), 0.6, dtype=DT)
+    chain, xl, xu, ib, fixed = domain_setup(module, lo, hi, 8, 1)
+    pb, empty = polytope_forward_bounds(chain, xl, xu, ib, fixed, iters=40)
+    assert not empty.any()  # every domain contains its anchor point
+    g = torch.Generator().manual_seed(5)
+    X = xl + (xu - xl) * torch.rand(20000, 3, generator=g, dtype=DT)
+    zs, _ = chain.forward_all(X)
+    tighter = 0
+    for d in range(len(fixed[0])):
+        inside = torch.ones(X.shape[0], dtype=torch.bool)
+        for z, f in zip(zs, fixed):
+            s = f[d].to(DT)
+            inside &= ((s * z >= 0) | (s == 0)).all(-1)
+        assert inside.sum() > 0
+        for k, z in enumerate(zs):
+            l, u = pb[k][0][d], pb[k][1][d]
+            zi = z[inside]
+            assert (zi >= l - 1e-12).all() and (zi <= u + 1e-12).all()
+            assert (l >= ib[k][0][d] - 1e-15).all() and (u <= ib[k][1][d] + 1e-15).all()
+            tighter += int(((u - l) < (ib[k][1][d] - ib[k][0][d]) - 1e-9).sum())
+    assert tighter > 0  # the half-spaces of the splits do tighten other neurons
+
+
+def test_layer0_bounds_match_the_lp_over_the_split_polytope():
+    """Layer 0 is affine: with its splits as half-spaces the bound is an LP, which the dual reaches."""
+    module = tiny_net([4, 10, 3, 2], 8)
+    lo, hi = torch.full((1, 4), -0.4, dtype=DT), torch.full((1, 4), 0.4, dtype=DT)
+    chain, xl, xu, ib, fixed = domain_setup(module, lo, hi, 6, 2)
+    fixed = [fixed[0], torch.zeros_like(fixed[1])]  # only layer-0 splits: the polytope is exact
+    pb, _ = polytope_forward_bounds(chain, xl, xu, ib, fixed, iters=100)
+    W, b = chain.weights[0].numpy(), chain.biases[0].numpy()
+    gap_box = gap_dual = 0.0
+    for d in range(6):
+        s = fixed[0][d].numpy().astype(float)
+        rows = s != 0
+        G, h = -s[rows, None] * W[rows], s[rows] * b[rows]
+        for i in range(W.shape[0]):
+            if s[i] != 0 or not (ib[0][0][d, i] < 0 < ib[0][1][d, i]):
+                continue
+            up = lp_max(W[i], G, h, xl.numpy(), xu.numpy()) + b[i]
+            dn = -lp_max(-W[i], G, h, xl.numpy(), xu.numpy()) + b[i]
+            u, l = float(pb[0][1][d, i]), float(pb[0][0][d, i])
+            assert u >= up and l <= dn  # sound
+            gap_box += float(ib[0][1][d, i]) - up + dn - float(ib[0][0][d, i])
+            gap_dual += u - up + dn - l
+    assert gap_box > 0 and gap_dual < 0.1 * gap_box, (gap_dual, gap_box)
+
+
+def test_contradictory_splits_are_proven_empty():
+    # z_a = w.x - 0.5 and z_b = -w.x - 0.5: z_a + z_b = -1, so z_a >= 0 and z_b >= 0 is impossible,
+    # although each interval alone allows it (the dual certificate grows along beta_a = beta_b).
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=DT)
+    lin0 = nn.Linear(3, 3).double()
+    with torch.no_grad():
+        lin0.weight[:] = torch.stack((w, -w, torch.tensor([0.3, 0.3, 0.3], dtype=DT)))
+        lin0.bias[:] = torch.tensor([-0.5, -0.5, 0.0], dtype=DT)
+    module = nn.Sequential(lin0, nn.ReLU(), nn.Linear(3, 2).double())
+    chain = dense_chain(models.from_module(module).to(dtype=DT))
+    xl, xu = torch.full((3,), -1.0, dtype=DT), torch.full((3,), 1.0, dtype=DT)
+    fixed = [torch.tensor([[1, 1, 0], [1, -1, 0]], dtype=torch.int8)]
+    ib = interval_bounds(chain, xl.expand(2, -1), xu.expand(2, -1), fixed=fixed)
+    assert (ib[0][0] <= ib[0][1]).all()  # intervals alone do not see it
+    _, empty = polytope_forward_bounds(chain, xl, xu, ib, fixed, iters=200)
+    assert empty.tolist() == [True, False]
+
+
+def enumerate_domain(module, xl, xu, seed_vec, fixed):
+    """max ||grad(seed^T f)||_1 over feasible closed activation regions that agree with the splits."""
+    lins = [m for m in module if isinstance(m, nn.Linear)]
+    Ws = [m.weight.detach().numpy() for m in lins]
+    bs = [m.bias.detach().numpy() for m in lins]
+    hidden = [W.shape[0] for W in Ws[:-1]]
+    best = -math.inf
+    for pattern in itertools.product([0.0, 1.0], repeat=sum(hidden)):
+        pat = np.array(pattern)
+        off, ok = 0, True
+        for f, n in zip(fixed, hidden):
+            fs = f.numpy()
+            p = pat[off:off + n]
+            ok &= bool(((fs == 0) | ((fs > 0) & (p > 0)) | ((fs < 0) & (p == 0))).all())
+            off += n
+        if not ok:
+            continue
+        A_ub, b_ub, M, v, off = [], [], np.eye(xl.size), np.zeros(xl.size), 0
+        for W, b, n in zip(Ws[:-1], bs[:-1], hidden):
+            Az, cz = W @ M, W @ v + b
+            d = pat[off:off + n]
+            s = np.where(d > 0, 1.0, -1.0)
+            A_ub.append(-s[:, None] * Az)
+            b_ub.append(s * cz)
+            M, v = d[:, None] * Az, d * cz
+            off += n
+        val = np.abs(seed_vec @ Ws[-1] @ M).sum()
+        if val <= best:
+            continue
+        r = linprog(np.zeros(xl.size), A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub),
+                    bounds=list(zip(xl, xu)), method="highs")
+        if r.status == 0:
+            best = val
+    return best
+
+
+def test_domain_lp_bound_is_sound_and_exact_on_leaves():
+    module = tiny_net([3, 5, 4, 2], 4)
+    net = models.from_module(module)
+    chain = dense_chain(net.to(dtype=DT))
+    lo, hi = torch.full((3,), -0.5, dtype=DT), torch.full((3,), 0.5, dtype=DT)
+    fb, _ = forward_bounds(chain, lo[None], hi[None])
+    seed = torch.tensor([[1.0, -1.0]], dtype=DT)
+    g = torch.Generator().manual_seed(3)
+    for trial in range(6):
+        x = lo + (hi - lo) * torch.rand(3, generator=g, dtype=DT)
+        zs, _ = chain.forward_all(x[None])
+        leaf = trial >= 3  # the last trials fix every neuron (a single activation region)
+        fixed = []
+        for z, (l, u) in zip(zs, fb):
+            pick = torch.ones_like(z, dtype=torch.bool) if leaf else (torch.rand(z.shape, generator=g) < 0.5)
+            fixed.append(torch.where(pick, torch.where(z >= 0, 1, -1), 0).to(torch.int8))
+        ib = interval_bounds(chain, lo[None], hi[None], base=fb, fixed=fixed)
+        pb, empty = polytope_forward_bounds(chain, lo, hi, ib, fixed, iters=30)
+        assert not empty.any()
+        dr = derivative_ranges(chain, pb, 1, fixed)
+        bb = BackwardGraph(chain, seed, dr, "crown").run()
+        crown = float(bb.l1_upper[0])
+        delta = [((a[0] - g_.d_off) / (g_.d_on - g_.d_off)).numpy() for (a, _), g_ in zip(dr, chain.gates)]
+        delta_hi = [((b[0] - g_.d_off) / (g_.d_on - g_.d_off)).numpy() for (_, b), g_ in zip(dr, chain.gates)]
+        v = domain_lp_bound(chain, lo.numpy(), hi.numpy(), seed[0].numpy(),
+                            [(l[0].numpy(), u[0].numpy()) for l, u in pb], list(zip(delta, delta_hi)),
+                            [(l[0].numpy(), u[0].numpy()) for l, u in bb.q_bounds],
+                            (bb.grad_lower[0].numpy(), bb.grad_upper[0].numpy()))
+        truth = enumerate_domain(module, lo.numpy(), hi.numpy(), seed[0].numpy(), [f[0] for f in fixed])
+        assert truth <= v <= crown * (1 + 1e-7) + 1e-9
+        if leaf:
+            assert v == pytest.approx(truth, rel=1e-6, abs=1e-9)
+
+
+def test_chunked_polytope_rebounding_equals_the_single_pass(monkeypatch):
+    import relax.lipschitz.bab as bab
+    module = tiny_net([3, 7, 6, 2], 3)
+    lo, hi = torch.full((1, 3), -0.5, dtype=DT), torch.full((1, 3), 0.6, dtype=DT)
+    chain, xl, xu, ib, fixed = domain_setup(module, lo, hi, 9, 4)
+    root, _ = forward_bounds(chain, xl[None], xu[None])
+    one, e1 = bab.split_forward_bounds(chain, xl, xu, root, fixed, poly_iters=15)
+    monkeypatch.setattr(bab, "POLY_CHUNK_ELEMS", 1)  # one domain per chunk
+    many, e2 = bab.split_forward_bounds(chain, xl, xu, root, fixed, poly_iters=15)
+    assert torch.equal(e1, e2)
+    for (l1, u1), (l2, u2) in zip(one, many):
+        assert torch.allclose(l1, l2, rtol=0, atol=1e-12) and torch.allclose(u1, u2, rtol=0, atol=1e-12)
