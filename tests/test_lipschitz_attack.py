@@ -50,3 +50,14 @@ def test_box_regions_still_see_the_corner():
     r = local_lipschitz(net, (lo, hi), norm="inf", attack_options=FAST)
     assert math.isclose(r.lower, 11.0 + 10.0, rel_tol=1e-12)  # ||(11, 10)||_1 at the corner
     assert r.upper >= r.lower
+
+
+def test_activation_bab_on_an_l1_ball_is_not_called_exact_and_its_lower_bound_stays_in_the_ball():
+    """BaB runs over the ball's bounding box: completing it proves the box's value, not the ball's."""
+    net = _corner_net()
+    region = Ball(torch.zeros(1, 2, dtype=torch.float64), 1.4, p=1)
+    r = local_lipschitz(net, region, norm="1", c=torch.ones(1, dtype=torch.float64), bab_timeout=10,
+                        bab="activation", attack_options=FAST)
+    assert not r.exact and r.status in ("box_exact", "timeout")
+    assert r.lower <= 1.0 * (1 + 1e-12)  # the true l1-input constant over the ball (gradient (1, 0))
+    assert r.upper >= 1.0

@@ -199,9 +199,12 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         if bab_timeout > 0:
             from .bab import run_bab
             tb = time.perf_counter()
+            guard = ball_guard(input_set, xl)
             res = run_bab(net64, chain, xl, xu, seeds, norm, fb, res, bab_timeout, c is None,
-                          per_output_lower, **(bab_options or {}))
+                          per_output_lower, ball=guard, **(bab_options or {}))
             timings["bab"] = time.perf_counter() - tb
+            if guard is not None and res.exact:  # complete over the bounding box, not over the ball
+                res.exact, res.status = False, "box_exact"
     if per_output_lower is not None:
         # the operator norm (c = None) is at least every row's gradient dual norm only for p = inf;
         # for p = 1 / 2 a single row's dual norm is still a lower bound of ||J||_{p->p}.

@@ -145,7 +145,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
             feas_tol: float = 1e-9, rebound: bool = True, layer_bias: float = 3.0,
             lp_check: bool = False, balance: bool = False,
             lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False, abs_weight: float = 1.0,
-            poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0) -> LipschitzResult:
+            poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
+            ball=None) -> LipschitzResult:
     """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds.
 
     Resource limits: ``timeout`` (wall seconds), ``max_domains`` (domains bounded in total) and
@@ -156,6 +157,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     ``POLY_ITERS`` for inputs of at most ``POLY_MAX_INPUT`` coordinates, else 0 -- the polytope pass
     holds (domains x neurons x inputs) tensors, which made MNIST 6x100 (784 inputs) ~5x slower per domain);
     ``log_every > 0``: print the anytime bounds to stderr every that many seconds (long offline runs).
+    ``ball``: for an l2 / l1 ball region searched over its bounding box, the
+    :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
     """
     from .api import certified, derivative_ranges
     t0 = time.perf_counter()
@@ -230,6 +233,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
             closed_ub[s_i] = torch.maximum(closed_ub[s_i], ub[i])
             if t > feas_tol and xs is not None:
                 X = torch.as_tensor(xs, dtype=dt, device=dev)[None, None]
+                if ball is not None and not bool(ball.contains(X.reshape(1, -1))[0]):
+                    continue  # an interior point of the bounding box but not of the l2/l1 ball region
                 g = true_gradients(net, X, seeds[s_i:s_i + 1])
                 v = dual_norm_of(g, norm)[0, 0]
                 if v > lb_seed[s_i]:

@@ -28,7 +28,10 @@ class LipschitzResult:
     exact: bool = False
     per_output_upper: list[float] | None = None
     per_output_lower: list[float] | None = None
-    status: str = "bound"  # "bound" | "exact" | "timeout" | "failed"
+    # "bound" | "exact" | "box_exact" (BaB completed over an l2/l1 ball's bounding box: upper is sound
+    # for the ball, not necessarily its exact value) | "converged" (input BaB within its tolerance) |
+    # "timeout" | "domain_limit" | "failed"
+    status: str = "bound"
     forward_method: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     history: list[tuple[float, float, float]] = field(default_factory=list)  # (seconds, upper, lower)
