@@ -185,6 +185,21 @@ def resource_limits() -> list[dict]:
                     "outcome": f"{r.status}, upper {r.upper:.4g} >= attack {r.lower:.4g}", "sound": sound,
                     "pass": sound and el <= 1.05 * T})
         print(out[-1], flush=True)
+    from models.layers import MaxMin
+    from models.trace import from_module
+    torch.manual_seed(1)
+    mm = from_module(nn.Sequential(nn.Linear(8, 32), MaxMin(), nn.Linear(32, 32), MaxMin(),
+                                   nn.Linear(32, 2)).double().eval(), (8,))
+    mlo, mhi = torch.full((1, 8), 0.25, dtype=torch.float64), torch.full((1, 8), 1.75, dtype=torch.float64)
+    for T in (2.0, 5.0):
+        r = local_lipschitz(mm, (mlo, mhi), bab_timeout=T, bab="input", attack_options=fast)
+        el = r.timings["bab"] if "bab" in r.timings else r.timings["total"]
+        sound = r.lower is None or r.upper >= r.lower
+        out.append({"limit": f"input BaB time budget {T:g} s (random 8-32-32-2 MaxMin, l_inf box)", "budget_s": T,
+                    "elapsed_s": round(el, 3), "overshoot_pct": round(100 * (el / T - 1), 2),
+                    "outcome": f"{r.status}, upper {r.upper:.4g} >= lower {r.lower:.4g}", "sound": sound,
+                    "pass": sound and el <= 1.05 * T})
+        print(out[-1], flush=True)
     for cap in (64, 512):
         r = local_lipschitz(rnet, (lo, hi), bab_timeout=60, attack_options=fast, bab_options={"max_domains": cap})
         sound = r.lower is None or r.upper >= r.lower

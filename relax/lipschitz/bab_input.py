@@ -415,8 +415,17 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
         cL = torch.cat((Lr, Lr.clone())); cU = torch.cat((Ur.clone(), Ur))
         cU[ar, dims] = Mr[ar, dims]          # lower half: x_j <= mid_j
         cL[m + ar, dims] = Mr[ar, dims]      # upper half: x_j >= mid_j
-        parts = [bound_boxes(bounder, cL[i:i + chunk], cU[i:i + chunk], seeds, norm, operator, enum_max, chunk)
-                 for i in range(0, cL.shape[0], chunk)]
+        parts = []
+        for i in range(0, cL.shape[0], chunk):
+            if parts and time.perf_counter() - t0 >= timeout:
+                break  # the budget ran out inside this batch (a cost estimate can be off under load)
+            parts.append(bound_boxes(bounder, cL[i:i + chunk], cU[i:i + chunk], seeds, norm, operator, enum_max,
+                                     chunk))
+        if sum(t[0].numel() for t in parts) < cL.shape[0]:
+            # drop the half-bounded batch: its parent boxes go back to the pool with their (valid) bounds
+            P = {key: torch.cat((P[key], sel[key])) for key in P}
+            stop = "timeout"
+            break
         cv, cr, cG, cleaf = (torch.cat(t) for t in zip(*parts))
         par_v, par_r = sel["v"].repeat(2 * m // k), sel["r"].repeat(2 * m // k, 1)
         cv, cr = torch.minimum(cv, par_v), torch.minimum(cr, par_r)
