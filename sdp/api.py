@@ -122,6 +122,12 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
         if norm == 2 and not per_layer and not _solve.mosek_licensed() and (
                 max(sizes, default=0) > _solve.CLARABEL_MAX_CONE or sum(sizes) > 150):
             fo = True
+    if (solver is None or str(solver).lower() == "auto") and norm == "inf" and blocks and not per_layer \
+            and not _solve.mosek_licensed() and (max(sizes, default=0) > _solve.CLARABEL_MAX_CONE or sum(sizes) > 150):
+        fo = True  # l_inf: the cvxpy form has an n0-wide first cone (784 for MNIST); see sdp/linf.py
+    if fo and norm == "inf" and not per_layer and blocks:
+        from .linf import run_sector_linf
+        return run_sector_linf(blocks_t, layers.W_out, iters, time_limit)
     if fo:
         if norm != 2 or per_layer:
             raise InvalidArgumentError("solver='FIRST_ORDER' supports norm=2 with per-neuron multipliers only")
@@ -180,6 +186,9 @@ def _run_residual_nsr(layers: LayerList, norm, solver, time_limit, eps, variant)
 def _run_nsr(layers: LayerList, norm, solver, time_limit, eps, iters, variant="Szero"):
     if any(h.residual for h in layers.hidden):
         return _run_residual_nsr(layers, norm, solver, time_limit, eps, variant)
+    if any(h.act == "householder" for h in layers.hidden):
+        from .householder_nsr import run_householder_nsr  # Lemma 2 of Pauli et al. (l2, feed-forward)
+        return run_householder_nsr(layers, norm, solver, time_limit, eps)
     for h in layers.hidden:
         if h.residual or h.act not in ("maxmin", "groupsort"):
             raise UnsupportedOperationError(
@@ -191,6 +200,12 @@ def _run_nsr(layers: LayerList, norm, solver, time_limit, eps, iters, variant="S
     Ws = [_np(h.W) for h in layers.hidden]
     Ms = [_groups(h) for h in layers.hidden]
     W_out = _np(layers.W_out)
+    if norm == "inf" and str(solver).upper() == "FIRST_ORDER":
+        from .linf import run_nsr_linf  # first-order l_inf NSR (no n0-wide cone); see sdp/linf.py
+        return run_nsr_linf(Ws, Ms, W_out, iters, time_limit)
+    if norm == 2 and str(solver).upper() == "FIRST_ORDER":
+        from .linf import run_nsr_l2  # same multiplicative first-order chain, l2 objective; proof: certify_nsr
+        return run_nsr_l2(Ws, Ms, W_out, iters, time_limit, lambda m: certify_nsr(Ws, Ms, W_out, 2, m))
     built = build_nsr(Ws, Ms, W_out, norm)
     s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
     res = _solve.run(built.problem, s, time_limit, eps)

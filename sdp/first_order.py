@@ -22,8 +22,10 @@ import time
 
 import torch
 
+from .first_order_linf import SMOOTHING, lmax_upper
 
-def _dp(blocks, W_out, params, want_lams=False):
+
+def _dp(blocks, W_out, params, want_lams=False, mu: float = 0.0):
     Q = W_out.T @ W_out
     lams = []
     for k in range(len(blocks) - 1, -1, -1):
@@ -37,7 +39,7 @@ def _dp(blocks, W_out, params, want_lams=False):
         GQG = G.T @ Q @ G
         GQG = 0.5 * (GQG + GQG.T)
         ds = torch.rsqrt(d)
-        scrit = torch.linalg.eigvalsh(ds[:, None] * GQG * ds[None, :])[-1].clamp_min(0) / 2
+        scrit = lmax_upper(ds[:, None] * GQG * ds[None, :], mu).clamp_min(0) / 2
         s = scrit * (1 + torch.exp(eta)) + 1e-12 * (1 + GQG.abs().max().detach())
         lam = s * d
         S = torch.diag(2 * lam) - GQG
@@ -47,13 +49,18 @@ def _dp(blocks, W_out, params, want_lams=False):
         Q = D.T @ Q @ D - 2 * (C.T * (lam * al * be)[None, :]) @ C + X.T @ X
         Q = 0.5 * (Q + Q.T)
         lams.append(lam)
-    rho = torch.linalg.eigvalsh(Q)[-1]
+    rho = lmax_upper(Q, mu)
     return rho, lams[::-1]
 
 
-def optimize_sector(blocks, W_out, iters: int = 300, time_limit: float | None = None, init=None):
+def optimize_sector(blocks, W_out, iters: int = 300, time_limit: float | None = None, init=None,
+                    smoothing=SMOOTHING):
     """Minimise rho(lam) by L-BFGS.  ``blocks``: list of torch (C, D, G, alpha, beta) (first block may be
-    row-space reduced).  Returns (list of lam as numpy (None for linear blocks), rho_float, seconds, evals)."""
+    row-space reduced).  Returns (list of lam as numpy (None for linear blocks), rho_float, seconds, evals).
+    ``smoothing``: continuation levels mu; at mu > 0 every lambda_max (critical scale and rho) is replaced by
+    its smooth upper bound (so iterates stay feasible), iters split evenly; the last level should be 0.
+    Measured on weights_l2_18fc_32, 1000 iterations: 11,067 with the default levels vs 11,198 without
+    (CVXOPT optimum of the same SDP 11,063.5, reference §2.3)."""
     dev, dt = W_out.device, W_out.dtype
     params = []
     for k, (C, D, G, al, be) in enumerate(blocks):
@@ -66,9 +73,11 @@ def optimize_sector(blocks, W_out, iters: int = 300, time_limit: float | None = 
     best = [float("inf"), None]
     evals = [0]
 
+    mu = [0.0]
+
     def closure():
         opt.zero_grad()
-        rho, lams = _dp(blocks, W_out, params)
+        rho, lams = _dp(blocks, W_out, params, mu=mu[0])
         val = torch.log(rho)
         evals[0] += 1
         if torch.isfinite(val) and float(rho.detach()) < best[0]:
@@ -82,9 +91,13 @@ def optimize_sector(blocks, W_out, iters: int = 300, time_limit: float | None = 
     nthreads = torch.get_num_threads()
     if max((b[1].shape[0] for b in blocks), default=0) <= 512:
         torch.set_num_threads(1)  # small dense ops: threading overhead dominates (13x on 2 cores)
-    opt = None if iters <= 0 or not flat else torch.optim.LBFGS(flat, lr=1.0, max_iter=max(iters, 1), history_size=30, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-14)
-    if opt is not None:
+    levels = tuple(smoothing) if smoothing else (0.0,)
+    for m in (levels if iters > 0 and flat else ()):
+        if time_limit and time.perf_counter() - t0 > time_limit:
+            break
+        mu[0] = m
+        opt = torch.optim.LBFGS(flat, lr=1.0, max_iter=max(iters // len(levels), 1), history_size=30,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
         try:
             opt.step(closure)
         except (RuntimeError, torch.linalg.LinAlgError):
