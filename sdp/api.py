@@ -236,6 +236,11 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
     LMI (``residual_variant``: "PSzero", "Szero" (P free, default) or "Pzero") and reports, like the
     paper, sqrt(rho) ||W_in|| ||W_out|| (norms certified).
     ``solver``: ``"MOSEK" | "CLARABEL" | "SCS" | "CVXOPT" | "FIRST_ORDER" | None/"auto"``.
+    ``"FIRST_ORDER"`` (and "auto" for l_inf on wide inputs) never forms the input-wide cone: l_inf
+    reduces exactly to the l2 chain for the scalar output plus a diagonal majorant of its input
+    storage matrix (:mod:`sdp.linf`); with ``method="nsr"`` it runs the paper's constraint through
+    the first-order optimiser of :mod:`sdp.first_order_linf` for both norms.  Householder nets with
+    ``method="nsr"`` use Lemma 2 of Pauli et al. (:mod:`sdp.householder_nsr`).
     ``c``: output direction, e.g. ``e_i - e_j`` for margin certificates (radius = margin / L).
     ``time_limit``: the solver's own (soft) limit.  ``time_budget``: a hard wall-clock limit (s) on the
     whole call, enforced by running the solve in a killable child process (:mod:`sdp.budget`); at
