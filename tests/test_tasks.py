@@ -40,7 +40,7 @@ def test_robustness_task_is_consistent():
 def test_global_and_local_lipschitz_are_ordered():
     lm = resolve_model("digits_relu_mlp")
     X, _ = resolve_data(None, lm.network, None, 2)
-    g = task_global(lm, norm="2", solver="SCS")
+    g = task_global(lm, norm="2", solver="FIRST_ORDER")
     assert g.status == "certified" and g.result.lower <= g.result.upper <= g.result.by_method["product of norms"]
     loc = task_lipschitz(lm, X[0], eps=0.01, norm="2")
     assert loc.status == "certified"
