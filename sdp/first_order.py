@@ -22,35 +22,14 @@ import time
 
 import torch
 
-from .first_order_linf import SMOOTHING, lmax_upper
+from .first_order_linf import SMOOTHING, lmax_upper, sector_chain_Q0
 
 
 def _dp(blocks, W_out, params, want_lams=False, mu: float = 0.0):
-    Q = W_out.T @ W_out
-    lams = []
-    for k in range(len(blocks) - 1, -1, -1):
-        C, D, G, al, be = blocks[k]
-        if C.shape[0] == 0:
-            Q = D.T @ Q @ D
-            lams.append(None)
-            continue
-        theta, eta = params[k]
-        d = torch.exp(theta)
-        GQG = G.T @ Q @ G
-        GQG = 0.5 * (GQG + GQG.T)
-        ds = torch.rsqrt(d)
-        scrit = lmax_upper(ds[:, None] * GQG * ds[None, :], mu).clamp_min(0) / 2
-        s = scrit * (1 + torch.exp(eta)) + 1e-12 * (1 + GQG.abs().max().detach())
-        lam = s * d
-        S = torch.diag(2 * lam) - GQG
-        H = D.T @ Q @ G + C.T * (lam * (al + be))[None, :]
-        L = torch.linalg.cholesky(0.5 * (S + S.T))
-        X = torch.linalg.solve_triangular(L, H.T, upper=False)
-        Q = D.T @ Q @ D - 2 * (C.T * (lam * al * be)[None, :]) @ C + X.T @ X
-        Q = 0.5 * (Q + Q.T)
-        lams.append(lam)
-    rho = lmax_upper(Q, mu)
-    return rho, lams[::-1]
+    """rho (lambda_max of the input storage matrix Q_0, smoothed at ``mu > 0``) and the multipliers of the
+    backward Schur recursion from Q_K = W_out^T W_out (:func:`sdp.first_order_linf.sector_chain_Q0`)."""
+    Q, lams = sector_chain_Q0(blocks, W_out, params, mu)
+    return lmax_upper(Q, mu), lams
 
 
 def optimize_sector(blocks, W_out, iters: int = 300, time_limit: float | None = None, init=None,

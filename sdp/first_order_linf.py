@@ -34,9 +34,10 @@ SMOOTHING = (1e-2, 1e-3, 1e-4, 0.0)
 
 
 def sector_chain_Q0(blocks, w, params, mu: float = 0.0):
-    """Backward Schur recursion of the sector chain from Q_K = w^T w (w: (1, m_K)); returns (Q_0, lams).
-
-    Same recursion and parametrisation as :func:`sdp.first_order._dp` (params[k] = (theta_k, eta_k))."""
+    """Backward Schur recursion of the sector chain from Q_K = w^T w (``w``: (m_out, m_K); the l_inf case
+    has one row); returns (Q_0, lams).  Parametrisation: params[k] = (theta_k, eta_k), lam_k = s_k e^theta_k
+    with s_k above the critical scale, so every point is feasible.  Shared by the l2 path
+    (:func:`sdp.first_order._dp`)."""
     Q = w.T @ w
     lams = []
     for k in range(len(blocks) - 1, -1, -1):
