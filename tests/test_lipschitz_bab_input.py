@@ -74,7 +74,7 @@ def exact_by_regions(module, lo, hi, c=None):
     lins = [m for m in module if isinstance(m, nn.Linear)]
     acts = [m for m in module if not isinstance(m, nn.Linear)]
     Ws = [m.weight.detach().numpy() for m in lins]
-    bs = [m.bias.detach().numpy() for m in lins]
+    bs = [m.bias.detach().numpy() if m.bias is not None else np.zeros(m.out_features) for m in lins]
     lo, hi = lo.numpy(), hi.numpy()
     d = lo.size
     best = [-math.inf]
@@ -83,17 +83,30 @@ def exact_by_regions(module, lo, hi, c=None):
         """Rows (A, a) of the layer-k switches s = A x + a, given z_k = M x + v."""
         if isinstance(acts[k], nn.ReLU):
             return M, v
-        return M[0::2] - M[1::2], v[0::2] - v[1::2]  # MaxMin pairs: s = z_{2j} - z_{2j+1}
+        if isinstance(acts[k], HouseholderActivation):
+            V = _householder_v(acts[k])  # s_j = v_j^T z_(group j)
+            g = V.shape[1]
+            return (np.stack([V[j] @ M[j * g:(j + 1) * g] for j in range(len(V))]),
+                    np.array([V[j] @ v[j * g:(j + 1) * g] for j in range(len(V))]))
+        return M[0::2] - M[1::2], v[0::2] - v[1::2]  # MaxMin / GroupSort(2) pairs: s = z_{2j} - z_{2j+1}
 
     def layer_matrix(k, signs):
         n = Ws[k].shape[0]
         if isinstance(acts[k], nn.ReLU):
             return np.diag((np.array(signs) > 0).astype(float))
         P = np.zeros((n, n))
+        if isinstance(acts[k], HouseholderActivation):
+            V = _householder_v(acts[k])
+            g = V.shape[1]
+            for j, s in enumerate(signs):  # v^T z > 0 keeps z, otherwise reflects it
+                blk = slice(j * g, (j + 1) * g)
+                P[blk, blk] = np.eye(g) if s > 0 else np.eye(g) - 2.0 * np.outer(V[j], V[j])
+            return P
+        ascending = isinstance(acts[k], GroupSort) and not acts[k].descending
         for j, s in enumerate(signs):
             a, b = 2 * j, 2 * j + 1
-            if s > 0:
-                P[a, a] = P[b, b] = 1.0  # z_a >= z_b: (max, min) = (z_a, z_b)
+            if (s > 0) != ascending:
+                P[a, a] = P[b, b] = 1.0  # MaxMin with z_a >= z_b: (max, min) = (z_a, z_b)
             else:
                 P[a, b] = P[b, a] = 1.0
         return P
@@ -139,13 +152,22 @@ def exact_by_regions(module, lo, hi, c=None):
     return best[0]
 
 
+def _householder_v(layer):
+    """The layer's unit reflection vectors (groups, g) as numpy (the module normalizes v on use)."""
+    return layer.unit_v().detach().numpy()
+
+
 def region_check(module, x):
     """The module's own switch signs at x, per activation layer (used by the oracle's self-test)."""
     out, h = [], x
     for m in module:
         if not isinstance(m, nn.Linear):
             z = h[0].detach().numpy()
-            out.append(np.sign(z if isinstance(m, nn.ReLU) else z[0::2] - z[1::2]))
+            if isinstance(m, HouseholderActivation):
+                V = _householder_v(m)
+                out.append(np.sign([V[j] @ z[j * V.shape[1]:(j + 1) * V.shape[1]] for j in range(len(V))]))
+            else:
+                out.append(np.sign(z if isinstance(m, nn.ReLU) else z[0::2] - z[1::2]))
         h = m(h)
     return out
 
@@ -257,7 +279,13 @@ def test_auto_picks_the_engine_and_bad_input_names_the_field():
     assert r.method == "crown+bab"
     mm = models.from_module(make_net("maxmin", (10, 8, 2), 0))
     r = local_lipschitz(mm, (lo, hi), bab="auto", bab_timeout=0.3, attack_options=FAST_ATTACK)
-    assert r.method == "crown+bab-input"
+    assert r.method == "crown+bab"  # piecewise-linear chain: complete activation splitting
+    for kind in ("tanh", "residual_maxmin"):  # smooth activation / residual net: input splitting
+        r = local_lipschitz(models.from_module(make_net(kind, (10, 8, 8, 2), 0)), (lo, hi), bab="auto",
+                            bab_timeout=0.3, attack_options=FAST_ATTACK)
+        assert r.method.endswith("crown+bab-input"), kind
+    r = local_lipschitz(mm, (lo, hi), norm="2", bab="auto", bab_timeout=0.3, attack_options=FAST_ATTACK)
+    assert r.method == "crown+bab-input"  # l2: input splitting
     relu2 = models.from_module(make_net("relu", (2, 8, 2), 0))
     r = local_lipschitz(relu2, (lo[:, :2], hi[:, :2]), bab="auto", bab_timeout=0.3, attack_options=FAST_ATTACK)
     assert r.method == "crown+bab-input"

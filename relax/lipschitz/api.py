@@ -106,12 +106,21 @@ BAB_KINDS = ("activation", "input", "auto")
 
 
 def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
-    """``bab="auto"``: input splitting unless a ReLU/LeakyReLU chain with > 3 inputs and a norm the
-    activation BaB handles (l_inf, or l1 per row).  Measured (bench/results/local_lipschitz_input.md):
-    on ReLU chains the complete activation BaB wins from 4 inputs on, input splitting up to 3."""
+    """``bab="auto"``: the complete activation BaB for piecewise-linear chains (ReLU, LeakyReLU, MaxMin,
+    GroupSort(2), Householder) and a norm it handles (l_inf, or l1 per row); input splitting otherwise
+    (smooth activations, residual nets, l2) and for ReLU/LeakyReLU chains with <= 3 inputs.  Measured
+    (bench/results/local_lipschitz_input.md): on ReLU chains activation splitting wins from 4 inputs on,
+    input splitting up to 3; on MaxMin/GroupSort chains activation splitting wins from 2 inputs on."""
+    from .bab import BAB_OPS
     from .gates import GATES
-    return (any(n.op in GATES and n.op not in ("relu", "leaky_relu") for n in net.nodes) or not net.is_chain()
-            or math.prod(net.input_shape) <= 3 or norm == "2" or (operator and norm != "inf"))
+    acts = [n.op for n in net.nodes if n.op in GATES]
+    relu_only = all(op in ("relu", "leaky_relu") for op in acts)
+    return (any(op not in BAB_OPS for op in acts) or not net.is_chain() or _has_unsupported_groupsort(net)
+            or (relu_only and math.prod(net.input_shape) <= 3) or norm == "2" or (operator and norm != "inf"))
+
+
+def _has_unsupported_groupsort(net: Network) -> bool:
+    return any(n.op == "groupsort" and int(n.attrs["group_size"]) != 2 for n in net.nodes)
 
 
 def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "crown", forward: str = "auto",
@@ -130,12 +139,13 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       "naive" (product of layer operator norms; global), or "lipsdp" (l2 only: local LipSDP-Neuron
       with per-neuron slope ranges from the forward bounds, :mod:`.lipsdp_local`; needs cvxpy).
     * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available).
-    * ``bab_timeout > 0`` (ReLU/LeakyReLU networks, l_inf and l1 inputs): complete branch-and-bound
-      (:mod:`.bab`), anytime; when it finishes, ``exact`` is True.
+    * ``bab_timeout > 0`` (piecewise-linear chains: ReLU, LeakyReLU, MaxMin, GroupSort(2),
+      Householder; l_inf and l1 inputs): complete branch-and-bound (:mod:`.bab`, splitting on the
+      activations' switches), anytime; when it finishes with an attained maximum, ``exact`` is True.
     * ``bab``: which branch-and-bound ``bab_timeout > 0`` runs: "activation" (above), "input"
       (input-space splitting, :mod:`.bab_input`: every activation, l_inf boxes and l2/l1 balls; best
-      for few inputs) or "auto" (input splitting for non-ReLU/LeakyReLU or residual nets, l2 norms,
-      or <= 3 inputs; activation splitting otherwise).  ``bab_options`` go to the chosen engine.
+      for few inputs) or "auto" (input splitting for smooth activations, residual nets, l2 norms, or
+      ReLU/LeakyReLU chains with <= 3 inputs; activation splitting otherwise).  ``bab_options`` go to the chosen engine.
     """
     t0 = time.perf_counter()
     norm = parse_norm(norm)

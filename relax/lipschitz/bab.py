@@ -47,30 +47,35 @@ from models.errors import UnsupportedOperationError
 from .attack import true_gradients
 from .feasibility import domain_infeasible, leaf_margin
 from .backward import BackwardGraph
-from .chain import DenseChain, clamp_splits, interval_bounds
+from .chain import DenseChain, clamp_splits, clamp_switch, interval_bounds
 from .polytope import polytope_forward_bounds
 from .norms import dual_norm_of, row_dual_upper
 from .result import LipschitzResult
 
-BAB_OPS = ("relu", "leaky_relu")
+BAB_OPS = ("relu", "leaky_relu", "maxmin", "groupsort", "householder")
 POLY_ITERS = 20  # default dual steps of the input-polytope re-bounding
 POLY_MAX_INPUT = 128  # ... used by default only up to this many input coordinates
 POLY_CHUNK_ELEMS = 1 << 22  # ~32 MB of float64 per (domains x neurons x inputs) tensor in the polytope pass
 
 
 def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, root_fb, fixed: list[torch.Tensor],
-                         rebound: bool = True, poly_iters: int = 0, poly_lr: float = 0.1
+                         rebound: bool = True, poly_iters: int = 0, poly_lr: float = 0.1, root_sb=None
                          ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """Pre-activation bounds of every activation for a batch of BaB domains, and their infeasibility flags.
+    """Bounds of every activation's *switches* for a batch of BaB domains, and their infeasibility flags.
 
-    ``fixed[k]``: ``(D, n_k)`` int8 split signs (+1: ``z >= 0``, -1: ``z <= 0``, 0: free) of the ``D``
-    domains (the batch dimension); ``root_fb``: sound bounds ``[(l_k, u_k)]`` (``(1, n_k)``) over the box.
+    The switch of a ReLU/LeakyReLU is its pre-activation ``z``; of a MaxMin/GroupSort(2) pair
+    ``z_a - z_b``; of a Householder group ``v^T z`` (:mod:`.gates`).  ``fixed[k]``: ``(D, n_q)`` int8 split
+    signs (+1: ``s >= 0``, -1: ``s <= 0``, 0: free) of the ``D`` domains (the batch dimension);
+    ``root_fb``: sound pre-activation bounds ``[(l_k, u_k)]`` (``(1, n_k)``) over the box; ``root_sb``:
+    optional sound switch bounds over the box (e.g. the root domain's re-bounded ones).
 
     Math: first interval arithmetic over the box with ``root_fb`` intersected in and every split
-    neuron clamped to its side of zero (:func:`.chain.interval_bounds`); then, with ``rebound`` and
-    ``poly_iters > 0``, CROWN over the domain's input polytope
-    (:func:`.polytope.polytope_forward_bounds`, ``poly_iters`` dual steps); with ``rebound`` and
-    ``poly_iters == 0``, for
+    ReLU clamped to its side of zero (:func:`.chain.interval_bounds`), mapped to the switches
+    (``S z`` by interval arithmetic), intersected with ``root_sb`` and clamped by the splits; then,
+    with ``rebound`` and ``poly_iters > 0`` (or any switch-matrix activation), CROWN over the domain's
+    input polytope (:func:`.polytope.polytope_forward_bounds`, ``poly_iters`` dual steps; 0 steps =
+    CROWN over the box with the split-clamped bounds); with ``rebound`` and ``poly_iters == 0`` on a
+    ReLU/LeakyReLU chain, for
     ``k = 1 .. L-1`` the forward engine ``relax.compute_bounds(net, box, "crown",
     fixed_preact={act_j: (l_j, u_j), j != k})`` gives CROWN bounds on ``z_k`` that hold for every ``x``
     in the box whose pre-activations ``z_j`` lie in the current (split-clamped) bounds, i.e. for
@@ -78,7 +83,7 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
     no CROWN pass on them; they do not enter the bound on ``z_k``); these are intersected with the
     current ``(l_k, u_k)`` and clamped by the splits of layer ``k``.  ``skip_stable=False``: every
     neuron is CROWN-bounded (as tight as a CROWN pass over all rows).  Every returned interval
-    contains ``z_k(x)`` for every ``x`` of the box that satisfies the domain's splits.
+    contains ``s_k(x)`` for every ``x`` of the box that satisfies the domain's splits.
     ``empty[d]`` is True when some interval of domain ``d`` is empty (``l > u``, or flagged by the
     engine's ``BoundResult.empty``): no input satisfies its splits (the domain is infeasible).
     Returned intervals are made well-formed (``u >= l``) so that
@@ -88,8 +93,14 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
     XL, XU = xl.reshape(1, -1).expand(D, -1), xu.reshape(1, -1).expand(D, -1)
     base = [(l.expand(D, -1), u.expand(D, -1)) for l, u in root_fb]
     fb = interval_bounds(chain, XL, XU, base=base, fixed=fixed)
+    switched = any(g.switch_matrix is not None for g in chain.gates)
+    if switched:
+        fb = [g.switch_bounds(l, torch.maximum(u, l)) for g, (l, u) in zip(chain.gates, fb)]
+    if root_sb is not None:
+        fb = [(torch.maximum(l, rl), torch.minimum(u, ru)) for (l, u), (rl, ru) in zip(fb, root_sb)]
+    fb = [clamp_switch(l, u, f) for (l, u), f in zip(fb, fixed)]
     empty = torch.zeros(D, dtype=torch.bool, device=XL.device)
-    if rebound and poly_iters > 0:
+    if rebound and (poly_iters > 0 or switched):
         # chunk the domains: the polytope pass holds (domains, neurons, n_0) tensors
         per = max(g.n for g in chain.gates) * (chain.in_dim + 2 * max(g.n for g in chain.gates))
         step = max(1, POLY_CHUNK_ELEMS // max(per, 1))
@@ -127,13 +138,21 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
 def run_bab(*args, num_threads: int | None = 1, **kwargs) -> LipschitzResult:
     """:func:`_run_bab` with torch's intra-op threads set to ``num_threads`` for its duration (None: unchanged).
 
+    A bias-free network over a box holding its apex 0 is searched over the box's shells instead
+    (:mod:`.apex`: exact reduction, kinks in general position again).
+
     The domain batches are small tensors: one thread avoids the synchronization cost of intra-op
     parallelism, which on a shared 2-core machine slowed the search down by over 10x.
     """
+    from .apex import applies, run_bab_shells
     old = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(max(1, int(num_threads)))
     try:
+        net, chain, xl, xu, seeds, norm, root_fb, root, timeout, operator, attack_lower = args
+        if applies(chain, xl, xu, kwargs.get("ball")):  # bias-free net, box around its apex 0
+            kwargs.pop("ball", None)
+            return run_bab_shells(net, chain, xl, xu, seeds, norm, root, timeout, operator, attack_lower, **kwargs)
         return _run_bab(*args, **kwargs)
     finally:
         torch.set_num_threads(old)
@@ -160,7 +179,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     ``ball``: for an l2 / l1 ball region searched over its bounding box, the
     :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
     """
-    from .api import certified, derivative_ranges
+    from .api import certified
     t0 = time.perf_counter()
     if poly_iters is None:
         poly_iters = POLY_ITERS if chain.in_dim <= POLY_MAX_INPUT else 0
@@ -168,30 +187,36 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         if node.op not in BAB_OPS:
             raise UnsupportedOperationError(
                 f"node {node.describe()}: branch-and-bound supports {', '.join(BAB_OPS)} networks only")
+    if lp_check and any(g.switch_matrix is not None for g in chain.gates):
+        raise UnsupportedOperationError("lp_check (triangle-relaxation LP of a domain) supports ReLU/LeakyReLU networks only")
     if norm == "2" or (operator and norm != "inf"):
         raise UnsupportedOperationError(
             "branch-and-bound bounds max_rows ||grad||_q for l_inf and l1 input norms (per output / given c)")
     S = seeds.shape[0]
     dev, dt = seeds.device, seeds.dtype
     use_abs = abs_split and norm == "inf"
-    sizes = [g.n for g in chain.gates] + ([chain.in_dim] if use_abs else [])
+    sizes = [g.n_q for g in chain.gates] + ([chain.in_dim] if use_abs else [])
     offs = np.cumsum([0] + sizes)
     lb_seed = torch.tensor([max(v, 0.0) if v is not None else 0.0 for v in (attack_lower or [0.0] * S)],
                            dtype=dt, device=dev)
     closed_ub = torch.zeros(S, dtype=dt, device=dev)
+    box_attained = torch.zeros(S, dtype=dt, device=dev)  # gradient norms at leaf interior points (in the box)
     xl_np, xu_np = xl.cpu().numpy(), xu.cpu().numpy()
     stats = {"domains_bounded": 0, "leaves": 0, "infeasible": 0, "pruned": 0, "lp_calls": 0, "batches": 0}
 
+    root_sb = None  # the root domain's switch bounds (after its own re-bounding): valid for every domain
+
     def bound(seed_idx, fixed):
         D = seed_idx.shape[0]
-        fb, empty = split_forward_bounds(chain, xl, xu, root_fb, fixed, rebound, poly_iters, poly_lr)
-        dr = derivative_ranges(chain, fb, D, fixed)
+        fb, empty = split_forward_bounds(chain, xl, xu, root_fb, fixed, rebound, poly_iters, poly_lr, root_sb)
+        dr = [g.switch_derivative_range(l, u, f) for g, (l, u), f in zip(chain.gates, fb, fixed)]
+        dr = [(a.expand(D, -1), b.expand(D, -1)) for a, b in dr]
         bg = BackwardGraph(chain, seeds[seed_idx], dr, "crown")
         bb = bg.run(want_coef=True, abs_fixed=fixed[-1] if use_abs else None)
         ub = row_dual_upper(norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
         scores, unst_any = [], torch.zeros(D, dtype=torch.bool, device=dev)
         for k, gate in enumerate(chain.gates):
-            un = gate.unstable(*fb[k], fixed[k])
+            un = gate.switch_unstable(*fb[k], fixed[k])
             ql, qu = bb.q_bounds[k]
             sc = bb.gate_coef[k] * torch.maximum(ql.abs(), qu.abs())
             if balance:
@@ -205,13 +230,14 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
             gap = torch.where((gl < 0) & (gu > 0), -2 * gl * gu / (gu - gl).clamp(min=1e-300), torch.zeros_like(gl))
             scores.append(torch.where((fixed[-1] == 0) & (gap > 0), gap * abs_weight + 1e-12, torch.full_like(gap, -1.0)))
         signs = [torch.where(f != 0, f, torch.where(l > 0, 1, -1).to(torch.int8)) for f, (l, u) in zip(fixed, fb)]
-        return ub, torch.cat(scores, 1), unst_any, empty, signs
+        return ub, torch.cat(scores, 1), unst_any, empty, signs, fb
 
     # root domain per seed
     seed_idx = torch.arange(S, device=dev)
     fixed = [torch.zeros(S, n, dtype=torch.int8, device=dev) for n in sizes]
     root_rows = torch.tensor(root.per_output_upper, dtype=dt, device=dev)
-    ub, score, unst, empty, signs = bound(seed_idx, fixed)
+    ub, score, unst, empty, signs, sb = bound(seed_idx, fixed)
+    root_sb = [(l.amin(0, keepdim=True), u.amax(0, keepdim=True)) for l, u in sb]  # same box for every seed
     ub = torch.minimum(ub, root_rows)
     history = [(time.perf_counter() - t0, root.upper, float(lb_seed.max()))]
     pool = None
@@ -233,10 +259,11 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
             closed_ub[s_i] = torch.maximum(closed_ub[s_i], ub[i])
             if t > feas_tol and xs is not None:
                 X = torch.as_tensor(xs, dtype=dt, device=dev)[None, None]
-                if ball is not None and not bool(ball.contains(X.reshape(1, -1))[0]):
-                    continue  # an interior point of the bounding box but not of the l2/l1 ball region
                 g = true_gradients(net, X, seeds[s_i:s_i + 1])
                 v = dual_norm_of(g, norm)[0, 0]
+                box_attained[s_i] = torch.maximum(box_attained[s_i], v)
+                if ball is not None and not bool(ball.contains(X.reshape(1, -1))[0]):
+                    continue  # an interior point of the bounding box but not of the l2/l1 ball region
                 if v > lb_seed[s_i]:
                     lb_seed[s_i] = v
                     witness[s_i] = xs
@@ -282,7 +309,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
             cand = cand[torch.argsort(sel_ub[cand], descending=True)][:lp_top]  # the domains defining the max
             if cand.numel():
                 fbc, emptyc = split_forward_bounds(chain, xl, xu, root_fb, [f[cand] for f in sel_fixed], rebound,
-                                                   poly_iters, poly_lr)
+                                                   poly_iters, poly_lr, root_sb)
                 fb_np = [(l.cpu().numpy(), u.cpu().numpy()) for l, u in fbc]
                 drop = torch.zeros(k, dtype=torch.bool, device=dev)
                 for ci, i in enumerate(cand.tolist()):
@@ -320,7 +347,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
             vals = torch.cat((torch.ones(kk, dtype=torch.int8, device=dev), -torch.ones(kk, dtype=torch.int8, device=dev)))
             f2[rows, pos2[rows]] = vals[rows]
             c_fixed.append(f2)
-        cub, cscore, cunst, cempty, csigns = bound(c_seed, c_fixed)
+        cub, cscore, cunst, cempty, csigns, _ = bound(c_seed, c_fixed)
         cub = torch.minimum(cub, sel_ub.repeat(2 * K))
         if K > 1:  # keep, per domain, the candidate whose worse child is lowest
             eff = torch.where(cempty, torch.full_like(cub, -math.inf), cub).reshape(2, K, k).amax(0)  # (K, k)
@@ -357,10 +384,16 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     finished = pool[0].numel() == 0
     per_c = certified(per_seed)
     upper = float(per_c.max())
-    # a finished run is exact for the maximum: domains pruned by the lower bound cannot hold the max
+    # A finished run has closed every domain: domains pruned by the lower bound cannot hold the max, and
+    # the max is exact when it is *attained*: the largest closed leaf had an interior point, where
+    # autograd's gradient gave the lower bound.  A leaf whose LP margin is ~0 (a region with no interior
+    # point found: ties, or kinks that all meet in one point) keeps its bound but cannot witness it;
+    # if such a leaf holds the max, the run is closed but not exact ("closed_unattained").
+    attained = float(torch.maximum(lb_seed, box_attained).max()) >= float(per_seed.max()) * (1 - 1e-9) - 1e-12
+    status = ("exact" if attained else "closed_unattained") if finished else stop if stop != "exact" else "timeout"
     res = LipschitzResult(min(upper, root.upper), float(lb_seed.max()), norm, root.method + "+bab",
-                          exact=finished, per_output_upper=[float(v) for v in per_c],
-                          per_output_lower=[float(v) for v in lb_seed], status="exact" if finished else stop if stop != "exact" else "timeout",
+                          exact=finished and attained, per_output_upper=[float(v) for v in per_c],
+                          per_output_lower=[float(v) for v in lb_seed], status=status,
                           forward_method=root.forward_method, history=history, stats=stats)
     res.stats["witness"] = {k: v.tolist() for k, v in witness.items()}
     return res

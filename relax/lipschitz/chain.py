@@ -73,7 +73,7 @@ def dense_chain(net: Network, dtype: torch.dtype = torch.float64) -> DenseChain:
     for k, node in enumerate(acts):
         n = W[k].shape[0]
         g = build_gate(node, n, W[k])
-        for attr in ("E", "F_g", "F_p", "d_on", "d_off", "_S"):
+        for attr in ("E", "F_g", "F_p", "d_on", "d_off", "_S", "P", "Q"):
             t = getattr(g, attr, None)
             if isinstance(t, torch.Tensor):
                 setattr(g, attr, t.to(dtype))
@@ -135,15 +135,18 @@ FORWARD_INTERVAL: dict[str, Callable] = {
 }
 
 
-def clamp_splits(gate: Gate, l: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor | None):
-    """Impose split constraints ``s >= 0`` (+1) / ``s <= 0`` (-1) on pre-activation bounds (ReLU-type ops)."""
+def clamp_switch(l: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor | None):
+    """Impose split constraints ``s >= 0`` (+1) / ``s <= 0`` (-1) on bounds ``[l, u]`` of the switches ``s``."""
     if fixed is None:
         return l, u
-    if gate.op not in ("relu", "leaky_relu"):
-        return l, u  # switch is not a single coordinate: splits only fix the derivative
-    l = torch.where(fixed > 0, l.clamp(min=0), l)
-    u = torch.where(fixed < 0, u.clamp(max=0), u)
-    return l, u
+    return torch.where(fixed > 0, l.clamp(min=0), l), torch.where(fixed < 0, u.clamp(max=0), u)
+
+
+def clamp_splits(gate: Gate, l: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor | None):
+    """Impose splits on *pre-activation* bounds: only ReLU-type ops, whose switch is the pre-activation."""
+    if fixed is None or gate.switch_matrix is not None:
+        return l, u  # switch is not a single coordinate of z: splits only fix the derivative
+    return clamp_switch(l, u, fixed)
 
 
 def interval_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor,

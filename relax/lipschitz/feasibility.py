@@ -1,4 +1,4 @@
-"""LP feasibility of branch-and-bound domains of ReLU / LeakyReLU chains (HiGHS via scipy).
+"""LP feasibility of branch-and-bound domains (HiGHS via scipy): relaxed ReLU/LeakyReLU domains, exact leaves.
 
 A domain fixes the sign of some neurons' pre-activations.  Its *relaxed* feasible set is
 
@@ -82,20 +82,32 @@ def domain_infeasible(chain: DenseChain, xl: np.ndarray, xu: np.ndarray, bounds:
 
 
 def leaf_margin(chain: DenseChain, xl: np.ndarray, xu: np.ndarray, signs: list[np.ndarray]):
-    """Max normalized margin ``t`` s.t. ``sign_i z_i(x) >= t ||grad z_i||`` on the box: (t, x) or (-inf, None)."""
+    """Max normalized margin ``t`` s.t. ``sign_i s_i(x) >= t ||grad s_i||`` on the box: (t, x) or (-inf, None).
+
+    ``s`` are the switches of every activation (:mod:`.gates`: ``z`` for ReLU-type gates, ``S z`` for
+    MaxMin/GroupSort(2)/Householder); with all signs fixed the network is affine on the region, layer by
+    layer ``y = diag(d) z`` (ReLU-type: ``d`` = 1 or the negative slope) or ``y = (P + Q diag(1[sign > 0]) S) z``.
+    """
     n0 = xl.size
     A_rows, b_rows = [], []
     M = np.eye(n0)
     c = np.zeros(n0)
     for k, s in enumerate(signs):
+        gate = chain.gates[k]
         W = chain.weights[k].cpu().numpy()
         bk = chain.biases[k].cpu().numpy()
         Az, cz = W @ M, W @ c + bk  # z = Az x + cz
-        nrm = np.linalg.norm(Az, axis=1) + 1e-300
-        A_rows.append(np.hstack((-s[:, None] * Az, nrm[:, None])))
-        b_rows.append(s * cz)
-        d = np.where(s > 0, 1.0, chain.gates[k].d_off.cpu().numpy())
-        M, c = d[:, None] * Az, d * cz
+        S = gate.switch_matrix
+        As, cs = (Az, cz) if S is None else (S.cpu().numpy() @ Az, S.cpu().numpy() @ cz)  # switches s = As x + cs
+        nrm = np.linalg.norm(As, axis=1) + 1e-300
+        A_rows.append(np.hstack((-s[:, None] * As, nrm[:, None])))
+        b_rows.append(s * cs)
+        if S is None:
+            d = np.where(s > 0, 1.0, gate.d_off.cpu().numpy())
+            M, c = d[:, None] * Az, d * cz
+        else:
+            L = gate.P.cpu().numpy() + gate.Q.cpu().numpy() @ ((s > 0)[:, None] * S.cpu().numpy())
+            M, c = L @ Az, L @ cz
     A = np.vstack(A_rows)
     b = np.concatenate(b_rows)
     cost = np.zeros(n0 + 1)

@@ -20,6 +20,13 @@ bounds over the input region:
 
 For the piecewise-linear ops, ``d_on``/``d_off`` give the derivative on the closed half-spaces
 ``s >= 0`` / ``s <= 0``; they are used by branch-and-bound, which splits on the sign of ``s``.
+MaxMin/GroupSort(2)/Householder also carry their *forward* map as one ReLU of the switch,
+
+    y = P z + Q relu(S z)        (MaxMin pair: max = z_b + relu(z_a - z_b), min = z_a - relu(z_a - z_b);
+                                  Householder: y = H z + 2 v relu(v^T z), H = I - 2 v v^T),
+
+which lets branch-and-bound bound the switches directly over a domain's input polytope
+(:mod:`.polytope`); ReLU/LeakyReLU keep ``P = Q = S = None`` (the switch is ``z`` itself).
 Stability uses strict inequalities (``l_s > 0`` is "on", ``u_s < 0`` is "off"); anything else keeps
 the full range ``[min(d_on,d_off), max(d_on,d_off)]``, which contains every Clarke derivative at
 kinks (``s = 0``).  The table :data:`GATES` maps op name -> builder.
@@ -48,6 +55,13 @@ class Gate:
     d_on: torch.Tensor | None  # (n_q,) derivative when switch >= 0 (piecewise-linear ops only)
     d_off: torch.Tensor | None
     piecewise_linear: bool
+    P: torch.Tensor | None = None  # (n, n): forward y = P z + Q relu(S z) (switch-matrix ops only)
+    Q: torch.Tensor | None = None  # (n, n_q)
+
+    @property
+    def switch_matrix(self) -> torch.Tensor | None:
+        """``S`` (``n_q x n``) with switch ``s = S z``; None: the switch is ``z`` (ReLU-type and smooth ops)."""
+        return _SWITCH[self.op](self)
 
     @property
     def n_q(self) -> int:
@@ -73,7 +87,11 @@ class Gate:
         """
         if not self.piecewise_linear:
             return _SMOOTH_DERIV[self.op](zl, zu)
-        sl, su = self.switch_bounds(zl, zu)
+        return self.switch_derivative_range(*self.switch_bounds(zl, zu), fixed)
+
+    def switch_derivative_range(self, sl: torch.Tensor, su: torch.Tensor, fixed: torch.Tensor | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`derivative_range` from bounds ``[sl, su]`` of the switch itself (piecewise-linear ops)."""
         on, off = self.d_on.to(sl), self.d_off.to(sl)
         lo, hi = torch.minimum(on, off).expand_as(sl), torch.maximum(on, off).expand_as(sl)
         is_on, is_off = sl > 0, su < 0
@@ -87,7 +105,10 @@ class Gate:
 
     def unstable(self, zl: torch.Tensor, zu: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
         """Boolean ``(B, n_q)``: switch sign not decided by the bounds (nor by a split)."""
-        sl, su = self.switch_bounds(zl, zu)
+        return self.switch_unstable(*self.switch_bounds(zl, zu), fixed)
+
+    def switch_unstable(self, sl: torch.Tensor, su: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`unstable` from bounds of the switch itself."""
         free = ~((sl > 0) | (su < 0))
         if fixed is not None:
             free = free & (fixed == 0)
@@ -145,13 +166,17 @@ def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
     F_g = torch.zeros(n, n, dtype=ref.dtype, device=ref.device)
     F_p = torch.zeros(n, m, dtype=ref.dtype, device=ref.device)
     S = torch.zeros(m, n, dtype=ref.dtype, device=ref.device)
+    P = torch.zeros(n, n, dtype=ref.dtype, device=ref.device)
+    Q = torch.zeros(n, m, dtype=ref.dtype, device=ref.device)
     for k in range(m):
+        P[hi[k], b[k]] = 1.0; Q[hi[k], k] = 1.0          # max = z_b + relu(z_a - z_b)
+        P[lo[k], a[k]] = 1.0; Q[lo[k], k] = -1.0         # min = z_a - relu(z_a - z_b)
         E[k, hi[k]] += 1.0; E[k, lo[k]] -= 1.0          # q = g_hi - g_lo
         F_g[a[k], lo[k]] = 1.0; F_g[b[k], hi[k]] = 1.0   # h_a = g_lo + p, h_b = g_hi - p
         F_p[a[k], k] = 1.0; F_p[b[k], k] = -1.0
         S[k, a[k]] = 1.0; S[k, b[k]] = -1.0              # switch z_a - z_b
     one = torch.ones(m, dtype=ref.dtype, device=ref.device)
-    g = Gate("maxmin", n, E, F_g, F_p, one, torch.zeros_like(one), True)
+    g = Gate("maxmin", n, E, F_g, F_p, one, torch.zeros_like(one), True, P, Q)
     g._S = S
     return g
 
@@ -164,7 +189,9 @@ def _householder(node: Node, n: int, ref: torch.Tensor) -> Gate:
         E[k, k * gs:(k + 1) * gs] = v[k]
     F_p = -2.0 * E.T.clone()
     one = torch.ones(groups, dtype=ref.dtype, device=ref.device)
-    g = Gate("householder", n, E, _eye_like(n, ref), F_p, torch.zeros_like(one), one, True)
+    # forward: y = z on v^T z >= 0, (I - 2 v v^T) z below: y = (I - 2 E^T E) z + 2 E^T relu(E z)
+    g = Gate("householder", n, E, _eye_like(n, ref), F_p, torch.zeros_like(one), one, True,
+             _eye_like(n, ref) - 2.0 * E.T @ E, 2.0 * E.T.clone())
     g._S = E.clone()  # switch v^T z; "on" (v^T z >= 0) keeps z: d = 0; "off" reflects: d = 1
     return g
 

@@ -1,6 +1,7 @@
 """Forward pre-activation bounds of branch-and-bound domains over their *input polytope* (beta-CROWN style).
 
-A domain of :mod:`.bab` fixes the sign of some pre-activations (``s_j z_j(x) >= 0``).  Interval
+A domain of :mod:`.bab` fixes the sign of some switches (``sigma_j s_j(x) >= 0``; the switch is the
+pre-activation ``z_j`` of a ReLU, ``z_a - z_b`` of a MaxMin pair, ``v^T z`` of a Householder group).  Interval
 clamping uses a split only on the neuron itself; the other neurons' bounds still range over the
 whole box.  Here every split becomes a half-space in input space that contains the domain:
 
@@ -100,62 +101,95 @@ def _relax_lines(l, u, s):
     return su, tu, sl
 
 
-def _backsub(chain, k, fb, slopes, rows, xmag):
-    """CROWN upper linear bound of ``rows @ z_k`` in x: (A (D, r, n0), c (D, r)) for the domain bounds ``fb``.
+def _backsub(chain, k, sb, slopes, rows, xmag):
+    """CROWN upper linear bound of ``rows @ s_k`` in x: (A (D, r, n0), c (D, r)) for the domain's switch bounds ``sb``.
 
+    ``s_k = S_k z_k`` are the switches of activation ``k`` (``z_k`` itself for ReLU/LeakyReLU).  Through
+    a ReLU-type activation the chord/lower line of ``phi(z)`` on ``[l, u]`` is used; through a
+    switch-matrix activation (MaxMin, GroupSort(2), Householder) the forward map
+    ``y = P z + Q relu(S z)`` (:mod:`.gates`) is relaxed in its one nonlinearity, ``relu`` of the switch.
     ``c`` includes a rounding margin: the same back-substitution on magnitudes (``|Lam|``, ``|W|``,
-    ``|b|``, slopes and intercepts) bounds every partial sum, and each of the ``<= depth + 1``
-    matrix products of fan-in ``<= F`` errs by at most ``F eps`` times its magnitude, so adding
-    ``2 (depth + 1) (F + 2) eps (|A| |x| + bias magnitude)`` covers the float64 evaluation.
+    ``|P|, |Q|, |S|``, ``|b|``, slopes and intercepts) bounds every partial sum, and each of the at most
+    ``4 (depth + 1)`` matrix products of fan-in ``<= F`` errs by at most ``F eps`` times its magnitude,
+    so adding ``4 (depth + 2) (F + 2) eps (|A| |x| + bias magnitude)`` covers the float64 evaluation.
     """
-    D = fb[0][0].shape[0]
-    Lam = rows
+    D = sb[0][0].shape[0]
+    S = chain.gates[k].switch_matrix
+    Lam = rows if S is None else rows @ S  # coefficients on z_k
+    mLam = rows.abs() if S is None else rows.abs() @ S.abs()
     bias = Lam @ chain.biases[k]
-    mLam = rows.abs()
     mbias = mLam @ chain.biases[k].abs()
-    fan = max(w.shape[1] for w in chain.weights[: k + 1]) + 2
+    fan = max(max(w.shape) for w in chain.weights[: k + 1]) + 2
     for j in range(k - 1, -1, -1):
         W = chain.weights[j + 1]
         Lam = Lam @ W  # coefficients on y_j
         mLam = mLam @ W.abs()
-        l, u = fb[j]
-        su, tu, sl = _relax_lines(l, u, slopes[j])
-        pos = Lam > 0
-        bias = bias + (Lam.clamp(min=0) * tu[:, None, :]).sum(-1)
-        mbias = mbias + (mLam * tu.abs()[:, None, :]).sum(-1)
-        Lam = torch.where(pos, Lam * su[:, None, :], Lam * sl[:, None, :])
-        mLam = mLam * torch.maximum(su.abs(), sl.abs())[:, None, :]
+        l, u = sb[j]
+        gate = chain.gates[j]
+        if gate.Q is None:  # y = phi(z) per coordinate, the switch is z
+            su, tu, sl = _relax_lines(l, u, slopes[j])
+            pos = Lam > 0
+            bias = bias + (Lam.clamp(min=0) * tu[:, None, :]).sum(-1)
+            mbias = mbias + (mLam * tu.abs()[:, None, :]).sum(-1)
+            Lam = torch.where(pos, Lam * su[:, None, :], Lam * sl[:, None, :])
+            mLam = mLam * torch.maximum(su.abs(), sl.abs())[:, None, :]
+        else:  # y = P z + Q relu(s), s = S z
+            R, mR = Lam @ gate.Q, mLam @ gate.Q.abs()  # coefficients on relu(s)
+            su, tu, sl = _relax_lines(l, u, 0.0)
+            bias = bias + (R.clamp(min=0) * tu[:, None, :]).sum(-1)
+            mbias = mbias + (mR * tu.abs()[:, None, :]).sum(-1)
+            R = torch.where(R > 0, R * su[:, None, :], R * sl[:, None, :])
+            mR = mR * torch.maximum(su.abs(), sl.abs())[:, None, :]
+            Sj = gate.switch_matrix
+            Lam = Lam @ gate.P + R @ Sj
+            mLam = mLam @ gate.P.abs() + mR @ Sj.abs()
         bias = bias + Lam @ chain.biases[j]
         mbias = mbias + mLam @ chain.biases[j].abs()
     A = Lam @ chain.weights[0]
     mA = mLam @ chain.weights[0].abs()
-    bias = bias + 2 * (k + 2) * fan * EPS64 * (mbias + mA @ xmag)
+    bias = bias + 4 * (k + 2) * fan * EPS64 * (mbias + mA @ xmag)
     return A, bias.expand(D, -1) if bias.shape[0] != D else bias
 
 
-def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, fb, fixed, iters: int = 20, lr: float = 0.1):
-    """Tighten the domain bounds ``fb`` (list of (D, n_k) pairs, split-clamped) over the input polytope.
+def _first_layer(chain, xmag):
+    """Exact-up-to-rounding linear maps of the layer-0 switches: (A, c_upper, c_lower) with
+    ``A x + c_lower <= s_0(x) <= A x + c_upper``.  For ReLU-type gates ``s_0 = W_0 x + b_0`` is used as
+    is (margin 0, as before: the half-spaces are the splits themselves); for a switch matrix ``S`` the
+    products ``S W_0``, ``S b_0`` (fan-in ``n``) get a ``2 (n + 2) eps`` magnitude margin."""
+    W, b = chain.weights[0], chain.biases[0]
+    S = chain.gates[0].switch_matrix
+    if S is None:
+        return W, b, b
+    A, c = S @ W, S @ b
+    err = 2 * (S.shape[1] + 2) * EPS64 * ((S.abs() @ W.abs()) @ xmag + S.abs() @ b.abs())
+    return A, c + err, c - err
 
-    ``fixed[k]``: (D, n_k) int8 split signs.  Returns (new bounds, empty flags (D,)).  Every returned
-    interval contains ``z_k(x)`` for every ``x`` of the box that satisfies the splits.  Only the
-    unstable neurons of each domain are re-bounded; half-spaces and rows are packed per domain.
+
+def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed, iters: int = 20, lr: float = 0.1):
+    """Tighten the domain's switch bounds ``sb`` (list of (D, n_q) pairs, split-clamped) over its input polytope.
+
+    ``fixed[k]``: (D, n_q) int8 split signs of the switches ``s_k`` (``z_k`` for ReLU-type gates).
+    Returns (new bounds, empty flags (D,)).  Every returned interval contains ``s_k(x)`` for every
+    ``x`` of the box that satisfies the splits.  Only the unstable switches of each domain are
+    re-bounded; half-spaces and rows are packed per domain.
     """
-    from .chain import clamp_splits
+    from .chain import clamp_switch
     D = fixed[0].shape[0]
     dt, dev = xl.dtype, xl.device
-    slopes = [float(g.d_off[0]) if g.d_off is not None and g.d_off.numel() else 0.0 for g in chain.gates]
-    out = [(l.clone(), u.clone()) for l, u in fb]
+    slopes = [float(g.d_off[0]) if g.Q is None and g.d_off is not None and g.d_off.numel() else 0.0
+              for g in chain.gates]
+    out = [(l.clone(), u.clone()) for l, u in sb]
     xmag = torch.maximum(xl.abs(), xu.abs())
     empty = torch.zeros(D, dtype=torch.bool, device=dev)
     Gs, hs, ms = [], [], []  # half-spaces so far: (D, n_j, n0), (D, n_j), masks (D, n_j)
     ar = torch.arange(D, device=dev)[:, None]
     for k in range(chain.depth):
-        n = chain.weights[k].shape[0]
+        n = chain.gates[k].n_q
         eye = torch.eye(n, dtype=dt, device=dev)
         if k == 0:
-            Au = chain.weights[0].expand(D, n, -1)
-            cu = chain.biases[0].expand(D, n)
-            Al, cl = Au, cu
+            A0, c0u, c0l = _first_layer(chain, xmag)
+            Au, Al = A0.expand(D, n, -1), A0.expand(D, n, -1)
+            cu, cl = c0u.expand(D, n), c0l.expand(D, n)
         else:
             Au, cu = _backsub(chain, k, out, slopes, eye.expand(D, n, n), xmag)
             An, cn = _backsub(chain, k, out, slopes, -eye.expand(D, n, n), xmag)
@@ -187,7 +221,7 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, fb, fixed
         l1, u1 = l0.clone(), u0.clone()
         l1.scatter_reduce_(1, ri, l_new, reduce="amax")
         u1.scatter_reduce_(1, ri, u_new, reduce="amin")
-        l1, u1 = clamp_splits(chain.gates[k], l1, u1, f)
+        l1, u1 = clamp_switch(l1, u1, f)
         empty |= (l1 > u1).any(-1)
         out[k] = (l1, torch.maximum(u1, l1))
     return out, empty

@@ -30,6 +30,8 @@ class LipschitzResult:
     per_output_lower: list[float] | None = None
     # "bound" | "exact" | "box_exact" (BaB completed over an l2/l1 ball's bounding box: upper is sound
     # for the ball, not necessarily its exact value) | "converged" (input BaB within its tolerance) |
+    # "closed_unattained" (activation BaB closed every domain, but its maximum sits on a region without
+    # an interior point found -- ties or kinks meeting in a point -- so upper is sound, not shown exact) |
     # "timeout" | "domain_limit" | "failed"
     status: str = "bound"
     forward_method: str = ""

@@ -1,0 +1,188 @@
+"""Complete activation-splitting branch-and-bound for MaxMin / GroupSort(2) / Householder chains.
+
+These activations switch on ``s = S z`` (a pair difference, ``v^T z``), not on one pre-activation;
+branch-and-bound splits on the sign of ``s`` and bounds the switches over each domain's input
+polytope through the forward form ``y = P z + Q relu(S z)`` (relax/lipschitz/gates.py, polytope.py).
+
+Independent truths, none computed by the code under test:
+* the layers' own ``nn.Module`` forward (for the forward form) and autograd Jacobians at sampled points;
+* rejection sampling of a domain (box points whose switch signs, computed with numpy from the module's
+  weights, satisfy the splits) for the switch bounds;
+* the exact constant of tiny nets from the region enumeration oracle of test_lipschitz_bab_input
+  (depth-first over switch signs, HiGHS interior LP, gradient by autograd at the interior point).
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import models
+from models.errors import UnsupportedOperationError
+from models.layers import GroupSort, HouseholderActivation, MaxMin
+from relax.lipschitz import local_lipschitz
+from relax.lipschitz.bab import split_forward_bounds
+from relax.lipschitz.chain import dense_chain, forward_bounds
+from test_lipschitz_bab_input import FAST_ATTACK, exact_by_regions, jacobians, make_net, sampled_truth
+
+DEFAULT_DTYPE = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+ACTS = {
+    "maxmin": lambda n: MaxMin(), "maxmin_halves": lambda n: MaxMin("halves"),
+    "groupsort_asc": lambda n: GroupSort(2, descending=False), "groupsort_desc": lambda n: GroupSort(2),
+    "householder2": lambda n: HouseholderActivation(n, 2, v=torch.randn(n // 2, 2)),
+    "householder3": lambda n: HouseholderActivation(n, 3, v=torch.randn(n // 3, 3)),
+}
+
+
+def chain_net(act, widths, seed, bias=True):
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(widths[:-2], widths[1:-1]):
+        layers += [nn.Linear(a, b, bias=bias), ACTS[act](b)]
+    layers.append(nn.Linear(widths[-2], widths[-1], bias=bias))
+    return nn.Sequential(*layers).double()
+
+
+@pytest.mark.parametrize("act", sorted(ACTS))
+def test_forward_form_is_the_layer(act):
+    """y = P z + Q relu(S z) reproduces the module's own activation on random inputs (incl. ties)."""
+    module = chain_net(act, (3, 6, 2), 0)
+    gate = dense_chain(models.from_module(module)).gates[0]
+    z = torch.randn(200, 6)
+    z[:20, 1] = z[:20, 0]  # exact ties of the first pair / group coordinates
+    y = z @ gate.P.T + torch.relu(z @ gate.switch_matrix.T) @ gate.Q.T
+    assert torch.allclose(y, module[1](z), atol=1e-13, rtol=0)
+
+
+def _switch_values(module, X):
+    """Switch values per activation layer, computed with numpy from the module's weights."""
+    out, h = [], X.numpy()
+    for m in module:
+        if isinstance(m, nn.Linear):
+            h = h @ m.weight.detach().numpy().T + m.bias.detach().numpy()
+            continue
+        z = h
+        if isinstance(m, HouseholderActivation):
+            V = m.unit_v().detach().numpy()
+            g = V.shape[1]
+            out.append(np.stack([z[:, j * g:(j + 1) * g] @ V[j] for j in range(len(V))], 1))
+        elif isinstance(m, MaxMin) and m.layout == "halves":
+            out.append(z[:, : z.shape[1] // 2] - z[:, z.shape[1] // 2:])
+        else:
+            out.append(z[:, 0::2] - z[:, 1::2])
+        h = m(torch.as_tensor(h)).detach().numpy()
+    return out
+
+
+@pytest.mark.parametrize("act", ["maxmin", "maxmin_halves", "groupsort_asc", "householder2", "householder3"])
+def test_switch_bounds_contain_every_point_of_the_domain(act):
+    module = chain_net(act, (3, 12, 6, 2), 4)
+    chain = dense_chain(models.from_module(module))
+    xl, xu = torch.full((3,), -0.5), torch.full((3,), 0.6)
+    fb, _ = forward_bounds(chain, xl[None], xu[None])
+    g = torch.Generator().manual_seed(2)
+    D = 8
+    anchors = xl + (xu - xl) * torch.rand(D, 3, generator=g)
+    sw_anchor = _switch_values(module, anchors)
+    fixed = [torch.where(torch.rand(s.shape, generator=g) < 0.5, torch.as_tensor(np.where(s >= 0, 1, -1)), 0)
+             .to(torch.int8) for s in sw_anchor]
+    sb, empty = split_forward_bounds(chain, xl, xu, fb, fixed, poly_iters=30)
+    sb0, _ = split_forward_bounds(chain, xl, xu, fb, [torch.zeros_like(f) for f in fixed], poly_iters=30)
+    assert not empty.any()  # every domain holds its anchor
+    X = xl + (xu - xl) * torch.rand(40000, 3, generator=g)
+    sw = _switch_values(module, X)
+    tighter = 0
+    for d in range(D):
+        inside = np.ones(len(X), dtype=bool)
+        for s, f in zip(sw, fixed):
+            fd = f[d].numpy()
+            inside &= ((fd * s >= 0) | (fd == 0)).all(1)
+        assert inside.sum() > 0
+        for k, s in enumerate(sw):
+            l, u = sb[k][0][d].numpy(), sb[k][1][d].numpy()
+            si = s[inside]
+            assert (si >= l - 1e-12).all() and (si <= u + 1e-12).all()
+            tighter += int(((u - l) < (sb0[k][1][0] - sb0[k][0][0]).numpy() - 1e-9).sum())
+    assert tighter > 0  # the splits' half-spaces tighten the other switches
+
+
+def test_contradictory_splits_are_proven_empty():
+    """Both children of a first-layer pair fixed against a point's sign at a far-away box: s >= 0 on a box
+    where s < 0 everywhere (by construction) is empty."""
+    module = chain_net("maxmin", (2, 4, 2), 1)
+    with torch.no_grad():
+        module[0].weight[:] = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+        module[0].bias[:] = torch.tensor([-5.0, 0.0, 0.0, 0.0])  # s_0 = x_0 - 5 < 0 on [-1, 1]^2
+    chain = dense_chain(models.from_module(module))
+    xl, xu = torch.full((2,), -1.0), torch.full((2,), 1.0)
+    fb, _ = forward_bounds(chain, xl[None], xu[None])
+    fixed = [torch.tensor([[1, 0], [-1, 0]], dtype=torch.int8)]
+    _, empty = split_forward_bounds(chain, xl, xu, fb, fixed, poly_iters=5)
+    assert empty.tolist() == [True, False]
+
+
+CASES = [("maxmin", (2, 6, 6, 2), 0), ("maxmin", (2, 8, 8, 8, 2), 1), ("groupsort_asc", (2, 6, 6, 2), 2),
+         ("groupsort_desc", (3, 6, 6, 2), 3), ("householder2", (2, 6, 6, 2), 4), ("householder3", (2, 6, 6, 2), 5),
+         ("maxmin_halves", (3, 6, 4, 2), 6)]
+
+
+@pytest.mark.parametrize("act,widths,seed", CASES)
+def test_complete_bab_reaches_the_exact_constant(act, widths, seed):
+    module = chain_net(act, widths, seed)
+    d = widths[0]
+    lo, hi = torch.full((d,), -1.0), torch.full((d,), 1.0)
+    if act in ("maxmin_halves", "householder3", "groupsort_desc"):
+        truth = None  # the oracle knows adjacent pairs / groups of 2 only: sampled truth + exactness
+    else:
+        truth = exact_by_regions(module, lo, hi)
+    r = local_lipschitz(models.from_module(module), (lo[None], hi[None]), bab="activation", bab_timeout=30,
+                        attack_options=FAST_ATTACK)
+    assert r.exact and r.status == "exact", (r.status, r.upper, r.lower)
+    assert r.upper == pytest.approx(r.lower, rel=1e-7)  # closed: an attained gradient norm
+    w = torch.tensor(next(iter(r.stats["witness"].values()))) if r.stats["witness"] else None
+    if w is not None:  # the lower bound is attained at a point of the box, by the module's own autograd
+        assert ((w >= lo) & (w <= hi)).all()
+    samp = sampled_truth(module, lo, hi)
+    assert samp <= r.upper * (1 + 1e-12)
+    if truth is not None:
+        assert r.upper == pytest.approx(truth, rel=1e-6) and r.upper >= truth
+
+
+@pytest.mark.parametrize("act", ["maxmin", "householder2", "groupsort_asc"])
+def test_anytime_bound_is_sound_on_larger_inputs_and_margins(act):
+    module = chain_net(act, (8, 16, 16, 3), 7)
+    lo, hi = torch.full((8,), -0.4), torch.full((8,), 0.5)
+    c = torch.tensor([1.0, -1.0, 0.0])
+    net = models.from_module(module)
+    for norm in ("inf", "1"):
+        r = local_lipschitz(net, (lo[None], hi[None]), norm=norm, c=c, bab="activation", bab_timeout=1.5,
+                            attack_options=FAST_ATTACK)
+        root = local_lipschitz(net, (lo[None], hi[None]), norm=norm, c=c, attack=False)
+        X = lo + (hi - lo) * torch.rand(4000, 8, generator=torch.Generator().manual_seed(1))
+        gm = (c @ jacobians(module, X))  # (N, 8): gradients of the margin
+        samp = float((gm.abs().sum(-1) if norm == "inf" else gm.abs().amax(-1)).max())
+        assert samp <= r.upper * (1 + 1e-12) and r.lower <= r.upper
+        assert r.upper <= root.upper
+        ups = [h[1] for h in r.history]
+        assert all(b <= a * (1 + 1e-12) for a, b in zip(ups, ups[1:]))
+
+
+def test_bias_free_net_around_its_apex_closes():
+    """A bias-free net is positively homogeneous: every kink meets at 0.  Over a box holding 0 the
+    constant is the global one; the search runs over shells of the box away from 0 and closes."""
+    module = chain_net("maxmin", (2, 8, 8, 8, 2), 3, bias=False)
+    lo, hi = torch.full((2,), -1.0), torch.full((2,), 1.0)
+    truth = exact_by_regions(module, lo, hi)
+    r = local_lipschitz(models.from_module(module), (lo[None], hi[None]), bab="activation", bab_timeout=30,
+                        attack_options=FAST_ATTACK)
+    assert r.exact and r.upper == pytest.approx(truth, rel=1e-6) and r.upper >= truth
+
+
+def test_lp_check_is_refused_for_switch_matrix_activations():
+    module = chain_net("maxmin", (3, 4, 2), 0)
+    lo, hi = torch.zeros((1, 3)), torch.ones((1, 3))
+    with pytest.raises(UnsupportedOperationError, match="lp_check"):
+        local_lipschitz(models.from_module(module), (lo, hi), bab="activation", bab_timeout=1.0, attack=False,
+                        bab_options={"lp_check": True})
