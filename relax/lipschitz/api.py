@@ -115,12 +115,9 @@ def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
     from .gates import GATES
     acts = [n.op for n in net.nodes if n.op in GATES]
     relu_only = all(op in ("relu", "leaky_relu") for op in acts)
-    return (any(op not in BAB_OPS for op in acts) or not net.is_chain() or _has_unsupported_groupsort(net)
+    return (any(op not in BAB_OPS for op in acts) or not net.is_chain()
             or (relu_only and math.prod(net.input_shape) <= 3) or norm == "2" or (operator and norm != "inf"))
 
-
-def _has_unsupported_groupsort(net: Network) -> bool:
-    return any(n.op == "groupsort" and int(n.attrs["group_size"]) != 2 for n in net.nodes)
 
 
 def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "crown", forward: str = "auto",
@@ -139,8 +136,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       "naive" (product of layer operator norms; global), or "lipsdp" (l2 only: local LipSDP-Neuron
       with per-neuron slope ranges from the forward bounds, :mod:`.lipsdp_local`; needs cvxpy).
     * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available).
-    * ``bab_timeout > 0`` (piecewise-linear chains: ReLU, LeakyReLU, MaxMin, GroupSort(2),
-      Householder; l_inf and l1 inputs): complete branch-and-bound (:mod:`.bab`, splitting on the
+    * ``bab_timeout > 0`` (piecewise-linear chains: ReLU, LeakyReLU, MaxMin, GroupSort -- groups > 2
+      as sorting networks --, Householder; l_inf and l1 inputs): complete branch-and-bound (:mod:`.bab`, splitting on the
       activations' switches), anytime; when it finishes with an attained maximum, ``exact`` is True.
     * ``bab``: which branch-and-bound ``bab_timeout > 0`` runs: "activation" (above), "input"
       (input-space splitting, :mod:`.bab_input`: every activation, l_inf boxes and l2/l1 balls; best

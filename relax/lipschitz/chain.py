@@ -20,7 +20,7 @@ from models import chain_stages
 from models.errors import InvalidArgumentError, UnsupportedOperationError
 from models.graph import Network, Node
 
-from .gates import Gate, build_gate
+from .gates import Gate, build_gates
 
 
 @dataclass
@@ -43,14 +43,19 @@ class DenseChain:
     def out_dim(self) -> int:
         return self.weights[-1].shape[0]
 
+    def act(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """Activation ``k`` applied to pre-activations ``z`` (one comparator round of an expanded GroupSort)."""
+        gate = self.gates[k]
+        return gate.forward(z) if gate.pairs is not None else _evaluate_act(self.acts[k], z)
+
     def forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Pre-activations ``z_1..z_L`` and the output for a batch ``x`` of shape ``(B, n_0)``."""
         zs = []
         y = x
-        for k, node in enumerate(self.acts):
+        for k in range(self.depth):
             z = y @ self.weights[k].T + self.biases[k]
             zs.append(z)
-            y = _evaluate_act(node, z)
+            y = self.act(k, z)
         return zs, y @ self.weights[-1].T + self.biases[-1]
 
 
@@ -60,24 +65,34 @@ def _evaluate_act(node: Node, z: torch.Tensor) -> torch.Tensor:
 
 
 def dense_chain(net: Network, dtype: torch.dtype = torch.float64) -> DenseChain:
-    """Collapse a chain ``Network`` into dense matrices (in ``dtype``, float64 by default)."""
+    """Collapse a chain ``Network`` into dense matrices (in ``dtype``, float64 by default).
+
+    A GroupSort with groups of more than 2 becomes its sorting network (:func:`.gates.sorting_rounds`):
+    one comparator gate per round, joined by identity affine maps; ``acts`` then repeats its node.
+    """
     stages = chain_stages(net)
-    W, b, acts = [], [], []
+    W0, b0, nodes = [], [], []
     for s in stages:
         if s.kind == "affine":
-            W.append(s.W.to(dtype))
-            b.append(s.b.to(dtype))
+            W0.append(s.W.to(dtype))
+            b0.append(s.b.to(dtype))
         else:
-            acts.append(s.node)
-    gates = []
-    for k, node in enumerate(acts):
-        n = W[k].shape[0]
-        g = build_gate(node, n, W[k])
-        for attr in ("E", "F_g", "F_p", "d_on", "d_off", "_S", "P", "Q"):
-            t = getattr(g, attr, None)
-            if isinstance(t, torch.Tensor):
-                setattr(g, attr, t.to(dtype))
-        gates.append(g)
+            nodes.append(s.node)
+    W, b, acts, gates = [W0[0]], [b0[0]], [], []
+    for k, node in enumerate(nodes):
+        n = W0[k].shape[0]
+        for r, g in enumerate(build_gates(node, n, W0[k])):
+            if r > 0:  # between two rounds of a sorting network
+                W.append(torch.eye(n, dtype=dtype, device=W0[k].device))
+                b.append(torch.zeros(n, dtype=dtype, device=W0[k].device))
+            for attr in ("E", "F_g", "F_p", "d_on", "d_off", "_S", "P", "Q"):
+                t = getattr(g, attr, None)
+                if isinstance(t, torch.Tensor):
+                    setattr(g, attr, t.to(dtype))
+            acts.append(node)
+            gates.append(g)
+        W.append(W0[k + 1])
+        b.append(b0[k + 1])
     return DenseChain(W, b, acts, gates, net)
 
 
@@ -109,7 +124,7 @@ def _act_maxmin(node, gate, l, u):
     lo_pos = gate.F_g[a_idx].argmax(dim=1)
     hi_pos = gate.F_g[b_idx].argmax(dim=1)
     la, lb, ua, ub = l[:, a_idx], l[:, b_idx], u[:, a_idx], u[:, b_idx]
-    yl, yu = torch.empty_like(l), torch.empty_like(u)
+    yl, yu = l.clone(), u.clone()  # unpaired positions (a sorting-network round) pass through
     yl[:, hi_pos], yu[:, hi_pos] = torch.maximum(la, lb), torch.maximum(ua, ub)
     yl[:, lo_pos], yu[:, lo_pos] = torch.minimum(la, lb), torch.minimum(ua, ub)
     return yl, yu
@@ -184,8 +199,13 @@ def engine_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method:
     lo = xl.reshape(xl.shape[0], *shape).to(dt)
     hi = xu.reshape(xu.shape[0], *shape).to(dt)
     res = compute_bounds(net, Box(lo, hi), method=method)
-    out = []
-    for node in chain.acts:
+    out, seen = [], set()
+    for node, gate in zip(chain.acts, chain.gates):
+        if node.name in seen:  # a later round of a sorting network: its input is not a graph node
+            inf = torch.full((xl.shape[0], gate.n), float("inf"), dtype=xl.dtype, device=xl.device)
+            out.append((-inf, inf))
+            continue
+        seen.add(node.name)
         l, u = res.intermediate[node.inputs[0]]
         out.append((l.reshape(l.shape[0], -1).to(xl), u.reshape(u.shape[0], -1).to(xl)))
     return out

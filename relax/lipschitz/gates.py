@@ -57,6 +57,15 @@ class Gate:
     piecewise_linear: bool
     P: torch.Tensor | None = None  # (n, n): forward y = P z + Q relu(S z) (switch-matrix ops only)
     Q: torch.Tensor | None = None  # (n, n_q)
+    pairs: tuple | None = None  # comparator rounds: (a, b, hi, lo) index lists (see comparator_gate)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The activation itself, for a comparator round (exact max / min, as the layer computes them)."""
+        a, b, hi, lo = self.pairs
+        y = z.clone()
+        y[..., hi] = torch.maximum(z[..., a], z[..., b])
+        y[..., lo] = torch.minimum(z[..., a], z[..., b])
+        return y
 
     @property
     def switch_matrix(self) -> torch.Tensor | None:
@@ -155,12 +164,10 @@ def _pairs_for(node: Node, n: int) -> tuple[list[int], list[int], list[int], lis
     return a, b, b, a
 
 
-def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
-    if node.op == "groupsort" and int(node.attrs["group_size"]) != 2:
-        raise UnsupportedOperationError(
-            f"node {node.describe()}: GroupSort with group size {node.attrs['group_size']} is not supported by the "
-            "Lipschitz bounds (group size 2 = MaxMin is)")
-    a, b, hi, lo = _pairs_for(node, n)
+def comparator_gate(n: int, a: list[int], b: list[int], hi: list[int], lo: list[int], ref: torch.Tensor) -> Gate:
+    """One round of disjoint comparators on ``n`` features: pair ``k`` writes ``max(z_a, z_b)`` to
+    position ``hi[k]`` and ``min(z_a, z_b)`` to ``lo[k]`` (``{hi, lo} = {a, b}``); unpaired positions pass
+    through.  MaxMin and GroupSort(2) are one round; GroupSort(g) is a sorting network of rounds."""
     m = len(a)
     E = torch.zeros(m, n, dtype=ref.dtype, device=ref.device)
     F_g = torch.zeros(n, n, dtype=ref.dtype, device=ref.device)
@@ -168,6 +175,8 @@ def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
     S = torch.zeros(m, n, dtype=ref.dtype, device=ref.device)
     P = torch.zeros(n, n, dtype=ref.dtype, device=ref.device)
     Q = torch.zeros(n, m, dtype=ref.dtype, device=ref.device)
+    free = sorted(set(range(n)) - set(a) - set(b))
+    F_g[free, free] = 1.0; P[free, free] = 1.0          # pass-through positions
     for k in range(m):
         P[hi[k], b[k]] = 1.0; Q[hi[k], k] = 1.0          # max = z_b + relu(z_a - z_b)
         P[lo[k], a[k]] = 1.0; Q[lo[k], k] = -1.0         # min = z_a - relu(z_a - z_b)
@@ -176,9 +185,42 @@ def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
         F_p[a[k], k] = 1.0; F_p[b[k], k] = -1.0
         S[k, a[k]] = 1.0; S[k, b[k]] = -1.0              # switch z_a - z_b
     one = torch.ones(m, dtype=ref.dtype, device=ref.device)
-    g = Gate("maxmin", n, E, F_g, F_p, one, torch.zeros_like(one), True, P, Q)
+    g = Gate("maxmin", n, E, F_g, F_p, one, torch.zeros_like(one), True, P, Q, (a, b, hi, lo))
     g._S = S
     return g
+
+
+def sorting_rounds(n: int, group: int, descending: bool) -> list[tuple[list[int], list[int], list[int], list[int]]]:
+    """Odd-even transposition sort of every group of ``group`` consecutive features: ``group`` rounds of
+    adjacent comparators (round ``r`` compares positions ``i, i+1`` with ``i = r mod 2``); rounds with no
+    comparator are dropped.  It sorts any input (a classical result), ties included."""
+    rounds = []
+    for r in range(group):
+        a, b, hi, lo = [], [], [], []
+        for g0 in range(0, n, group):
+            for i in range(r % 2, group - 1, 2):
+                p, q = g0 + i, g0 + i + 1
+                a.append(p); b.append(q)
+                hi.append(p if descending else q); lo.append(q if descending else p)
+        if a:
+            rounds.append((a, b, hi, lo))
+    return rounds
+
+
+def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
+    if node.op == "groupsort" and int(node.attrs["group_size"]) != 2:
+        raise UnsupportedOperationError(
+            f"node {node.describe()}: GroupSort with group size {node.attrs['group_size']} is supported by the "
+            "Lipschitz bounds of chain networks only (as a sorting network); group size 2 = MaxMin is supported everywhere")
+    return comparator_gate(n, *_pairs_for(node, n), ref)
+
+
+def build_gates(node: Node, n: int, ref: torch.Tensor) -> list[Gate]:
+    """The gates of one activation node: one, or a sorting network's rounds for GroupSort(g > 2)."""
+    if node.op == "groupsort" and int(node.attrs["group_size"]) > 2:
+        return [comparator_gate(n, *r, ref) for r in
+                sorting_rounds(n, int(node.attrs["group_size"]), bool(node.attrs.get("descending", True)))]
+    return [build_gate(node, n, ref)]
 
 
 def _householder(node: Node, n: int, ref: torch.Tensor) -> Gate:
