@@ -1,4 +1,4 @@
-"""Benchmark: input-space branch-and-bound for local l_inf Lipschitz constants (issue #4).
+"""Benchmark: branch-and-bound for local l_inf Lipschitz constants of non-ReLU nets (issue #4).
 
 Networks: small random networks shaped like the zoo's MaxMin models (Pauli et al. 2024: MaxMin after
 every hidden layer; bias-free residual blocks x + MaxMin(W x)) but with 2-8 inputs, plus one
@@ -8,9 +8,10 @@ L = max_j sup ||grad f_j||_1 over the box (Clarke gradients).
 Columns: naive (product of l_inf operator norms, global), ours (CROWN on the backward graph, no
 BaB), ours + input BaB at 1 s and 10 s (read off one anytime run with a 10 s budget), attack lower
 bound (estimate, before BaB) and the BaB's final lower bound (true gradient norms at box centres),
-status, boxes bounded, wall times.  The activation-splitting BaB (relax/lipschitz/bab.py) does not
-support these activations, so it has no column.  A second table compares branching rules on the
-8-input network.
+status, boxes bounded, wall times.  For chain networks of piecewise-linear activations (MaxMin,
+GroupSort -- groups > 2 as sorting networks --, Householder) the complete activation-splitting BaB
+(relax/lipschitz/bab.py, splits on the switches' signs) runs with the same budget: its final upper and
+lower bound, status and time.  A second table compares input-branching rules on the 8-input network.
 
 Usage: .venv/bin/python bench/local_lipschitz_input.py [--timeout 10] [--quick]
 """
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-from models.layers import GroupSort, MaxMin, Residual  # noqa: E402
+from models.layers import GroupSort, HouseholderActivation, MaxMin, Residual  # noqa: E402
 from relax.lipschitz import local_lipschitz  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
@@ -73,8 +74,12 @@ NETS = [
     ("maxmin 8-32-32-2", lambda: ff([8, 32, 32, 2])),
     ("residual maxmin 4-16x3-2 (no bias)", lambda: residual(4, 16, 3, 2)),
     ("tanh 4-16-16-2", lambda: ff([4, 16, 16, 2], act=nn.Tanh)),
-    # the limitation: a bias-free net is positively homogeneous, every linear region is a cone at 0,
-    # so the box holding 0 meets all kinks however small it is and input splitting cannot tighten it
+    ("householder 4-32-32-4", lambda: ff([4, 32, 32, 4], act=lambda: HouseholderActivation(32, 2, v=torch.randn(16, 2)))),
+    ("groupsort4 4-32-32-4", lambda: ff([4, 32, 32, 4], act=lambda: GroupSort(4))),
+    ("maxmin 16-32-32-10", lambda: ff([16, 32, 32, 10])),
+    # a bias-free net is positively homogeneous, every linear region is a cone at 0, so the box holding 0
+    # meets all kinks however small it is: input splitting cannot tighten it; activation splitting runs
+    # over the box's shells away from 0 (relax/lipschitz/apex.py)
     ("maxmin 2-32-32-32-2 (no bias), box around 0", lambda: ff([2, 32, 32, 32, 2], bias=False), 0.0, 1.0),
 ]
 
@@ -108,7 +113,14 @@ def run_net(name, factory, timeout, x0=X0, eps=EPS, seed=0, branching="auto"):
     else:  # residual: the api's plain bound needs a chain; the BaB's root bound is the same kind of number
         naive, t_naive = residual_naive(module), 0.0
         ours, ours_lb, t_plain = bab.stats["root_upper"], None, None
+    act = None
+    if net.is_chain() and not any(n.op in ("tanh", "sigmoid") for n in net.nodes) and branching == "auto":
+        t = time.perf_counter()
+        a = local_lipschitz(net, box, bab="activation", bab_timeout=timeout)
+        act = {"upper": a.upper, "lower": a.lower, "status": a.status, "t_s": time.perf_counter() - t,
+               "upper_1s": value_at(a.history, 1.0), "domains": a.stats.get("domains_bounded")}
     row = {"net": name, "inputs": d, "box": [x0 - eps, x0 + eps], "branching": bab.stats["branching"], "naive": naive,
+           "activation_bab": act,
            "ours": ours, "ours_attack_lb": ours_lb,
            "bab_1s": value_at(bab.history, 1.0), f"bab_{timeout:g}s": bab.upper, "bab_lower": bab.lower,
            "status": bab.status, "boxes": bab.stats["domains_bounded"], "leaves": bab.stats["leaves"],
@@ -163,7 +175,7 @@ def main():
         {"hardware": hw, "timeout_s": timeout, "region": "l_inf box (per row, field 'box')", "rows": rows,
          "branching_rules_8d": rules, "relu_activation_vs_input": relu}, indent=1))
     T = f"{timeout:g}s"
-    lines = ["# Input-space branch-and-bound for local l_inf Lipschitz constants", "",
+    lines = ["# Branch-and-bound for local l_inf Lipschitz constants of MaxMin / GroupSort / Householder / Tanh / residual nets", "",
              f"Hardware: {hw['processor']}, {hw['cores']} cores, torch {hw['torch']} ({hw['torch_threads']} thread); "
              f"{hw['note']}.", "",
              "Region: l_inf box [0.25, 1.75]^d unless the row says otherwise; L = max_j sup ||grad f_j||_1.  "
@@ -183,6 +195,18 @@ def main():
         lines.append(f"| {r['net']} | {r['inputs']} | {r['naive']:.4g} | {r['ours']:.5g} | {r['bab_1s']:.5g} | "
                      f"{r[f'bab_{timeout:g}s']:.6g} | {alb} | {r['bab_lower']:.6g} | "
                      f"{r['gap_rel']:.1e} | {r['status']} | {r['boxes']} | {tours} | {r['t_bab_s']:.2f} |")
+    lines += ["", "Complete activation-splitting BaB on the chain networks (same budget, `bab=\"activation\"`; splits "
+              "the sign of each switch -- a MaxMin pair difference, a Householder v^T z, a sorting-network comparator -- "
+              "and bounds the switches over the domain's input polytope; `exact` = every domain closed and the "
+              "maximum attained at an interior point, where autograd's gradient is the lower bound):", "",
+              f"| network | d | input BaB {T} | activation BaB 1 s | activation BaB {T} / LB | status | domains | t (s) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["activation_bab"]
+        if a is None:
+            continue
+        lines.append(f"| {r['net']} | {r['inputs']} | {r[f'bab_{timeout:g}s']:.6g} ({r['status']}) | {a['upper_1s']:.6g} | "
+                     f"{a['upper']:.6g} / {a['lower']:.6g} | {a['status']} | {a['domains']} | {a['t_s']:.2f} |")
     lines += ["", "Branching rules on maxmin 8-32-32-2 (same budget):", "",
               f"| rule | BaB 1 s | BaB {T} | BaB LB | rel. gap | boxes |", "|---|---|---|---|---|---|"]
     for r in [rows[4] if len(rows) > 4 else None] + rules:

@@ -97,7 +97,17 @@ def backward_bounds(chain: DenseChain, xl, xu, seeds, method="crown", forward="a
     if method not in MODES:
         raise InvalidArgumentError(f"method must be one of {MODES} (or 'naive'), got {method!r}")
     fb, used = forward_bounds(chain, xl[None], xu[None], forward)
-    dr = derivative_ranges(chain, fb, seeds.shape[0])
+    if used != "ibp" and any(g.switch_matrix is not None for g in chain.gates):
+        # MaxMin / GroupSort / Householder: bound the switches S z themselves by CROWN (the polytope pass
+        # without splits) instead of by interval arithmetic on z, which forgets that z_a, z_b move together
+        from .polytope import polytope_forward_bounds
+        sb = [g.switch_bounds(l, u) for g, (l, u) in zip(chain.gates, fb)]
+        sb, _ = polytope_forward_bounds(chain, xl, xu, sb, [torch.zeros(1, g.n_q, dtype=torch.int8, device=xl.device)
+                                                            for g in chain.gates], iters=0)
+        dr = [g.switch_derivative_range(l, u) for g, (l, u) in zip(chain.gates, sb)]
+        dr = [(a.expand(seeds.shape[0], -1), b.expand(seeds.shape[0], -1)) for a, b in dr]
+    else:
+        dr = derivative_ranges(chain, fb, seeds.shape[0])
     bb = BackwardGraph(chain, seeds, dr, method).run()
     return bb, fb, used
 
