@@ -280,10 +280,11 @@ def test_auto_picks_the_engine_and_bad_input_names_the_field():
     mm = models.from_module(make_net("maxmin", (10, 8, 2), 0))
     r = local_lipschitz(mm, (lo, hi), bab="auto", bab_timeout=0.3, attack_options=FAST_ATTACK)
     assert r.method == "crown+bab"  # piecewise-linear chain: complete activation splitting
-    for kind in ("tanh", "residual_maxmin"):  # smooth activation / residual net: input splitting
+    for kind, want in (("tanh", "crown+bab-input"), ("residual_tanh", "graph-crown+bab-input"),
+                       ("residual_maxmin", "crown+bab")):  # smooth: input splitting; residual PL: lifted chain
         r = local_lipschitz(models.from_module(make_net(kind, (10, 8, 8, 2), 0)), (lo, hi), bab="auto",
                             bab_timeout=0.3, attack_options=FAST_ATTACK)
-        assert r.method.endswith("crown+bab-input"), kind
+        assert r.method == want, kind
     r = local_lipschitz(mm, (lo, hi), norm="2", bab="auto", bab_timeout=0.3, attack_options=FAST_ATTACK)
     assert r.method == "crown+bab-input"  # l2: input splitting
     relu2 = models.from_module(make_net("relu", (2, 8, 2), 0))

@@ -83,6 +83,15 @@ def _seeds(chain: DenseChain, c) -> torch.Tensor:
     return c
 
 
+def chain_of(net: Network) -> DenseChain:
+    """The dense chain of a chain network, or the lifted chain (:mod:`.lifted`) of a residual
+    piecewise-linear one (raises, naming the node, for anything else)."""
+    if net.is_chain():
+        return dense_chain(net)
+    from .lifted import lifted_chain
+    return lifted_chain(net)
+
+
 def derivative_ranges(chain: DenseChain, fb, batch: int, fixed=None):
     out = []
     for k, gate in enumerate(chain.gates):
@@ -97,7 +106,7 @@ def backward_bounds(chain: DenseChain, xl, xu, seeds, method="crown", forward="a
     if method not in MODES:
         raise InvalidArgumentError(f"method must be one of {MODES} (or 'naive'), got {method!r}")
     fb, used = forward_bounds(chain, xl[None], xu[None], forward)
-    if used != "ibp" and any(g.switch_matrix is not None for g in chain.gates):
+    if forward != "ibp" and any(g.switch_matrix is not None for g in chain.gates):
         # MaxMin / GroupSort / Householder: bound the switches S z themselves by CROWN (the polytope pass
         # without splits) instead of by interval arithmetic on z, which forgets that z_a, z_b move together
         from .polytope import polytope_forward_bounds
@@ -116,17 +125,20 @@ BAB_KINDS = ("activation", "input", "auto")
 
 
 def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
-    """``bab="auto"``: the complete activation BaB for piecewise-linear chains (ReLU, LeakyReLU, MaxMin,
-    GroupSort(2), Householder) and a norm it handles (l_inf, or l1 per row); input splitting otherwise
-    (smooth activations, residual nets, l2) and for ReLU/LeakyReLU chains with <= 3 inputs.  Measured
-    (bench/results/local_lipschitz_input.md): on ReLU chains activation splitting wins from 4 inputs on,
-    input splitting up to 3; on MaxMin/GroupSort chains activation splitting wins from 2 inputs on."""
-    from .bab import BAB_OPS
+    """``bab="auto"``: the complete activation BaB for piecewise-linear networks (ReLU, LeakyReLU, MaxMin,
+    GroupSort, Householder; chains, and residual nets through their lifted chain) and a norm it handles
+    (l_inf, or l1 per row); input splitting otherwise (smooth activations, l2) and for ReLU/LeakyReLU
+    chains with <= 3 inputs.  Measured (bench/results/local_lipschitz_input.md): on ReLU chains activation
+    splitting wins from 4 inputs on, input splitting up to 3; on MaxMin/GroupSort/Householder chains and
+    residual MaxMin nets activation splitting wins from 2 inputs on."""
     from .gates import GATES
+    from .lifted import LIFTABLE_ACTS
+    from models.graph import AFFINE_OPS
     acts = [n.op for n in net.nodes if n.op in GATES]
-    relu_only = all(op in ("relu", "leaky_relu") for op in acts)
-    return (any(op not in BAB_OPS for op in acts) or not net.is_chain()
-            or (relu_only and math.prod(net.input_shape) <= 3) or norm == "2" or (operator and norm != "inf"))
+    relu_chain = net.is_chain() and all(op in ("relu", "leaky_relu") for op in acts)
+    liftable = all(n.op in AFFINE_OPS or n.op in LIFTABLE_ACTS or n.op in ("input", "add") for n in net.nodes)
+    return (not liftable or (relu_chain and math.prod(net.input_shape) <= 3) or norm == "2"
+            or (operator and norm != "inf"))
 
 
 
@@ -146,8 +158,9 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       "naive" (product of layer operator norms; global), or "lipsdp" (l2 only: local LipSDP-Neuron
       with per-neuron slope ranges from the forward bounds, :mod:`.lipsdp_local`; needs cvxpy).
     * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available).
-    * ``bab_timeout > 0`` (piecewise-linear chains: ReLU, LeakyReLU, MaxMin, GroupSort -- groups > 2
-      as sorting networks --, Householder; l_inf and l1 inputs): complete branch-and-bound (:mod:`.bab`, splitting on the
+    * ``bab_timeout > 0`` (piecewise-linear networks: ReLU, LeakyReLU, MaxMin, GroupSort -- groups > 2
+      as sorting networks --, Householder; chains, and residual nets as lifted chains (:mod:`.lifted`);
+      l_inf and l1 inputs): complete branch-and-bound (:mod:`.bab`, splitting on the
       activations' switches), anytime; when it finishes with an attained maximum, ``exact`` is True.
     * ``bab``: which branch-and-bound ``bab_timeout > 0`` runs: "activation" (above), "input"
       (input-space splitting, :mod:`.bab_input`: every activation, l_inf boxes and l2/l1 balls; best
@@ -171,7 +184,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
                         **(bab_options or {}))
         res.timings["total"] = time.perf_counter() - t0
         return res
-    chain = dense_chain(net64)
+    chain = chain_of(net64)
     xl, xu = input_box(net64, input_set)
     seeds = _seeds(chain, c)
     timings: dict[str, float] = {}
@@ -179,8 +192,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     lower = 0.0
     if attack:
         ta = time.perf_counter()
-        lb, _ = attack_lower_bound(net64, chain, xl, xu, seeds, norm, ball=ball_guard(input_set, xl),
-                                   **(attack_options or {}))
+        lb, attack_points = attack_lower_bound(net64, chain, xl, xu, seeds, norm, ball=ball_guard(input_set, xl),
+                                               **(attack_options or {}))
         per_output_lower = [float(v) for v in lb]
         timings["attack"] = time.perf_counter() - ta
     if method == "lipsdp":
@@ -223,6 +236,11 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
             if guard is not None and res.exact:  # complete over the bounding box, not over the ball
                 res.exact, res.status = False, "box_exact"
     if per_output_lower is not None:
+        # every lower bound gets its witness point: the BaB's leaf point, or else the attack's
+        wit = res.stats.setdefault("witness", {})
+        for k, v in enumerate(per_output_lower):
+            if k not in wit and v >= (res.per_output_lower or per_output_lower)[k]:
+                wit[k] = attack_points[k].reshape(-1).tolist()
         # the operator norm (c = None) is at least every row's gradient dual norm only for p = inf;
         # for p = 1 / 2 a single row's dual norm is still a lower bound of ||J||_{p->p}.
         lower = max(per_output_lower + [res.lower])
@@ -240,7 +258,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
 def jacobian_bounds(net: Network, input_set, c=None, method: str = "crown", forward: str = "auto") -> JacobianBounds:
     """Certified element-wise bounds of every Clarke Jacobian entry over the region (rows: outputs or rows of c)."""
     net64 = net.to(dtype=torch.float64)
-    chain = dense_chain(net64)
+    chain = chain_of(net64)
     xl, xu = input_box(net64, input_set)
     bb, _, _ = backward_bounds(chain, xl, xu, _seeds(chain, c), method, forward)
     return JacobianBounds(certified_lower(bb.grad_lower), certified(bb.grad_upper), method)

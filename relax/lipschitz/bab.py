@@ -264,7 +264,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
                 box_attained[s_i] = torch.maximum(box_attained[s_i], v)
                 if ball is not None and not bool(ball.contains(X.reshape(1, -1))[0]):
                     continue  # an interior point of the bounding box but not of the l2/l1 ball region
-                if v > lb_seed[s_i]:
+                if v > lb_seed[s_i] or (s_i not in witness and v >= lb_seed[s_i]):  # also witness the attack's value
                     lb_seed[s_i] = v
                     witness[s_i] = xs
         inner = keep & unst

@@ -30,6 +30,7 @@ class DenseChain:
     acts: list[Node]  # activation nodes, len L
     gates: list[Gate]
     net: Network
+    lifted: bool = False  # a residual network's lifted chain (:mod:`.lifted`): its stages are not graph nodes
 
     @property
     def depth(self) -> int:
@@ -46,7 +47,11 @@ class DenseChain:
     def act(self, k: int, z: torch.Tensor) -> torch.Tensor:
         """Activation ``k`` applied to pre-activations ``z`` (one comparator round of an expanded GroupSort)."""
         gate = self.gates[k]
-        return gate.forward(z) if gate.pairs is not None else _evaluate_act(self.acts[k], z)
+        if gate.pairs is not None:
+            return gate.forward(z)
+        if gate.op == "switch":  # a lifted chain's stage: y = P z + Q relu(S z)
+            return z @ gate.P.T + torch.relu(z @ gate.switch_matrix.T) @ gate.Q.T
+        return _evaluate_act(self.acts[k], z)
 
     def forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Pre-activations ``z_1..z_L`` and the output for a batch ``x`` of shape ``(B, n_0)``."""
@@ -144,6 +149,15 @@ def _act_householder(node, gate, l, u):
     return yl, yu
 
 
+def _act_switch(node, gate, l, u):
+    """Generic ``y = P z + Q relu(S z)`` (a lifted chain's stage) by interval arithmetic."""
+    zero = torch.zeros(gate.P.shape[0], dtype=l.dtype, device=l.device)
+    pl, pu = _affine_interval(gate.P, zero, l, u)
+    sl, su = _affine_interval(gate.switch_matrix, torch.zeros(gate.Q.shape[1], dtype=l.dtype, device=l.device), l, u)
+    ql, qu = _affine_interval(gate.Q, zero, sl.clamp(min=0), su.clamp(min=0))
+    return pl + ql, pu + qu
+
+
 FORWARD_INTERVAL: dict[str, Callable] = {
     "relu": _act_relu, "leaky_relu": _act_monotone, "tanh": _act_monotone, "sigmoid": _act_monotone,
     "maxmin": _act_maxmin, "groupsort": _act_maxmin, "householder": _act_householder,
@@ -180,7 +194,8 @@ def interval_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor,
             zl, zu = torch.maximum(zl, base[k][0]), torch.minimum(zu, base[k][1])
         zl, zu = clamp_splits(gate, zl, zu, None if fixed is None else fixed[k])
         out.append((zl, zu))
-        l, u = FORWARD_INTERVAL[node.op](node, gate, zl, torch.maximum(zu, zl))
+        act = _act_switch if gate.op == "switch" else FORWARD_INTERVAL[node.op]
+        l, u = act(node, gate, zl, torch.maximum(zu, zl))
     return out
 
 
@@ -224,7 +239,7 @@ def forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method
     if method not in FORWARD_METHODS:
         raise InvalidArgumentError(f"forward bound method must be one of {FORWARD_METHODS}, got {method!r}")
     ib = interval_bounds(chain, xl, xu)
-    if method == "ibp":
+    if method == "ibp" or chain.lifted:  # a lifted chain's stages are not graph nodes: no engine bounds
         return ib, "ibp"
     eng = engine_bounds(chain, xl, xu, "crown" if method == "auto" else method)
     if eng is None:

@@ -211,7 +211,8 @@ def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
     if node.op == "groupsort" and int(node.attrs["group_size"]) != 2:
         raise UnsupportedOperationError(
             f"node {node.describe()}: GroupSort with group size {node.attrs['group_size']} is supported by the "
-            "Lipschitz bounds of chain networks only (as a sorting network); group size 2 = MaxMin is supported everywhere")
+            "chain / lifted-chain Lipschitz bounds only (as a sorting network; bab='activation'), not by the "
+            "graph bounds of input splitting; group size 2 = MaxMin is supported everywhere")
     return comparator_gate(n, *_pairs_for(node, n), ref)
 
 
@@ -240,7 +241,7 @@ def _householder(node: Node, n: int, ref: torch.Tensor) -> Gate:
 
 _SWITCH: dict[str, Callable[[Gate], torch.Tensor | None]] = {
     "relu": lambda g: None, "leaky_relu": lambda g: None, "tanh": lambda g: None, "sigmoid": lambda g: None,
-    "maxmin": lambda g: g._S, "householder": lambda g: g._S,
+    "maxmin": lambda g: g._S, "householder": lambda g: g._S, "switch": lambda g: g._S,
 }
 
 
