@@ -74,7 +74,7 @@ def run_bab_shells(net, chain, xl, xu, seeds, norm, root: LipschitzResult, timeo
     shells = apex_shells(xl, xu)
     roots = []
     for sl, su in shells:
-        bb, fb, used = backward_bounds(chain, sl, su, seeds, "crown", root.forward_method or "auto")
+        bb, fb, used = backward_bounds(chain, sl, su, seeds, "crown", "auto")
         rows = certified(torch.minimum(row_dual_upper(norm, bb.grad_lower, bb.grad_upper, bb.l1_upper), box_rows))
         roots.append((fb, LipschitzResult(float(rows.max()), 0.0, norm, "crown", per_output_upper=rows.tolist(),
                                           forward_method=used)))

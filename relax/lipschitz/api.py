@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from models.errors import InvalidArgumentError, ShapeMismatchError
+from models.errors import InvalidArgumentError, ShapeMismatchError, UnsupportedOperationError
 from models.graph import Network
 
 from .attack import attack_lower_bound, ball_guard
@@ -211,6 +211,9 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         res = LipschitzResult(upper, 0.0, norm, "lipsdp", per_output_upper=[float(v) for v in rows],
                               forward_method=used)
     elif method == "naive":
+        if chain.lifted:
+            raise UnsupportedOperationError(
+                f"method='naive' (product of layer norms) needs a chain network; {net.name!r} has residual connections")
         rows = certified(naive_product(chain, norm, seeds))
         upper = float(rows.max()) if c is not None or norm == "inf" else float(certified(naive_product(chain, norm)))
         res = LipschitzResult(upper, 0.0, norm, "naive", per_output_upper=[float(v) for v in rows])
