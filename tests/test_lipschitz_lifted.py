@@ -93,3 +93,11 @@ def test_unsupported_node_in_a_residual_net_is_named():
     with pytest.raises(UnsupportedOperationError, match="tanh"):
         local_lipschitz(models.from_module(module), (torch.zeros(1, 2), torch.ones(1, 2)), bab="activation",
                         bab_timeout=1.0, attack=False)
+
+
+@pytest.mark.parametrize("method", ["naive", "lipsdp"])
+def test_chain_only_methods_refuse_residual_nets_by_name(method):
+    module = residual_net("relu", 2, 4, 1, 2, 0)
+    with pytest.raises(UnsupportedOperationError, match="residual connections"):
+        local_lipschitz(models.from_module(module), (torch.zeros(1, 2), torch.ones(1, 2)), method=method,
+                        norm="2" if method == "lipsdp" else "inf", attack=False)

@@ -196,6 +196,10 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
                                                **(attack_options or {}))
         per_output_lower = [float(v) for v in lb]
         timings["attack"] = time.perf_counter() - ta
+    if method in ("lipsdp", "naive") and chain.lifted:
+        raise UnsupportedOperationError(
+            f"method={method!r} needs a chain network; {net.name!r} has residual connections (use 'crown', or "
+            "sdp.lipschitz_bound for a global LipSDP bound of residual nets)")
     if method == "lipsdp":
         if norm != "2":
             raise InvalidArgumentError("method='lipsdp' bounds the l2 constant: use norm='2'")
@@ -211,9 +215,6 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         res = LipschitzResult(upper, 0.0, norm, "lipsdp", per_output_upper=[float(v) for v in rows],
                               forward_method=used)
     elif method == "naive":
-        if chain.lifted:
-            raise UnsupportedOperationError(
-                f"method='naive' (product of layer norms) needs a chain network; {net.name!r} has residual connections")
         rows = certified(naive_product(chain, norm, seeds))
         upper = float(rows.max()) if c is not None or norm == "inf" else float(certified(naive_product(chain, norm)))
         res = LipschitzResult(upper, 0.0, norm, "naive", per_output_upper=[float(v) for v in rows])
