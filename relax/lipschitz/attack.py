@@ -40,7 +40,6 @@ def differentiable(chain: DenseChain, X: torch.Tensor, tol: float) -> torch.Tens
     magnitude of the terms summed to compute it), so a neuron whose weights are all tiny (a dead
     neuron after weight decay) is judged on its own scale rather than against an absolute ``tol``.
     """
-    from .gates import _SWITCH
     flat = X.reshape(-1, X.shape[-1])
     ok = torch.ones(flat.shape[0], dtype=torch.bool, device=X.device)
     y = flat
@@ -49,7 +48,7 @@ def differentiable(chain: DenseChain, X: torch.Tensor, tol: float) -> torch.Tens
         z = y @ W.T + b
         if gate.piecewise_linear:
             scale = y.abs() @ W.abs().T + b.abs()
-            S = _SWITCH[gate.op](gate)
+            S = gate.switch_matrix
             if S is not None:
                 scale = scale @ S.abs().T
             ok &= (gate.switch_values(z).abs() > tol * scale).all(-1)

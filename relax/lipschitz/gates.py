@@ -78,14 +78,14 @@ class Gate:
 
     def switch_bounds(self, zl: torch.Tensor, zu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds of the forward switch ``s = S z`` from pre-activation bounds (interval arithmetic)."""
-        S = _SWITCH[self.op](self)
+        S = self.switch_matrix
         if S is None:
             return zl, zu
         Sp, Sn = S.clamp(min=0), S.clamp(max=0)
         return zl @ Sp.T + zu @ Sn.T, zu @ Sp.T + zl @ Sn.T
 
     def switch_values(self, z: torch.Tensor) -> torch.Tensor:
-        S = _SWITCH[self.op](self)
+        S = self.switch_matrix
         return z if S is None else z @ S.T
 
     def derivative_range(self, zl: torch.Tensor, zu: torch.Tensor, fixed: torch.Tensor | None = None

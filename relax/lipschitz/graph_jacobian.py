@@ -33,7 +33,7 @@ from models.errors import UnsupportedOperationError
 from models.graph import AFFINE_OPS, Network, affine_matrix
 
 from .chain import _evaluate_act
-from .gates import GATES, _SWITCH, build_gate
+from .gates import GATES, build_gate
 from .relaxations import abs_upper, gated_product_interval, gated_product_lower, gated_product_upper
 
 
@@ -108,7 +108,7 @@ class GraphJacobian:
             else:
                 g, z = self.gates[n.name], val[n.inputs[0]]
                 if g.piecewise_linear:
-                    S = _SWITCH[g.op](g)
+                    S = g.switch_matrix
                     scale = mag[n.inputs[0]] if S is None else mag[n.inputs[0]] @ S.abs().T
                     ok &= (g.switch_values(z).abs() > tol * scale).all(-1)
                 y = _evaluate_act(n, z.reshape(-1, *self.net[n.inputs[0]].shape)).reshape(z.shape[0], -1)
