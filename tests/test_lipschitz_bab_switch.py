@@ -198,7 +198,7 @@ def test_sorting_network_chain_reproduces_the_layer(group, desc):
     z[:50, 1] = z[:50, 0]  # ties
     z[50:100] = torch.randint(0, 3, (50, n)).double()  # many ties
     rounds = sorting_rounds(n, group, desc)
-    assert len(rounds) <= group
+    assert sum(len(r[0]) for r in rounds) <= 2 * group * (group - 1) // 2  # fewer comparators than transposition
     module = nn.Sequential(nn.Linear(3, n), GroupSort(group, descending=desc), nn.Linear(n, 2)).double()
     chain = dense_chain(models.from_module(module))
     assert len(chain.gates) == len(rounds)
@@ -208,6 +208,21 @@ def test_sorting_network_chain_reproduces_the_layer(group, desc):
     assert torch.equal(y, module[1](z))  # exact max/min: bit-identical to torch.sort
     X = torch.randn(64, 3)
     assert torch.allclose(chain.forward_all(X)[1], module(X), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("group", range(2, 10))
+def test_sorting_rounds_sort_every_0_1_input(group):
+    """0-1 principle: a comparator network sorts every input iff it sorts every 0-1 input."""
+    import itertools
+    from relax.lipschitz.gates import comparator_gate, sorting_rounds
+    Z = torch.tensor(list(itertools.product([0.0, 1.0], repeat=group)))
+    for desc in (True, False):
+        y = Z
+        for r in sorting_rounds(group, group, desc):
+            assert len(set(r[0] + r[1])) == 2 * len(r[0])  # a round's comparators are disjoint
+            y = comparator_gate(group, *r, Z).forward(y)
+        assert torch.equal(y, torch.sort(Z, dim=1, descending=desc).values)
+    assert sum(len(r[0]) for r in sorting_rounds(4, 4, True)) == 5  # Batcher: 5 comparators for 4
 
 
 @pytest.mark.parametrize("group,desc,d", [(3, True, 2), (4, False, 2), (3, False, 3)])

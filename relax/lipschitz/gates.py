@@ -191,19 +191,34 @@ def comparator_gate(n: int, a: list[int], b: list[int], hi: list[int], lo: list[
 
 
 def sorting_rounds(n: int, group: int, descending: bool) -> list[tuple[list[int], list[int], list[int], list[int]]]:
-    """Odd-even transposition sort of every group of ``group`` consecutive features: ``group`` rounds of
-    adjacent comparators (round ``r`` compares positions ``i, i+1`` with ``i = r mod 2``); rounds with no
-    comparator are dropped.  It sorts any input (a classical result), ties included."""
+    """Batcher's odd-even merge sort of every group of ``group`` consecutive features, as rounds of
+    disjoint comparators ``(a, b, hi, lo)`` (:func:`comparator_gate`; ``a < b`` within the group, the max goes
+    to the lower position when ``descending``).  Iterative form valid for any group size (Knuth, TAOCP
+    5.3.4, exercise 32): for ``p = 1, 2, 4, ...`` and ``k = p, p/2, ..., 1`` one round compares positions
+    ``i + j`` and ``i + j + k`` that lie in the same block of ``2p``.  Group 4: 5 comparators in 3 rounds
+    (odd-even transposition: 6 in 4).  It sorts every input, ties included (tested by the 0-1 principle)."""
+    pairs_per_round = []
+    p = 1
+    while p < group:
+        k = p
+        while k >= 1:
+            rnd = []
+            for j in range(k % p, group - k, 2 * k):
+                for i in range(min(k, group - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        rnd.append((i + j, i + j + k))
+            if rnd:
+                pairs_per_round.append(rnd)
+            k //= 2
+        p *= 2
     rounds = []
-    for r in range(group):
+    for rnd in pairs_per_round:
         a, b, hi, lo = [], [], [], []
         for g0 in range(0, n, group):
-            for i in range(r % 2, group - 1, 2):
-                p, q = g0 + i, g0 + i + 1
-                a.append(p); b.append(q)
-                hi.append(p if descending else q); lo.append(q if descending else p)
-        if a:
-            rounds.append((a, b, hi, lo))
+            for x, y in rnd:
+                a.append(g0 + x); b.append(g0 + y)
+                hi.append(g0 + x if descending else g0 + y); lo.append(g0 + y if descending else g0 + x)
+        rounds.append((a, b, hi, lo))
     return rounds
 
 
