@@ -6,8 +6,9 @@ Public API
 attack=True, attack_options=None, bab_options=None, sdp_solver="CLARABEL", bab="activation") -> LipschitzResult``
     certified upper bound (``.upper``, label "certified") and attack lower bound (``.lower``, label
     "attack" = estimate); ``method`` in "crown" | "recurjac" | "ibp" | "naive" | "lipsdp" (l2 only);
-    ``bab_timeout > 0`` runs the complete branch-and-bound (piecewise-linear chains: ReLU, LeakyReLU,
-    MaxMin, GroupSort(2), Householder; l_inf / l1 inputs; bias-free nets around 0 via :mod:`.apex`);
+    ``bab_timeout > 0`` runs the complete branch-and-bound (piecewise-linear networks: ReLU, LeakyReLU,
+    MaxMin, GroupSort, Householder; residual ones via :mod:`.lifted`; l_inf / l1 inputs; bias-free nets
+    around 0 via :mod:`.apex`);
     ``bab="input"`` (or ``"auto"``) runs input-space branch-and-bound instead (every activation,
     residual nets, l_inf boxes and l2 / l1 balls; effective for few inputs).
 ``jacobian_bounds(net, input_set, c=None, method="crown") -> JacobianBounds``
@@ -19,8 +20,8 @@ attack=True, attack_options=None, bab_options=None, sdp_solver="CLARABEL", bab="
 
 Modules: gates (Clarke derivatives per activation), chain (dense view + forward interval bounds),
 relaxations (chords), backward (CROWN on the backward graph), norms, attack, naive, bab, polytope
-(domain bounds over the input polytope), apex (shells of a box around a bias-free net's apex),
-feasibility (LPs), exact (MILP), lipsdp_local (l2 local LipSDP), bab_input (input-space BaB),
+(domain bounds over the input polytope), apex (shells of a box around a bias-free net's apex), lifted
+(residual piecewise-linear nets as a chain), feasibility (LPs), exact (MILP), lipsdp_local (l2 local LipSDP), bab_input (input-space BaB),
 graph_jacobian (Clarke-Jacobian bounds of residual / general graph networks).
 """
 
