@@ -23,6 +23,12 @@ alone (its primal is recomputed, nothing else).  Elementwise activations use PyT
 kernels (``threshold_backward``, ``gelu_backward``, …): their Jacobians are diagonal, hence symmetric, so
 the backward kernel applied to ``ḣ`` is exactly the JVP.  BatchNorm's input Jacobian per channel is
 ``γ_c·σ⁻¹(I − 11ᵀ/N − n̂n̂ᵀ/N)`` (symmetric too); its two reductions come from the backward kernel.
+LayerNorm's input Jacobian without γ, ``σ⁻¹(I − 11ᵀ/N − n̂n̂ᵀ/N)`` per row, is symmetric as well: its
+backward kernel (no weight) applied to ``ḣ`` is the JVP's input part.  A Linear/Conv on data followed by a
+train-mode BatchNorm is one rule: the BN tangent is then itself that layer applied to the data with
+combined weights, and the BN's batch reductions are closed forms in the data's patch mean and covariance
+(float64).  An activation that alone consumes a LayerNorm/BatchNorm tangent overwrites it (``out=``), and
+shape ops / ``+ −`` / scalar ``× ÷`` have specialized closures (no argument-template substitution).
 
 Guarantee.  The result equals the forward-mode JVP of the traced graph at the cached primal values up to
 float rounding of the same order as ``torch.func.jvp`` (tests compare both and a float64 central finite
@@ -43,10 +49,14 @@ program that the trace reproduces the module's own forward bit for bit.
 Cost.  The tangent pass is a backward pass's worth of work: per Linear/Conv layer two products
 (``ΔW·h`` and ``W·ḣ``; one for a layer whose input is data) -- about 63-66% of a step's GEMM FLOPs on
 MLP/CNN/transformer classifiers, a floor no exact tangent-only scheme avoids -- and per normalization or
-activation a few elementwise passes (LayerNorm's rule needs about nine unfused passes, its fused
-backward kernel one).  ``compile=True`` runs the same per-node rules
-through ``torch.compile`` (straight-line code, so Inductor fuses the elementwise chains; the first call of
-each compiled pass is checked against the eager rules, any failure falls back to them).  Compilation
+activation a few elementwise passes (LayerNorm's rule: its backward kernel plus four passes).  With
+``consume=True`` (the controller) each cached value is released after its last use in the pass, so the
+pass's peak memory -- and, with glibc's default allocator, the page faults of fresh large tensors --
+shrinks.  ``compile=True`` runs the same per-node rules
+through ``torch.compile`` (straight-line code, so Inductor fuses the elementwise chains, Linear products
+included as batched GEMMs that its ``mm + x → addmm`` rewrite, which copies the addend into every
+product's output first, leaves alone; the first call of each compiled pass is checked against the eager
+rules, any failure falls back to them).  Compilation
 costs seconds once per model and input shape.
 """
 
@@ -101,6 +111,13 @@ def _chan(v: torch.Tensor, nd: int) -> torch.Tensor:
     return v.view((1, -1) + (1,) * (nd - 2))
 
 
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _no_inplace(kw: Mapping[str, Any]) -> bool:
+    """``F.relu(x)`` is traced with ``inplace=False`` spelled out: the same as no keyword arguments."""
+    return all(k == "inplace" and v is False for k, v in kw.items())
+
 _RANDOM_FUNCS = {torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint, torch.randint_like,
                  torch.bernoulli, torch.multinomial, torch.normal, torch.randperm, F.rrelu, F.alpha_dropout,
                  F.feature_alpha_dropout, F.dropout1d, F.dropout2d, F.dropout3d}
@@ -126,7 +143,13 @@ def _act_rule(kind: str, h: torch.Tensor, y: torch.Tensor, hd: torch.Tensor, **k
     if kind == "relu":
         return aten.threshold_backward(hd, y, 0)
     if kind == "gelu":
-        return aten.gelu_backward(hd, h, approximate=kw.get("approximate", "none"))
+        approx = kw.get("approximate", "none")
+        if approx == "none" and y is not None and torch.compiler.is_compiling():
+            # GELU'(h) = Φ(h) + h φ(h), with Φ(h) = y/h from the forward's own output y = h Φ(h) (no erf;
+            # Inductor fuses it).  |h| < 1e-30: Φ = 1/2 to working precision (y/h would lose bits there)
+            cdf = torch.where(h.abs() < 1e-30, 0.5, y / h)
+            return hd * (cdf + h * torch.exp(h * h * -0.5) * _INV_SQRT_2PI)
+        return aten.gelu_backward(hd, h, approximate=approx)
     if kind == "tanh":
         return aten.tanh_backward(hd, y)
     if kind == "sigmoid":
@@ -138,6 +161,21 @@ def _act_rule(kind: str, h: torch.Tensor, y: torch.Tensor, hd: torch.Tensor, **k
     if kind == "softplus":
         return aten.softplus_backward(hd, h, kw.get("beta", 1.0), kw.get("threshold", 20.0))
     raise Unsupported(kind)
+
+def _act_rule_(kind: str, h: torch.Tensor, y: torch.Tensor, hd: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """:func:`_act_rule` written over ``hd`` (same kernels, ``out=hd``: an elementwise kernel may write to
+    its own input).  Only for a tangent the caller owns and never reads again."""
+    if kind == "relu":
+        return aten.threshold_backward.grad_input(hd, y, 0, grad_input=hd)
+    if kind == "gelu":
+        return aten.gelu_backward.grad_input(hd, h, approximate=kw.get("approximate", "none"), grad_input=hd)
+    if kind == "tanh":
+        return aten.tanh_backward.grad_input(hd, y, grad_input=hd)
+    if kind == "sigmoid":
+        return aten.sigmoid_backward.grad_input(hd, y, grad_input=hd)
+    if kind == "silu":
+        return aten.silu_backward.grad_input(hd, h, grad_input=hd)
+    return _act_rule(kind, h, y, hd, **kw)
 
 
 _ACT_MODULES: dict[type, Callable[[nn.Module], tuple[str, dict]]] = {
@@ -170,6 +208,18 @@ def _linear_t(h, hd, W, dW, db, out):
     """``ẏ = h ΔWᵀ + ḣ Wᵀ + Δb`` as at most two GEMMs accumulating into one buffer (``addmm_``)."""
     n_in = h.shape[-1]
     lead = h.shape[:-1]
+    if torch.compiler.is_compiling():
+        # under torch.compile: products and a sum that Inductor fuses (with Δb) into the consumer's kernel.
+        # Batched products of one batch: Inductor rewrites ``mm + x`` into ``addmm``, which copies the bias
+        # or the other product into the GEMM's output first (an extra pass per product)
+        bmm = lambda a, w: torch.bmm(a.reshape(1, -1, n_in), w.t().unsqueeze(0)).squeeze(0)  # noqa: E731
+        terms = ([bmm(h, dW)] if dW is not None else []) + ([bmm(hd, W)] if hd is not None else [])
+        if not terms:
+            return db.expand(*lead, W.shape[0]) if db is not None else None
+        t = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        if db is not None:
+            t = t + db
+        return t.view(*lead, t.shape[-1])
     t = None
     if dW is not None:
         h2 = h.reshape(-1, n_in)
@@ -212,50 +262,37 @@ def _mean_vec(dn: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_norm_t(mod, h, hd, g, dg, db, out, saved):
-    """``ẏ = γ⊙σ⁻¹(ḣ − mean ḣ − n̂·mean(n̂ ḣ)) + Δγ⊙n̂ + Δβ`` per normalized row, ``n̂ = (h − μ)/σ``.
+    """``ẏ = γ⊙σ⁻¹P ḣ + Δγ⊙n̂ + Δβ`` per normalized row, ``n̂ = (h − μ)/σ``, ``P = I − 11ᵀ/N − n̂n̂ᵀ/N``.
 
-    Row reductions run as matrix-vector products (much faster than ``mean(-1)`` on short rows on CPU);
-    ``μ, 1/σ`` are the forward's own (saved by autograd) when available, else recomputed."""
-    shape = mod.normalized_shape
-    dn = shape[0] if len(shape) == 1 else math.prod(shape)
-    flat = len(shape) != 1 or h.dim() != 2
-    h2 = h.reshape(-1, dn) if flat else h
-    w = _mean_vec(dn, h)
+    ``σ⁻¹P`` is LayerNorm's input Jacobian without γ; it is symmetric, so PyTorch's fused backward kernel
+    with ``grad = ḣ`` and no weight computes ``σ⁻¹P ḣ`` exactly (one kernel instead of seven elementwise
+    passes and two row reductions).  ``μ, 1/σ`` are the forward's own (saved by autograd) when available,
+    else recomputed by the forward kernel (which then also yields ``n̂``)."""
+    shape = list(mod.normalized_shape)
+    nhat = None
     if saved is not None:
         mu, rs = saved
-        if mu.dim() != 2:
-            mu, rs = mu.reshape(-1, 1), rs.reshape(-1, 1)
     else:
-        mu = torch.mv(h2, w).unsqueeze(1)
-        c = h2 - mu
-        rs = torch.mv(c.mul_(c), w).unsqueeze(1).add_(mod.eps).rsqrt_()
-    nhat = torch.sub(h2, mu).mul_(rs)
-    if flat:
-        g = g.reshape(dn) if g is not None else None
-        dg = dg.reshape(dn) if dg is not None else None
-        db = db.reshape(dn) if db is not None else None
-    # parameter part Δγ⊙n̂ + Δβ (one pass)
+        nhat, mu, rs = aten.native_layer_norm(h, shape, None, None, mod.eps)
+    # parameter part Δγ⊙n̂ + Δβ (n̂: two passes, then one); a fresh full-size tensor, or Δβ itself
+    base, own = None, False
     if dg is not None:
-        base = torch.addcmul(db, nhat, dg) if db is not None else nhat * dg
-    else:
-        base = db.expand_as(nhat) if db is not None else None
-    t = None
-    if hd is not None:
-        hd2 = hd.reshape(-1, dn) if flat else hd
-        m1 = torch.mv(hd2, w).unsqueeze(1)
-        u = torch.mul(nhat, hd2)
-        m2 = torch.mv(u, w).unsqueeze(1)
-        torch.sub(hd2, m1, out=u)
-        u.addcmul_(nhat, m2, value=-1).mul_(rs)      # M ḣ = σ⁻¹(ḣ − mean ḣ − n̂ mean(n̂ḣ))
-        if g is None:
-            t = u if base is None else u.add_(base)
-        else:
-            t = u.mul_(g) if base is None else torch.addcmul(base, u, g)
-    elif base is not None:
-        t = base if base.is_contiguous() else base.clone()
-    if t is None:
-        return None
-    return t.view(h.shape) if flat else t
+        if nhat is None:
+            nhat = torch.sub(h, mu).mul_(rs)
+        base = torch.addcmul(db, nhat, dg) if db is not None else nhat.mul_(dg)
+        own = base.shape == h.shape
+    elif db is not None:
+        base = db  # the direction's own tensor: never written to
+    if hd is None:
+        if base is None:
+            return None
+        return base if own else base.expand(h.shape).clone()
+    u = aten.native_layer_norm_backward(hd, h, shape, mu, rs, None, None, [True, False, False])[0]
+    if g is None:
+        return u if base is None else u.add_(base)
+    if base is None:
+        return u.mul_(g)
+    return base.addcmul_(u, g) if own else torch.addcmul(base, u, g)
 
 
 def _batch_norm_t(mod, h, hd, g, dg, db, out, saved):
@@ -294,6 +331,63 @@ def _batch_norm_t(mod, h, hd, g, dg, db, out, saved):
     if a is not None:
         t.addcmul_(hd, _chan(a, nd))
     return t
+
+
+def _patches(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input patches of a Linear / Conv1d / Conv2d (zero padding, groups = 1) as rows of an (M, K) float64
+    matrix: one row per output position, ordered like ``weight.reshape(C_out, K)`` (strided windows of the
+    padded input; ``F.unfold`` loops over the batch on CPU).  For a float64 Linear input this is a view of
+    ``x``: read only."""
+    x = x.detach().double()
+    if isinstance(lin, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    nd = x.dim() - 2
+    x = F.pad(x, [q for pd in reversed(lin.padding) for q in (pd, pd)])
+    for ax, (k, d, st) in enumerate(zip(lin.kernel_size, lin.dilation, lin.stride)):
+        x = x.unfold(2 + ax, (k - 1) * d + 1, st)[..., ::d]  # (N, C, *out, *window)
+    x = x.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))  # (N, *out, C, *window)
+    return x.reshape(-1, math.prod(x.shape[1 + nd:]))
+
+
+def _affine_bn_t(lin, bn, x, W, b, dW, dlb, g, dg, dbeta, saved):
+    """Tangent of ``BN_train(lin(x))`` for data ``x`` (no tangent): ``lin`` is a Linear or a Conv (zero
+    padding, one group) and BatchNorm normalizes with the batch statistics ``μ, σ`` (the forward's own).
+
+    Per output channel c, with patches ``P`` of x (``h_c = W_c·P + b_c``, ``ḣ_c = ΔW_c·P + Δb_c``) the BN
+    tangent ``A ḣ + B (h − μ) + C`` (``A = γ/σ``, ``B = Δγ/σ − γ mean(ḣ(h−μ))/σ³``, ``C = Δβ − A mean ḣ``) is
+    itself an affine map of x: ``lin(x; A ΔW + B W, A Δb + B (b − μ) + C)``.  Its two batch reductions are
+    exact closed forms in the patch mean ``P̄`` and covariance ``Σ``: ``mean ḣ_c = ΔW_c·P̄ + Δb_c`` and
+    ``mean(ḣ_c (h_c − μ_c)) = ΔW_cᵀ Σ W_c`` (as ``μ_c = W_c·P̄ + b_c``), computed in float64.  So the
+    layer's tangent, the BN reductions and the BN pass collapse into one ``lin`` call."""
+    mean, invstd = saved
+    C = W.shape[0]
+    P = _patches(lin, x)  # may be a view of x itself (float64 Linear input): never written to
+    pbar = P.mean(0)
+    P = P - pbar
+    cov = torch.mm(P.t(), P).div_(P.shape[0])
+    del P
+    W64 = W.detach().reshape(C, -1).double()
+    dW64 = dW.detach().reshape(C, -1).double() if dW is not None else None
+    r = invstd.detach().double().reshape(C)
+    A = g.detach().double().reshape(C) * r if g is not None else r
+    m1 = torch.mv(dW64, pbar) if dW64 is not None else torch.zeros_like(r)
+    if dlb is not None:
+        m1 += dlb.double()
+    m2 = (torch.mm(dW64, cov) * W64).sum(1) if dW64 is not None else torch.zeros_like(r)
+    B = -(A * r * r * m2)   # −γ σ⁻³ mean(ḣ (h − μ))
+    if dg is not None:
+        B += dg.double() * r
+    Cc = -(A * m1)
+    if dbeta is not None:
+        Cc += dbeta.double()
+    W2 = B[:, None] * W64
+    if dW64 is not None:
+        W2 += A[:, None] * dW64
+    bias = B * ((b.detach().double() if b is not None else 0.0) - mean.detach().double().reshape(C)) + Cc
+    if dlb is not None:
+        bias += A * dlb.double()
+    W2, bias = W2.reshape(W.shape).to(x.dtype), bias.to(x.dtype)
+    return F.linear(x, W2, bias) if isinstance(lin, nn.Linear) else lin._conv_forward(x, W2, bias)
 
 
 # ----------------------------------------------------------------------------- the program
@@ -373,6 +467,7 @@ class TangentProgram:
         self._check_graph(gm)
         self.gm = gm
         self.plans = [self._plan(n, i) for i, n in enumerate(self.nodes)]
+        self._fused = self._find_affine_bn()  # BN index -> Linear/Conv index (see _affine_bn_t)
         # capture module: same graph, output = (original output, the node values the rules read); values
         # no rule reads (e.g. BatchNorm outputs feeding a ReLU) are not kept alive through the backward
         self.keep = sorted(set().union(*(self._reads(p) for p in self.plans)) | set(
@@ -432,6 +527,41 @@ class TangentProgram:
                 src = n.args[0] if n.args else None
                 if not (relu_like and isinstance(src, fx.Node) and len(src.users) == 1):
                     raise Unsupported(f"in-place operation {n.format_node()}")
+
+    def _find_affine_bn(self) -> dict[int, int]:
+        """BatchNorm nodes fed only by a Linear/Conv whose input carries no tangent (data): their tangent is
+        computed by :func:`_affine_bn_t` and the layer's own tangent (read by nobody else) is skipped."""
+        free: set[int] = set()  # nodes whose tangent is structurally None: data and parameter-free ops on it
+        for i, n in enumerate(self.nodes):
+            if n.op == "placeholder":
+                free.add(i)
+            elif n.op in ("call_function", "call_method") or (
+                    n.op == "call_module" and not any(True for _ in self.gm.get_submodule(n.target).parameters())):
+                ins = n.all_input_nodes
+                if ins and all(self.index[a] in free for a in ins):
+                    free.add(i)
+        fused = {}
+        for p in self.plans:
+            n = p.node
+            if p.kind != "bn" or len(n.args) != 1 or n.kwargs or not isinstance(n.args[0], fx.Node):
+                continue
+            src = n.args[0]
+            q = self.plans[self.index[src]]
+            if q.kind not in ("linear", "conv") or len(src.users) != 1 or len(src.args) != 1 or src.kwargs:
+                continue
+            x, m = src.args[0], q.mod
+            if not isinstance(x, fx.Node) or self.index[x] not in free:
+                continue
+            if isinstance(m, nn.Linear):
+                k = m.in_features
+            elif type(m) in (nn.Conv1d, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and \
+                    not isinstance(m.padding, str):
+                k = m.in_channels * math.prod(m.kernel_size)
+            else:
+                continue
+            if k <= m.weight.shape[0]:  # the patch covariance (K×K over all positions) costs at most the layer
+                fused[p.idx] = q.idx
+        return fused
 
     # -------------------------------------------------------------- per-node plans
     def _plan(self, n: fx.Node, i: int) -> _Plan:
@@ -511,10 +641,18 @@ class TangentProgram:
             return set()
         if k == "attr":
             return {i}
+        fused = self._fused
+        if i in fused:  # reads the layer's input (data) only: the layer's output is not kept (recomputed
+            return {self.index[self.plans[fused[i]].node.args[0]]}  # by the rare fallback)
+        if i in fused.values():  # its tangent is computed by the following BatchNorm's rule
+            return set()
         if k in ("linear", "ln", "bn", "embedding") and len(n.args) == 1 and not n.kwargs:
             return ins
+        if k in ("act", "actf") and len(n.args) == 1 and (not n.kwargs or (k == "actf" and _no_inplace(n.kwargs))) \
+                and p.fn in ("relu", "tanh", "sigmoid"):
+            return {i}  # these rules read the output only (so e.g. a BatchNorm output feeding F.relu is freed)
         if k == "act" and len(n.args) == 1 and not n.kwargs:
-            return {i} if p.fn in ("relu", "tanh", "sigmoid") else ins
+            return ins
         if k in ("softmax", "log_softmax", "linmod") and len(n.args) == 1 and not n.kwargs:
             return {i}
         return ins | {i}  # conv, dropout, functions, methods, generic fallbacks: everything
@@ -559,14 +697,19 @@ class TangentProgram:
         return self._needed[key]
 
     def tangent(self, cap: "Capture", theta: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor],
-                logits_fn: Callable[[Any], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                logits_fn: Callable[[Any], torch.Tensor], consume: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, ż)``: the logits of the captured forward and their JVP along ``direction``.
 
         ``theta`` overrides parameter values by qualified name (θ_old of the controlled parameters);
-        ``direction`` maps qualified parameter names to tangents (missing = 0)."""
+        ``direction`` maps qualified parameter names to tangents (missing = 0).  ``consume=True`` empties
+        the capture (it cannot be used again) so that the eager pass frees each cached value after its
+        last use (lower peak memory; the controller uses a capture once)."""
         if cap.stale():
             raise Unsupported("a cached activation was modified in place after the forward")
         vals = list(cap.vals)
+        drop = consume and not (self.compile and not self.compile_error)
+        if consume:
+            cap.vals, cap.versions = (), []
         for i, name in self._param_attrs:  # parameters read by get_attr: their θ_old value, not the live θ_new
             if name in theta:
                 vals[i] = theta[name]
@@ -588,35 +731,43 @@ class TangentProgram:
             out_idx = self.index[zn] if isinstance(zn, fx.Node) else None
         zero = frozenset(i for i, p in self._softmax_nodes if _softmax_is_const(p, vals)) \
             if self._softmax_nodes else frozenset()
-        eager = self._runner(pos, zero, out_idx)
+        eager = self._runner(pos, zero, out_idx, drop)
         with torch.no_grad():
             if self.compile and not self.compile_error:
                 zt = self._compiled_call((pos, zero, out_idx), eager, vals, theta, direction, cap.saved)
             else:
                 zt = eager(vals, theta, direction, cap.saved)
+        del vals
         if zt is None:
             zt = torch.zeros_like(z)
         elif zt.shape != z.shape:
             zt = zt.expand(z.shape)
         return z.detach(), zt
 
-    def _runner(self, pos: int, zero: frozenset, out_idx: int | None) -> Callable:
+    def _runner(self, pos: int, zero: frozenset, out_idx: int | None, drop: bool = False) -> Callable:
         """Straight-line code calling the per-node closures in graph order (no loop: under ``torch.compile``
-        a graph break in one node then splits the graph instead of abandoning the whole pass)."""
-        key = ("runner", pos, zero, out_idx)
+        a graph break in one node then splits the graph instead of abandoning the whole pass).  ``drop``:
+        also release each cached value after the last rule that reads it (the caller's ``vals`` list must
+        be the only holder for that to free memory)."""
+        key = ("runner", pos, zero, out_idx, drop)
         run = self._needed.get(key)
         if run is None:
             plans = [p for p in self._needed_plans(pos, zero) if p.idx not in zero]
             computed = {p.idx for p in plans}
             last_use: dict[int, int] = {}  # tangent j is dropped right after its last consumer (less memory)
+            last_read: dict[int, int] = {}  # value k: the last rule reading it (``_reads``: what is kept)
             for p in plans:
                 for a in p.node.all_input_nodes:
                     if self.index[a] in computed:
                         last_use[self.index[a]] = p.idx
+                for k in self._reads(p):
+                    last_read[k] = p.idx
             lines = ["def run(vals, theta, direction, saved):", f"    tan = [None] * {len(self.nodes)}"]
             for p in plans:
                 lines.append(f"    tan[{p.idx}] = R{p.idx}(vals, tan, theta, direction, saved)")
                 lines += [f"    tan[{j}] = None" for j, last in last_use.items() if last == p.idx and j != out_idx]
+                if drop:
+                    lines += [f"    vals[{k}] = None" for k, last in last_read.items() if last == p.idx]
             lines.append(f"    return {'None' if out_idx is None else f'tan[{out_idx}]'}")
             ns: dict[str, Any] = {f"R{p.idx}": p.run for p in plans}
             exec(compile("\n".join(lines), f"<tangent program {id(self):x}>", "exec"), ns)  # noqa: S102
@@ -653,16 +804,24 @@ class TangentProgram:
         get a specialized closure with their indices bound; everything else goes through the general rule."""
         n, kind, ix = p.node, p.kind, self.index
         j = p.idx
-        single = len(n.args) == 1 and not n.kwargs and isinstance(n.args[0], fx.Node)
+        single = len(n.args) == 1 and isinstance(n.args[0], fx.Node) and (
+            not n.kwargs or (kind == "actf" and _no_inplace(n.kwargs)))
         general = lambda vals, tan, theta, d, saved: self._node_tangent(p, vals, tan, theta, d, saved)  # noqa: E731
         if kind == "input":
             return lambda vals, tan, theta, d, saved: None
         if kind == "attr":
             name = n.target
             return lambda vals, tan, theta, d, saved: d.get(name)
+        fast = self._compile_structural(p)
+        if fast is not None:
+            return fast
         if not single:
             return general
         i = ix[n.args[0]]
+        if j in self._fused.values():  # a Linear/Conv whose tangent the following BatchNorm rule computes
+            return lambda vals, tan, theta, d, saved: None
+        if j in self._fused:
+            return self._compile_affine_bn(p, self.plans[self._fused[j]])
         if kind in ("linear", "conv", "ln", "bn"):
             m, wn, bn = p.mod, p.prefix + "weight", p.prefix + "bias"
             mw = getattr(m, "weight", None)
@@ -682,12 +841,123 @@ class TangentProgram:
             return run
         if kind in ("act", "actf") and (kind == "act" or p.fn in ("relu", "tanh", "sigmoid", "silu")):
             act, kw = p.fn, (p.extra or {})
+            # the tangent of a LayerNorm/BatchNorm rule is always a fresh tensor; when this activation is
+            # its only consumer, overwrite it instead of allocating another (not under torch.compile, which
+            # fuses the two anyway)
+            src = n.args[0]
+            own = self.plans[i].kind in ("ln", "bn") and len(src.users) == 1 and \
+                act in ("relu", "gelu", "tanh", "sigmoid", "silu")
 
             def run(vals, tan, theta, d, saved):
                 hd = tan[i]
-                return None if hd is None else _act_rule(act, vals[i], vals[j], hd, **kw)
+                if hd is None:
+                    return None
+                if own and not torch.compiler.is_compiling():
+                    return _act_rule_(act, vals[i], vals[j], hd, **kw)
+                return _act_rule(act, vals[i], vals[j], hd, **kw)
             return run
         return general
+
+    def _compile_structural(self, p: _Plan) -> Callable | None:
+        """Specialized closures for shape ops applied to a tangent (``view``, ``chunk``, ``flatten``, ``[...]``)
+        and for ``+``/``−``/scalar ``×``/``÷`` -- the same results as :meth:`_node_tangent` (which substitutes
+        every argument template and costs tens of µs per node), or None where that rule has to decide."""
+        n, kind, j = p.node, p.kind, p.idx
+        args, kw = n.args, n.kwargs
+        ix = self.index
+        if not args or not isinstance(args[0], fx.Node):
+            return None
+        others: list = []
+        fx.node.map_arg((args[1:], kw), others.append)
+        i = ix[args[0]]
+        f = p.fn
+
+        def _float_out(out):
+            return _is_float(out) or (isinstance(out, (tuple, list)) and any(_is_float(o) for o in out))
+
+        if kind == "linear_op" and not others and f not in (torch.cat, torch.stack, torch.concat, torch.hstack,
+                                                            torch.vstack, F.pad):
+            rest, kwd = tuple(args[1:]), dict(kw)
+            if isinstance(f, str):
+                def run(vals, tan, theta, d, saved):
+                    t = tan[i]
+                    if t is None or not _float_out(vals[j]):
+                        return None
+                    return getattr(t, f)(*rest, **kwd)
+            else:
+                def run(vals, tan, theta, d, saved):
+                    t = tan[i]
+                    if t is None or not _float_out(vals[j]):
+                        return None
+                    return f(t, *rest, **kwd)
+            return run
+        if kind == "func" and f is operator.getitem and not others and not kw and len(args) == 2:
+            idx = args[1]
+
+            def run(vals, tan, theta, d, saved):
+                t = tan[i]
+                if t is None or not _float_out(vals[j]):
+                    return None
+                a = vals[i]
+                if isinstance(a, (tuple, list)):
+                    return t[idx]
+                return t[idx] if isinstance(a, torch.Tensor) else None
+            return run
+        if kind == "func" and f in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2 and not kw \
+                and all(isinstance(a, (fx.Node, int, float)) and not isinstance(a, bool) for a in args):
+            ia = ix[args[0]]
+            ib = ix[args[1]] if isinstance(args[1], fx.Node) else None
+            neg = f in (operator.sub, torch.sub)
+
+            def run(vals, tan, theta, d, saved):
+                at = tan[ia]
+                bt = tan[ib] if ib is not None else None
+                if at is None and bt is None:
+                    return None
+                out = vals[j]
+                if not _float_out(out):
+                    return None
+                if bt is not None and neg:
+                    bt = -bt
+                return _fit(_add(at, bt), out)
+            return run
+        if kind == "func" and f in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2 and \
+                not kw and not others and isinstance(args[1], (int, float)) and not isinstance(args[1], bool):
+            c, div = args[1], f in (operator.truediv, torch.div)
+
+            def run(vals, tan, theta, d, saved):
+                t = tan[i]
+                if t is None or not _float_out(vals[j]):
+                    return None
+                return _fit(t / c if div else t * c, vals[j])
+            return run
+        return None
+
+    def _compile_affine_bn(self, p: _Plan, q: _Plan) -> Callable:
+        """Closure for a BatchNorm fed by the data-input layer ``q`` (:meth:`_find_affine_bn`): the fused rule
+        when the forward's batch statistics are available, else the layer's and the BN's rules in turn."""
+        j, i = p.idx, self.index[q.node.args[0]]
+        bn, lin = p.mod, q.mod
+        gn, gbn, wn, bname = p.prefix + "weight", p.prefix + "bias", q.prefix + "weight", q.prefix + "bias"
+        conv = q.kind == "conv"
+
+        def run(vals, tan, theta, d, saved):
+            dW, dlb, dg, dbeta = d.get(wn), d.get(bname), d.get(gn), d.get(gbn)
+            hd0 = tan[i]  # None (data) unless someone passed a direction for a buffer/input
+            if hd0 is None and dW is None and dlb is None and dg is None and dbeta is None:
+                return None
+            W, b, g = theta.get(wn, lin.weight), theta.get(bname, lin.bias), theta.get(gn, bn.weight)
+            st = saved.get(j)
+            batch_stats = bn.training or not bn.track_running_stats or bn.running_mean is None
+            x = vals[i]
+            if hd0 is None and st is not None and batch_stats:
+                return _affine_bn_t(lin, bn, x, W, b, dW, dlb, g, dg, dbeta, st)
+            # no saved statistics (a capture without autograd) or eval-mode BN: the two rules in turn, on the
+            # layer's output recomputed from θ_old (the capture does not keep it)
+            h = lin._conv_forward(x, W, b) if conv else F.linear(x, W, b)
+            hd = _conv_t(lin, x, hd0, W, dW, dlb, h) if conv else _linear_t(x, hd0, W, dW, dlb, h)
+            return _batch_norm_t(bn, h, hd, g, dg, dbeta, None, st)
+        return run
 
     # -------------------------------------------------------------- rules
     @staticmethod
@@ -938,8 +1208,10 @@ class Capture:
 
     def __init__(self, program: TangentProgram, vals: tuple, saved: dict):
         self.program, self.vals, self.saved = program, vals, saved
-        self.versions = [(v, v._version) for v in vals
-                         if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter)]
+        # parameters are excluded (the optimizer bumps their versions; their θ_old values are passed in).
+        # ``type(v) is torch.Tensor`` first: nn.Parameter's isinstance check runs Python code
+        self.versions = [(v, v._version) for v in vals if type(v) is torch.Tensor or (
+            isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter))]
 
     def stale(self) -> bool:
         return any(v._version != ver for v, ver in self.versions)
