@@ -15,11 +15,13 @@ which is exactly the paper's ``p̃ = s·p``; the optimizer's internal state (mom
 is left as the optimizer computed it.  A step whose ``ρ_a`` or ``‖p‖`` is NaN/Inf is *rejected*
 (``θ ← θ_old``, ``status="rejected_nonfinite"``) -- it is never certified.
 
-Cost.  The controller snapshots θ_old in a pre-step hook (one ``foreach`` copy) and needs the batch the
-gradient came from: by default a forward hook records the inputs *and logits* of the last forward run with
-autograd enabled, so nothing is recomputed.  ``method="fd"`` then needs one extra forward without autograd
-(``a ≈ (z(θ_old + ε v̂) − z)/ε``, an *estimate*).  ``method="jvp"`` (default) computes the exact JVP
-``a = J_z(θ_old)·p`` (per-step records labelled ``certified`` for the logit-linearized loss on the batch):
+Cost.  The controller snapshots θ_old in a pre-step hook (one ``foreach`` copy into a flat buffer
+allocated once; ``p`` and its float64 norm are then one kernel each) and needs the batch the gradient came
+from: the inputs *and logits* of the last forward run with autograd enabled are recorded (by the capture
+wrapper below, else by a forward hook), so nothing is recomputed.  ``method="fd"`` then needs one extra
+forward without autograd (``a ≈ (z(θ_old + ε v̂) − z)/ε``, an *estimate*).  ``method="jvp"`` (default)
+computes the exact JVP ``a = J_z(θ_old)·p`` (per-step records labelled ``certified`` for the
+logit-linearized loss on the batch):
 
 * ``engine="auto"`` (default) / ``"tangent"``: the training forward itself runs through the module's
   ``torch.fx`` trace (same operations, same numbers; :mod:`certify.tangent`), its node values -- the
@@ -182,7 +184,7 @@ class SafeStepController:
         if method == "fd" and any(p.dtype not in (torch.float32, torch.float64) for p in self._params):
             raise InvalidArgumentError("method='fd' needs float32/float64 parameters (a finite difference in half "
                                        "precision is meaningless); use method='jvp', which runs in float32")
-        self._old: list[torch.Tensor] | None = None
+        self._old: list[torch.Tensor] | None = None   # θ_old snapshot (views of one flat buffer, see _alloc)
         self._new: list[torch.Tensor] | None = None
         self._bufsave: list[torch.Tensor] = []
         self.engine = engine
@@ -210,9 +212,10 @@ class SafeStepController:
         self._handles.append(self.optimizer.register_step_pre_hook(self._pre))
         self._handles.append(self.optimizer.register_step_post_hook(self._post))
         if self.capture == "forward":
-            self._handles.append(self.logits_module.register_forward_hook(self._on_forward, with_kwargs=True))
             if self.method == "jvp" and self.engine != "functorch":
                 self._install_forward()
+            if self._orig_forward is None:  # the capture wrapper records the batch itself (no hook dispatch)
+                self._handles.append(self.logits_module.register_forward_hook(self._on_forward, with_kwargs=True))
         return self
 
     def detach(self) -> None:
@@ -241,6 +244,11 @@ class SafeStepController:
     def _capture_call(self, mod: nn.Module, orig: Callable, args: tuple, kwargs: dict) -> Any:
         if self._busy or not torch.is_grad_enabled() or self._orig_forward is None:
             return orig(*args, **kwargs)
+        out = self._capture_forward(mod, orig, args, kwargs)
+        self._record_batch(args, kwargs, out)  # what the forward hook records when no wrapper is installed
+        return out
+
+    def _capture_forward(self, mod: nn.Module, orig: Callable, args: tuple, kwargs: dict) -> Any:
         self._cap = None
         try:
             prog = cached_program(mod, self._programs, compile=self.compile_tangent)
@@ -317,6 +325,9 @@ class SafeStepController:
     def _on_forward(self, module, args, kwargs, output) -> None:
         if self._busy or not torch.is_grad_enabled():
             return
+        self._record_batch(args, kwargs, output)
+
+    def _record_batch(self, args: tuple, kwargs: dict, output: Any) -> None:
         try:
             z = self.logits_fn(output).detach()
         except InvalidArgumentError:
@@ -325,13 +336,33 @@ class SafeStepController:
                        {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}, z)
 
     # ------------------------------------------------------------------ hooks
+    def _alloc(self) -> None:
+        """Step buffers, allocated once: θ_old and p = θ_new − θ_old (and a scratch for the applied step).
+        When all controlled parameters share one device and dtype each buffer is one flat vector whose views
+        have the parameters' shapes, so p and its norm are single kernels instead of one per tensor."""
+        ps = self._params
+        if len({(p.device, p.dtype) for p in ps}) == 1:
+            n = sum(p.numel() for p in ps)
+            flats = [torch.empty(n, dtype=ps[0].dtype, device=ps[0].device) for _ in range(3)]
+            views = []
+            for f in flats:
+                vs, o = [], 0
+                for p in ps:
+                    vs.append(f[o:o + p.numel()].view(p.shape))
+                    o += p.numel()
+                views.append(vs)
+            (self._old_flat, self._delta_flat, self._tmp_flat), (self._old, self._delta, self._tmp) = flats, views
+        else:
+            self._old_flat = self._delta_flat = self._tmp_flat = None
+            self._old, self._delta, self._tmp = ([torch.empty_like(p) for p in ps] for _ in range(3))
+        self._old_map = dict(zip(self._names, self._old))
+        self._delta_map = dict(zip(self._names, self._delta))
+
     def _pre(self, optimizer, args, kwargs) -> None:
         with torch.no_grad():
             if self._old is None:
-                self._old = [p.detach().clone() for p in self._params]
-                self._old_map = dict(zip(self._names, self._old))
-            else:
-                torch._foreach_copy_(self._old, [p.detach() for p in self._params])
+                self._alloc()
+            torch._foreach_copy_(self._old, self._params)
         # version counters at θ_old: a capture is θ_old's iff the parameters' versions then equal these
         # (also when the forward runs inside optimizer.step(closure), after this hook)
         self._pre_versions = [p._version for p in self._params]
@@ -341,10 +372,9 @@ class SafeStepController:
             raise InvalidArgumentError("SafeStepController: no batch seen before optimizer.step(); run the "
                                        "forward with autograd enabled or call controller.observe(x)")
         self._step += 1
-        cur = [p.detach() for p in self._params]
         with torch.no_grad():
-            delta = torch._foreach_sub(cur, self._old)
-            tau = _flat_norm64(delta)
+            delta = self._diff(self._delta, self._delta_flat)
+            tau = self._norm64(delta, self._delta_flat)
             rec = self._decide(delta, tau)
         self._cap = None  # the capture belongs to θ_old of this step only
         self.last = rec
@@ -353,6 +383,22 @@ class SafeStepController:
         if self.jsonl is not None:
             with self.jsonl.open("a") as f:
                 f.write(json.dumps(rec.to_dict()) + "\n")
+
+    def _diff(self, out: list[torch.Tensor], flat: torch.Tensor | None) -> list[torch.Tensor]:
+        """``out ← θ − θ_old`` (the current parameters minus the snapshot), in the preallocated buffer."""
+        torch._foreach_copy_(out, self._params)
+        if flat is not None:
+            flat.sub_(self._old_flat)
+        else:
+            torch._foreach_sub_(out, self._old)
+        return out
+
+    @staticmethod
+    def _norm64(ts: list[torch.Tensor], flat: torch.Tensor | None) -> float:
+        """‖·‖₂ accumulated in float64 (the same reduction as :func:`_flat_norm64`, without the concatenation)."""
+        if flat is not None and flat.numel() <= 1 << 22:
+            return float(torch.linalg.vector_norm(flat, dtype=torch.float64))
+        return _flat_norm64(ts)
 
     def _tangent_radius(self, delta: list[torch.Tensor], tau: float):
         """``a = J_z(θ_old)·p/τ`` from the captured training forward, or the reason it cannot be used."""
@@ -366,7 +412,7 @@ class SafeStepController:
         if self.model_mode != "as_is" and any(f != (self.model_mode == "train") for f in cap.program.flags):
             return None, f"model_mode={self.model_mode!r} differs from the training forward's mode"
         try:
-            _, a = cap.program.tangent(cap, self._old_map, dict(zip(self._names, delta)), self.logits_fn)
+            _, a = cap.program.tangent(cap, self._old_map, self._delta_map, self.logits_fn, consume=True)
         except Unsupported as e:
             return None, str(e)
         if a.dtype not in (torch.float32, torch.float64):
@@ -432,9 +478,10 @@ class SafeStepController:
         """θ ← θ_old + s·(θ_new − θ_old); returns the applied displacement ‖θ − θ_old‖ measured in float64."""
         cur = [p.detach() for p in self._params]
         torch._foreach_copy_(cur, self._old)
-        if s != 0.0:
-            torch._foreach_add_(cur, delta, alpha=s)
-        return _flat_norm64(torch._foreach_sub(cur, self._old)) if s != 0.0 else 0.0
+        if s == 0.0:
+            return 0.0
+        torch._foreach_add_(cur, delta, alpha=s)
+        return self._norm64(self._diff(self._tmp, self._tmp_flat), self._tmp_flat)
 
     def _decide(self, delta: list[torch.Tensor], tau: float) -> StepCertificate:
         common = dict(step=self._step, mode=self.mode, method=self.method, temperature=self.temperature)
