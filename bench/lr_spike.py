@@ -149,7 +149,21 @@ TIMING_ARMS = {  # arm -> SafeStepController kwargs (None: plain Adam)
     "jvp_compiled": dict(method="jvp", compile_tangent=True),    # exact, tangent pass through torch.compile
     "jvp_functorch": dict(method="jvp", engine="functorch"),     # exact, whole-model torch.func JVP (old path)
     "fd": dict(method="fd"),                                     # estimate: one extra forward
+    "no_tangent": dict(method="jvp"),                            # timing only: everything but the tangent pass
 }
+
+
+class _NoTangentController(SafeStepController):
+    """Timing only (arm ``no_tangent``, never a certificate): the default controller with its tangent pass
+    replaced by a zero logit tangent, so the step is applied unchanged (radius "unbounded") -- it measures
+    what the controller costs besides the tangent: the traced training forward and its capture, the θ_old
+    snapshot, p and its float64 norm, the radius reductions and the record."""
+
+    def _tangent_radius(self, delta, tau):
+        cap, self._cap = self._cap, None
+        if cap is None or self._batch is None or self._batch[2] is None:
+            return None, "no capture"
+        return torch.zeros_like(self._batch[2]) / tau, ""
 
 
 def gemm_macs(model: nn.Module, X: torch.Tensor) -> dict:
@@ -188,7 +202,8 @@ def time_overhead(arch: str, data, rounds: int, k: int, arms=tuple(TIMING_ARMS))
         m = ARCHS[arch]()
         o = torch.optim.Adam(m.parameters(), lr=1e-3)
         kw = TIMING_ARMS[arm]
-        c = None if kw is None else SafeStepController(m, o, keep_records=True, **kw)
+        cls = _NoTangentController if arm == "no_tangent" else SafeStepController
+        c = None if kw is None else cls(m, o, keep_records=True, **kw)
         setups[arm] = (m, o, c)
         wall[arm], cpu[arm] = [], []
 
@@ -308,6 +323,7 @@ def main():
                                   "divergent_seeds": sum(r["diverged"] for r in runs), "runs": runs}
             print(arch, arm, f"{results[arch][arm]['median_test_acc']:.1f}%", flush=True)
     timing = {}
+    load = os.getloadavg()
     for arch in ARCHS:
         timing[arch] = t = time_overhead(arch, data, args.timing_rounds,
                                          args.timing_steps_cnn if arch == "CNN+BN" else args.timing_steps)
@@ -399,7 +415,8 @@ def main():
               "(3 steps; includes the trace check and, for the compiled arm, compilation):", ""]
     for arch, t in timing.items():
         fb = {a: r for a, r in t["fallback_reasons"].items() if r}
-        lines.append(f"- {arch}: " + ", ".join(f"{a} -> {'/'.join(e)}" for a, e in t["engines"].items())
+        lines.append(f"- {arch}: " + ", ".join(f"{a} -> {'/'.join(e)}" for a, e in t["engines"].items()
+                                               if a != "no_tangent")
                      + "; warm-up s: " + ", ".join(f"{a} {v:.1f}" for a, v in t["warmup_s"].items())
                      + (f"; fallbacks: {fb}" if fb else ""))
     lines += ["", "### Lower bound for an exact tangent (GEMM multiply-accumulates per step)", "",
@@ -432,26 +449,44 @@ def main():
               + (", ".join(met) if met else "none") + "; otherwise not (last column). The finite difference "
               "(an estimate, not a certificate) is below it.",
               "- Floor: the tangent needs ~63-66% of a step's GEMM multiply-accumulates (table above), i.e. "
-              "about a backward pass. On this CPU the steps are not GEMM-bound but memory-bound in the "
-              "elementwise layers (LayerNorm/BatchNorm/GELU/ReLU on 1,437 x 64 (x 64) tensors): PyTorch's "
-              "backward runs each as one fused native kernel, while the eager tangent rules need several "
-              "unfused passes (LayerNorm about nine), and inside a step they run cache-cold right after the "
-              "backward and the optimizer -- compare the warm tangent pass with the in-step overhead. "
-              "`compile_tangent=True` fuses those passes (Inductor) and is the faster exact arm; it costs a "
-              "few seconds of compilation once per model and input shape.",
-              "- The remaining controller work besides the tangent (routing the forward through the trace, "
-              "θ_old snapshot, p = θ_new - θ_old, its float64 norm, the spread reduction, the record) measured "
-              "about 0.6 ms per step on MLP+LN/Transformer (about 15-18% of their 3.5-4.5 ms steps), mostly "
-              "small-tensor dispatch; on CNN+BN it is negligible.",
-              "- Allocator: with glibc defaults, the tangent pass's extra large tensors make the heap be "
-              "trimmed and page-faulted back in (visible on CNN+BN, where the jvp arm's backward also slows "
-              "down); the tuned-allocator table removes that effect for all arms.",
+              "about a backward pass. On this CPU the steps are not GEMM-bound but memory- and dispatch-bound "
+              "in the elementwise layers (LayerNorm/BatchNorm/GELU/ReLU on 1,437 x 64 (x 64) tensors). The "
+              "eager rules use PyTorch's backward kernels where the Jacobian is symmetric (LayerNorm: its "
+              "backward kernel plus four elementwise passes), let an activation overwrite the normalization "
+              "tangent it alone consumes, compute a data-input Conv/Linear followed by a train-mode BatchNorm "
+              "as one layer call (the batch reductions in closed form from the data's patch covariance) and "
+              "release cached activations during the pass; inside a step the pass still runs cache-cold right "
+              "after the backward and the optimizer -- compare the warm tangent pass with the in-step "
+              "overhead. `compile_tangent=True` fuses the elementwise chains (Inductor; Linear products as "
+              "batched GEMMs so that bias and partial sums are fused rather than copied into each product, "
+              "GELU's derivative from the forward's own output without erf) and is the faster exact arm; it "
+              "costs a few seconds of compilation once per model and input shape.",
+              "- The controller's work besides the tangent pass (arm `no_tangent`, timing only: the tangent is "
+              "replaced by a zero logit tangent; it keeps the traced forward and its capture, the θ_old "
+              "snapshot into a flat buffer, p and its float64 norm, the radius reductions and the record) "
+              "costs (cpu, default / tuned allocator) " + ", ".join(
+                  f"{arch} {100 * t['overhead_cpu']['no_tangent']:+.0f}% "
+                  f"({t['cpu_ms_per_step']['no_tangent'] - t['cpu_ms_per_step']['plain']:.2f} ms)"
+                  + (f" / {100 * timing_malloc[arch]['overhead_cpu']['no_tangent']:+.0f}%"
+                     if timing_malloc and "no_tangent" in timing_malloc.get(arch, {}).get("overhead_cpu", {}) else "")
+                  for arch, t in timing.items() if "no_tangent" in t["overhead_cpu"]) +
+              ". On MLP+LN/Transformer this is mostly Python and small-tensor dispatch running cache-cold "
+              "after the backward; on CNN+BN with the default allocator it also includes page faults that vary "
+              "from run to run (the capture keeps the activations the tangent reads past the backward, so the "
+              "backward's large gradients cannot reuse their memory), which the tuned allocator removes.",
+              "- Allocator: with glibc defaults, fresh large tensors (CNN+BN: 11.7 MB per activation) are "
+              "page-faulted in again whenever the heap was trimmed, so the CNN+BN numbers depend on the "
+              "allocation history of all arms (the jvp arm's backward slows down too). The tangent pass now "
+              "allocates fewer of them (BatchNorm outputs are not kept, activations are written in place, the "
+              "first conv+BN is one call, cached values are released during the pass); the tuned-allocator "
+              "table removes the effect for all arms.",
               "", "Paper (ResNet-18/CIFAR-10, GPU): +66% with finite differences, +129% with an exact JVP.", "",
               "Accuracy runs above: cached in lr_spike.runs.json, produced earlier with the whole-model functorch "
               "JVP; the tangent engine gives the same radii up to float rounding (tests/test_tangent.py compares "
               "them step by step), so they were not re-trained. The machine (2 cores) was shared with other "
-              "jobs during the timing (load average about 6-7): CPU-time medians are the robust numbers, and "
-              "repeated runs moved individual overheads by about +-10-20 points."]
+              f"jobs during the timing (1-minute load average {load[0]:.1f} when it started): CPU-time medians "
+              "are the robust numbers, and repeated runs moved individual overheads by several points (CNN+BN "
+              "with the default allocator: by 10-20)."]
     (rdir / "lr_spike.md").write_text("\n".join(lines) + "\n")
 
 
