@@ -177,17 +177,25 @@ def _jac_norms(module, x, p) -> torch.Tensor:
     return torch.linalg.matrix_norm(J, ord=ordp)
 
 
-def check_local_lipschitz(t: Tally, net, module, region, info, desc, rng):
+def _lipschitz_or_tally(t: Tally, family: str, label: str, net, region, **kw):
+    """``local_lipschitz(net, region, **kw)``, or None once the case is tallied: unsupported -> skipped; the
+    library's own ``lower <= upper`` self-check firing (RuntimeError) -> a violation."""
     from relax.lipschitz import local_lipschitz
+    try:
+        return local_lipschitz(net, region, **kw)
+    except (models.UnsupportedOperationError, NotImplementedError):
+        t.add(family, True, skipped=True)
+    except RuntimeError as exc:
+        t.add(family, False, f"{label}: {exc}")
+    return None
+
+
+def check_local_lipschitz(t: Tally, net, module, region, info, desc, rng):
     p = info[2]
     norm = {math.inf: "inf", 2: "2", 1: "1"}[p]
-    try:
-        res = local_lipschitz(net, region, norm=norm, attack_options={"steps": 10, "n_starts": 4, "n_samples": 128})
-    except (models.UnsupportedOperationError, NotImplementedError):
-        t.add("local_lipschitz", True, skipped=True)
-        return
-    except RuntimeError as exc:  # the library's own lower <= upper self-check fired: a violation
-        t.add("local_lipschitz", False, f"{desc} {norm} eps={info[1]:.3g}: {exc}")
+    res = _lipschitz_or_tally(t, "local_lipschitz", f"{desc} {norm} eps={info[1]:.3g}", net, region, norm=norm,
+                              attack_options={"steps": 10, "n_starts": 4, "n_samples": 128})
+    if res is None:
         return
     x = sample_region(info, 200, rng)
     m64 = module
@@ -245,17 +253,11 @@ def check_lipsdp(t: Tally, rng):
 def check_input_bab(t: Tally, net, module, region, info, desc, rng):
     """Input-space BaB (every activation, residual nets, l_inf boxes and l2/l1 balls) on a short budget:
     its anytime upper bound >= sampled Jacobian norms in the region, and >= its own lower estimate."""
-    from relax.lipschitz import local_lipschitz
     p = info[2]
     norm = {math.inf: "inf", 2: "2", 1: "1"}[p]
-    try:
-        res = local_lipschitz(net, region, norm=norm, bab="input", bab_timeout=0.3,
-                              attack_options={"steps": 5, "n_starts": 2, "n_samples": 64})
-    except (models.UnsupportedOperationError, NotImplementedError):
-        t.add("input_bab", True, skipped=True)
-        return
-    except RuntimeError as exc:
-        t.add("input_bab", False, f"{desc} {norm} eps={info[1]:.3g}: {exc}")
+    res = _lipschitz_or_tally(t, "input_bab", f"{desc} {norm} eps={info[1]:.3g}", net, region, norm=norm,
+                              bab="input", bab_timeout=0.3, attack_options={"steps": 5, "n_starts": 2, "n_samples": 64})
+    if res is None:
         return
     x = sample_region(info, 200, rng)
     truth = float(_jac_norms(module, x, p).max())
@@ -280,18 +282,13 @@ def _witness_ok(module, res, c, norm, contains) -> bool:
 def check_activation_bab(t: Tally, net, module, region, info, desc, rng):
     """Activation-splitting BaB (ReLU-type and switch activations: MaxMin, GroupSort incl. sorting networks,
     Householder) on a short budget: anytime upper >= sampled gradient norms; an `exact` claim is attained."""
-    from relax.lipschitz import local_lipschitz
     p = info[2]
     norm = {math.inf: "inf", 2: "2", 1: "1"}[p]
     c = None if rng.random() < 0.5 else torch.tensor(rng.standard_normal(net.output_shape[0]), dtype=torch.float64)
-    try:
-        res = local_lipschitz(net, region, norm=norm, c=c, bab="activation", bab_timeout=0.5,
+    res = _lipschitz_or_tally(t, "activation_bab", f"{desc} {norm} eps={info[1]:.3g}", net, region, norm=norm, c=c,
+                              bab="activation", bab_timeout=0.5,
                               attack_options={"steps": 5, "n_starts": 2, "n_samples": 64})
-    except (models.UnsupportedOperationError, NotImplementedError):
-        t.add("activation_bab", True, skipped=True)
-        return
-    except RuntimeError as exc:
-        t.add("activation_bab", False, f"{desc} {norm} eps={info[1]:.3g}: {exc}")
+    if res is None:
         return
     x = sample_region(info, 200, rng)
     J = _jacobians(module, x)

@@ -19,31 +19,13 @@ from torch import nn
 
 from certify.ghosts import logit_jvp
 from certify.tangent import TangentProgram, tangent_jvp
+from test_tangent import _fd64  # the float64 central difference of the model's own forward (one helper)
 
 
 def _direction(m, seed=1, skip=()):
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in m.named_parameters()
             if p.requires_grad and k not in skip}
-
-
-def _fd64(m, x, d, h=1e-6):
-    """Central finite difference of the float64 copy's own forward along d (buffers restored)."""
-    m64 = copy.deepcopy(m).double()
-    bufs = [b.clone() for b in m64.buffers()]
-    base = {k: p.detach().clone() for k, p in m64.named_parameters()}
-    xd = x.double()
-
-    def at(s):
-        with torch.no_grad():
-            for k, p in m64.named_parameters():
-                p.copy_(base[k] + s * d[k].double() if k in d else base[k])
-            out = m64(xd)
-            for b, s0 in zip(m64.buffers(), bufs):
-                b.copy_(s0)
-            return out
-
-    return (at(h) - at(-h)) / (2 * h)
 
 
 def _engine(m, x, d, grad=True):
