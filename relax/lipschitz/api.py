@@ -141,7 +141,6 @@ def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
             or (operator and norm != "inf"))
 
 
-
 def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "crown", forward: str = "auto",
                     bab_timeout: float = 0.0, attack: bool = True, attack_options: dict | None = None,
                     bab_options: dict | None = None, sdp_solver: str = "CLARABEL",
@@ -164,8 +163,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       activations' switches), anytime; when it finishes with an attained maximum, ``exact`` is True.
     * ``bab``: which branch-and-bound ``bab_timeout > 0`` runs: "activation" (above), "input"
       (input-space splitting, :mod:`.bab_input`: every activation, l_inf boxes and l2/l1 balls; best
-      for few inputs) or "auto" (input splitting for smooth activations, residual nets, l2 norms, or
-      ReLU/LeakyReLU chains with <= 3 inputs; activation splitting otherwise).  ``bab_options`` go to the chosen engine.
+      for few inputs) or "auto" (input splitting for smooth activations, l2 norms, or ReLU/LeakyReLU
+      chains with <= 3 inputs; activation splitting otherwise, residual nets included).  ``bab_options`` go to the chosen engine.
     """
     t0 = time.perf_counter()
     norm = parse_norm(norm)
