@@ -29,9 +29,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402
-from relax import Ball, compute_bounds  # noqa: E402
-from relax.verify import margin_spec, pgd_attack  # noqa: E402
+from nncertify import models  # noqa: E402
+from nncertify.relax import Ball, compute_bounds  # noqa: E402
+from nncertify.relax.verify import margin_spec, pgd_attack  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mnist"
 OUT = ROOT / "bench" / "results"
@@ -84,7 +84,7 @@ def mnist_models():
 
 
 def zoo_models():
-    from models import zoo
+    from nncertify.models import zoo
     names = zoo.available()
     if not names:
         return {}, "models/zoo/*.json not present: zoo rows skipped"

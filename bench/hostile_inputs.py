@@ -140,7 +140,7 @@ def make_inputs(d: Path, marker: Path) -> list[tuple[str, list[str]]]:
 
 
 def _random_relu(widths, seed=0):
-    from models.trace import from_module
+    from nncertify.models.trace import from_module
     torch.manual_seed(seed)
     mods = []
     for a, b in zip(widths[:-1], widths[1:]):
@@ -157,9 +157,9 @@ def resource_limits() -> list[dict]:
     16-64-64-10 ReLU network (does not finish in 60 s); its anytime bound must stay >= the attack's
     lower estimate.  Domain cap: ``bab_options={"max_domains": ...}``.
     """
-    import sdp
-    from models.zoo import load_zoo
-    from relax.lipschitz import local_lipschitz
+    from nncertify import sdp
+    from nncertify.models.zoo import load_zoo
+    from nncertify.relax.lipschitz import local_lipschitz
     out = []
     net = load_zoo("digits_maxmin_mlp").network
     lower = sdp.sampled_lower_bound(net, norm=2, n=500).value
@@ -185,8 +185,8 @@ def resource_limits() -> list[dict]:
                     "outcome": f"{r.status}, upper {r.upper:.4g} >= attack {r.lower:.4g}", "sound": sound,
                     "pass": sound and el <= 1.05 * T})
         print(out[-1], flush=True)
-    from models.layers import MaxMin
-    from models.trace import from_module
+    from nncertify.models.layers import MaxMin
+    from nncertify.models.trace import from_module
     torch.manual_seed(1)
     mm = from_module(nn.Sequential(nn.Linear(8, 32), MaxMin(), nn.Linear(32, 32), MaxMin(),
                                    nn.Linear(32, 2)).double().eval(), (8,))
@@ -235,7 +235,7 @@ def run_cli_cases() -> list[dict]:
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         for what, args in cases:
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "certify.cli", *args], capture_output=True, text=True,
+            r = subprocess.run([sys.executable, "-m", "nncertify", *args], capture_output=True, text=True,
                                timeout=600, env=env, cwd=ROOT)
             err = [l for l in r.stderr.strip().splitlines() if l.strip()]
             usage = r.stderr.startswith("Usage:")

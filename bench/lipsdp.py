@@ -33,10 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import sdp  # noqa: E402
-from models.matlab import load_pauli_mat  # noqa: E402
-from sdp.baselines import certified_mp  # noqa: E402
-from sdp.structure import extract  # noqa: E402
+from nncertify import sdp  # noqa: E402
+from nncertify.models.matlab import load_pauli_mat  # noqa: E402
+from nncertify.sdp.baselines import certified_mp  # noqa: E402
+from nncertify.sdp.structure import extract  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pauli2024_maxmin"
 PUBLISHED = {("weights_l2_18fc_32", 2): 17432, ("weights_l2_18fc_128", 2): 24271, ("weights_l2_18fc_128", "inf"): 1.97e5}

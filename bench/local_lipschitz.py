@@ -35,9 +35,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402
-from relax.lipschitz import local_lipschitz  # noqa: E402
-from relax.lipschitz.exact import exact_local_lipschitz  # noqa: E402
+from nncertify import models  # noqa: E402
+from nncertify.relax.lipschitz import local_lipschitz  # noqa: E402
+from nncertify.relax.lipschitz.exact import exact_local_lipschitz  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "results"
@@ -132,7 +132,7 @@ def mnist_models():
 
 def zoo_models():
     """The package's own zoo (sklearn digits, 64 inputs): eps = 0.02 around test sample 0, clipped to [0, 1]."""
-    from models.zoo import digits, load_zoo
+    from nncertify.models.zoo import digits, load_zoo
     X, _ = digits("test", dtype=torch.float64)
     x = X[:1].reshape(1, -1)
     box = ((x - 0.02).clamp(0, 1), (x + 0.02).clamp(0, 1))
@@ -205,8 +205,8 @@ def run_one(name, module, box, bab_timeout, exact_limit):
 
 def run_l2(name, module, box):
     """l2 input norm, max over outputs of sup ||grad f_j||_2: naive, CROWN box bound, local / global LipSDP."""
-    from relax.lipschitz.chain import dense_chain
-    from relax.lipschitz.lipsdp_local import lipsdp_bound
+    from nncertify.relax.lipschitz.chain import dense_chain
+    from nncertify.relax.lipschitz.lipsdp_local import lipsdp_bound
     net = models.from_module(module)
     row = {"model": name}
     for meth in ("naive", "crown", "lipsdp"):

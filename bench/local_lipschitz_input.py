@@ -32,9 +32,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402
-from models.layers import GroupSort, HouseholderActivation, MaxMin, Residual  # noqa: E402
-from relax.lipschitz import local_lipschitz  # noqa: E402
+from nncertify import models  # noqa: E402
+from nncertify.models.layers import GroupSort, HouseholderActivation, MaxMin, Residual  # noqa: E402
+from nncertify.relax.lipschitz import local_lipschitz  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 

@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)  # the machine is shared: one thread avoids oversubscription stalls
-from certify.controller import SafeStepController  # noqa: E402
+from nncertify.certify.controller import SafeStepController  # noqa: E402
 
 PUBLISHED = {"MLP+LN": (44.6, 51.5, 93.9), "CNN+BN": (13.4, 10.3, 71.6), "Transformer": (31.8, 38.7, 95.3)}
 
@@ -229,7 +229,7 @@ def time_overhead(arch: str, data, rounds: int, k: int, arms=tuple(TIMING_ARMS))
     # cache misses it meets inside a step (right after the backward and the optimizer)
     iso = None
     if "jvp" in setups:
-        from certify.ghosts import _first_tensor
+        from nncertify.certify.ghosts import _first_tensor
         m, _, c = setups["jvp"]
         prog = next((p for p in c._programs.values() if hasattr(p, "tangent")), None)
         if prog is not None:

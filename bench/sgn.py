@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)  # the machine is shared: one thread avoids oversubscription stalls
-from certify.games import Box, QuadraticGame, certify_game, sgn_margin  # noqa: E402
-from certify.games.certificate import certify_from_constants  # noqa: E402
-from certify.games.markov import coordination_game, find_equilibrium, fisher_constants  # noqa: E402
+from nncertify.certify.games import Box, QuadraticGame, certify_game, sgn_margin  # noqa: E402
+from nncertify.certify.games.certificate import certify_from_constants  # noqa: E402
+from nncertify.certify.games.markov import coordination_game, find_equilibrium, fisher_constants  # noqa: E402
 
 RK4_COEF = [1 / 24, 1 / 6, 1 / 2, 1, 1]
 

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import models
-import relax
-from models import GroupSort, HouseholderActivation, MaxMin, Residual
+from nncertify import models
+from nncertify import relax
+from nncertify.models import GroupSort, HouseholderActivation, MaxMin, Residual
 
 ACTS = ("relu", "leaky_relu", "tanh", "sigmoid", "maxmin", "groupsort", "householder")
 
@@ -180,7 +180,7 @@ def _jac_norms(module, x, p) -> torch.Tensor:
 def _lipschitz_or_tally(t: Tally, family: str, label: str, net, region, **kw):
     """``local_lipschitz(net, region, **kw)``, or None once the case is tallied: unsupported -> skipped; the
     library's own ``lower <= upper`` self-check firing (RuntimeError) -> a violation."""
-    from relax.lipschitz import local_lipschitz
+    from nncertify.relax.lipschitz import local_lipschitz
     try:
         return local_lipschitz(net, region, **kw)
     except (models.UnsupportedOperationError, NotImplementedError):
@@ -206,8 +206,8 @@ def check_local_lipschitz(t: Tally, net, module, region, info, desc, rng):
 
 def check_bab_exact(t: Tally, rng):
     """Tiny ReLU nets: BaB to completion equals the MILP oracle; both >= sampled gradients."""
-    from relax.lipschitz import local_lipschitz
-    from relax.lipschitz.exact import exact_local_lipschitz
+    from nncertify.relax.lipschitz import local_lipschitz
+    from nncertify.relax.lipschitz.exact import exact_local_lipschitz
     torch.manual_seed(int(rng.integers(0, 2 ** 31)))
     n_in, w = int(rng.integers(2, 5)), int(rng.integers(3, 7))
     module = nn.Sequential(nn.Linear(n_in, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2)).double().eval()
@@ -230,7 +230,7 @@ def check_bab_exact(t: Tally, rng):
 
 
 def check_lipsdp(t: Tally, rng):
-    import sdp
+    from nncertify import sdp
     module, net, desc = random_network(rng, max_width=16, max_depth=3)
     if sum(int(np.prod(n.shape)) for n in net.nodes if n.op in models.ACTIVATIONS) > 48:
         t.add("lipsdp", True, skipped=True)
@@ -306,7 +306,7 @@ def check_activation_bab(t: Tally, net, module, region, info, desc, rng):
 def check_apex(t: Tally, rng):
     """Bias-free (positively homogeneous) nets over a box holding 0: the shell reduction's upper bound
     >= gradient norms sampled in the whole box (incl. near 0); an `exact` claim is attained."""
-    from relax.lipschitz import local_lipschitz
+    from nncertify.relax.lipschitz import local_lipschitz
     torch.manual_seed(int(rng.integers(0, 2 ** 31)))
     kind = str(rng.choice(["relu", "leaky_relu", "maxmin", "groupsort", "householder"]))
     n_in, w = int(rng.integers(2, 5)), int(rng.choice([4, 8, 12]))
@@ -332,7 +332,7 @@ def check_apex(t: Tally, rng):
 def check_lipsdp_linf(t: Tally, rng):
     """l_inf LipSDP (first-order path of sdp/linf.py, lifted and NSR) of a random scalar output c^T f:
     certified value >= max over samples of ||grad c^T f||_1."""
-    import sdp
+    from nncertify import sdp
     module, net, desc = random_network(rng, max_width=16, max_depth=3)
     q = net.output_shape[0]
     c = torch.tensor(rng.standard_normal(q))
@@ -369,7 +369,7 @@ def _nearest_zero(z: np.ndarray, a: np.ndarray) -> float:
 
 
 def check_ghosts(t: Tally, rng):
-    from certify.ghosts import exact_binary_radii, radius_from_dlogits
+    from nncertify.certify.ghosts import exact_binary_radii, radius_from_dlogits
     n = int(rng.integers(2, 7))
     z = rng.standard_normal(n) * float(rng.choice([0.3, 2, 6]))
     a = rng.integers(0, 5, size=n).astype(float)
@@ -384,7 +384,7 @@ def check_ghosts(t: Tally, rng):
 
 
 def check_sgn(t: Tally, rng):
-    from certify.games import QuadraticGame, certify_game
+    from nncertify.certify.games import QuadraticGame, certify_game
     N = int(rng.integers(2, 5))
     dims = [int(d) for d in rng.integers(1, 4, size=N)]
     d = sum(dims)

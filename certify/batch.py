@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable
 
-from models.errors import InvalidArgumentError, NNCertifyError
+from ..models.errors import InvalidArgumentError, NNCertifyError
 
 PER_SAMPLE_TASKS = ("robustness", "lipschitz")
 TASKS = ("robustness", "lipschitz", "global", "steps")

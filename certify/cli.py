@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from models.errors import InvalidArgumentError, NNCertifyError
+from ..models.errors import InvalidArgumentError, NNCertifyError
 
 EXIT_OK, EXIT_NOT_CERTIFIED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 4
 
@@ -69,7 +69,7 @@ def _emit(cert, json_path: Optional[Path]) -> None:
 @app.command()
 def zoo():
     """List the models shipped with the package (trained on scikit-learn digits)."""
-    from models import zoo as z
+    from ..models import zoo as z
     for name in z.available():
         info = z.info(name)
         typer.echo(f"{name:<26} test acc {info['meta']['test_accuracy']:.3f}  {info.get('description', '')}")

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from models.errors import InvalidArgumentError
+from ..models.errors import InvalidArgumentError
 from .ghosts import _first_tensor, logit_fd, logit_jvp, radius_from_dlogits
 from .tangent import Unsupported, cached_program
 

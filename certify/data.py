@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.errors import DataLoadError
+from ..models.errors import DataLoadError
 
 _X_KEYS = ("x", "X", "data", "inputs", "images")
 _Y_KEYS = ("y", "Y", "labels", "label", "targets", "target")

@@ -46,7 +46,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call
 
-from models.errors import InvalidArgumentError, ShapeMismatchError
+from ..models.errors import InvalidArgumentError, ShapeMismatchError
 
 PI = math.pi
 _MARGIN = {torch.float64: 1e-10, torch.float32: 1e-4}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from models.errors import DataLoadError, InvalidArgumentError, ModelLoadError
+from ..models.errors import DataLoadError, InvalidArgumentError, ModelLoadError
 
 from .records import (Certificate, GameResult, LipschitzResult, RobustnessResult, SampleVerdict, StepRadiusResult,
                       make_certificate, model_ref)
@@ -62,7 +62,7 @@ def parse_clip(clip) -> tuple[float, float] | None:
 # ------------------------------------------------------------------------------------------ resolution
 def resolve_model(spec, arch=None, input_shape=None, trust_pickle: bool = False):
     """A model file path, ``zoo:NAME`` or a bare zoo name -> ``models.LoadedModel``."""
-    from models import load_model, zoo
+    from ..models import load_model, zoo
     s = str(spec)
     name = s[4:] if s.startswith("zoo:") else s
     if s.startswith("zoo:") or (not Path(s).exists() and name in zoo.available()):
@@ -78,7 +78,7 @@ def resolve_data(data, net, labels=None, limit: int | None = None):
     if limit is not None and limit <= 0:
         raise InvalidArgumentError(f"--limit must be positive, got {limit}")
     if data is None or str(data) == "zoo:digits":
-        from models.zoo import digits
+        from ..models.zoo import digits
         if int(torch.tensor(net.input_shape).prod()) != 64:
             raise DataLoadError(f"the default digits data (64 features) does not fit a model with input "
                                 f"{net.input_shape}; give --data")
@@ -93,7 +93,7 @@ def resolve_data(data, net, labels=None, limit: int | None = None):
 # ------------------------------------------------------------------------------------------ tasks
 def task_global(lm, norm="2", solver="auto", method="auto", time_limit=None, lower_samples: int = 2000) -> Certificate:
     """Global Lipschitz bound of the whole network (l2 -> l2), or per output (l_inf -> |.|, max over outputs)."""
-    import sdp
+    from .. import sdp
     norm = parse_norm(norm, ("2", "inf"))
     if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
         raise InvalidArgumentError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
@@ -162,10 +162,10 @@ def _product_bound(net, norm: str) -> float | None:
 
     ``None`` for networks that are not chains (residual): there the SDP bound is reported alone.
     """
-    from models.errors import UnsupportedOperationError
-    from relax.lipschitz.api import certified
-    from relax.lipschitz.chain import dense_chain
-    from relax.lipschitz.naive import naive_product
+    from ..models.errors import UnsupportedOperationError
+    from ..relax.lipschitz.api import certified
+    from ..relax.lipschitz.chain import dense_chain
+    from ..relax.lipschitz.naive import naive_product
     try:
         chain = dense_chain(net.to(torch.float64))
     except (UnsupportedOperationError, ValueError):
@@ -176,8 +176,8 @@ def _product_bound(net, norm: str) -> float | None:
 
 def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, output: int | None = None,
                    index: int | None = None, clip=None, bab: str = "auto") -> Certificate:
-    from relax import Ball
-    from relax.lipschitz import local_lipschitz
+    from ..relax import Ball
+    from ..relax.lipschitz import local_lipschitz
     eps = check_eps(eps)
     norm = parse_norm(norm)
     net = lm.network
@@ -214,7 +214,7 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
 
 def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0, 1.0), radius: bool = True,
                     radius_iters: int = 8) -> Certificate:
-    from relax import verify_robustness
+    from ..relax import verify_robustness
     eps = check_eps(eps)
     norm = parse_norm(norm)
     if method not in ("ibp", "crown", "alpha-crown"):
@@ -249,7 +249,7 @@ def certified_radii(net, X, y, norm: str, clip, iters: int = 8, hi: float = 0.1,
     Doubling from ``hi`` while samples stay verified, then bisection, batched over samples; only
     radii at which verification succeeded are kept, so each reported radius is itself certified.
     """
-    from relax import Ball, compute_bounds, margin_spec
+    from ..relax import Ball, compute_bounds, margin_spec
     p = {"inf": math.inf, "2": 2, "1": 1}[norm]
     B = X.shape[0]
     C, _ = margin_spec(y, net.output_shape[0], dtype=net.dtype)
@@ -333,7 +333,7 @@ def _engine_notes(recs: list[dict]) -> list[str]:
 def demo_training_run(steps: int = 60, spike_at: int = 30, spike: float = 1000.0):
     """A short Adam run on digits with a learning-rate spike, under the safe-step controller."""
     from torch import nn
-    from models.zoo import digits
+    from ..models.zoo import digits
     from .controller import SafeStepController
     Xtr, ytr = digits("train")
     torch.manual_seed(0)
@@ -369,7 +369,7 @@ def task_game(factory: str, mode: str = "certified") -> Certificate:
     else:
         if ":" not in factory:
             raise InvalidArgumentError(f"{factory!r}: expected MODULE:FACTORY (or 'toy')")
-        from models.factory import import_callable
+        from ..models.factory import import_callable
         f = import_callable(factory, "game factory", InvalidArgumentError)
         out = f()
         game, region = out if isinstance(out, tuple) else (out, None)

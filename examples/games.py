@@ -5,7 +5,7 @@ A factory returns a game, or ``(game, region)`` for games whose constants hold o
 
 import numpy as np
 
-from certify.games import QuadraticGame
+from nncertify.certify.games import QuadraticGame
 
 
 def toy():

@@ -1,5 +1,9 @@
 """nncertify.models: what a network is (the normalized description) and how it is loaded."""
 
+if not __name__.startswith("nncertify."):  # the source folder imported as a top-level name
+    raise ImportError(f"the models/ folder is the package nncertify.models: import it as nncertify.models "
+                      f"(found as {__name__!r} via {__file__})")
+
 from .errors import (DataLoadError, InvalidArgumentError, ModelLoadError, NNCertifyError, ShapeMismatchError,
                      UnsupportedOperationError, UntrustedPickleError)
 from .graph import AFFINE_OPS, Network, Node, Stage, affine_matrix, chain_stages

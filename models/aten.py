@@ -20,8 +20,12 @@ from .graph import Network, Node
 
 aten = torch.ops.aten
 
-_GROUP_TYPES = {"models.layers.MaxMin": "maxmin", "models.layers.GroupSort": "groupsort",
-                "models.layers.HouseholderActivation": "householder", "models.layers.Normalize": "normalize"}
+_GROUP_KINDS = {"MaxMin": "maxmin", "GroupSort": "groupsort", "HouseholderActivation": "householder",
+                "Normalize": "normalize"}
+# the module type names torch.export records in nn_module_stack: this package's (nncertify.models.layers.X)
+# and those of programs exported before the nncertify import root existed (models.layers.X)
+_GROUP_TYPES = {f"{prefix}.{cls}": kind for cls, kind in _GROUP_KINDS.items()
+                for prefix in (f"{__package__}.layers", "models.layers")}
 _IDENTITY = {aten.clone.default, aten.contiguous.default, aten.dropout.default, aten.alias.default,
              aten.to.dtype, aten._to_copy.default, aten.detach.default}
 _SKIP = {aten._assert_tensor_metadata.default, aten.sym_size.int, aten._assert_scalar.default}

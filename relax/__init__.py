@@ -35,6 +35,10 @@ Every bound is sound for all inputs in the set (see relax/engine.py for the floa
 IBP in float64 rounded outward, CROWN widened by a rounding margin, CROWN intersected with IBP).
 """
 
+if not __name__.startswith("nncertify."):  # the source folder imported as a top-level name
+    raise ImportError(f"the relax/ folder is the package nncertify.relax: import it as nncertify.relax "
+                      f"(found as {__name__!r} via {__file__})")
+
 from .engine import BoundResult, compute_bounds
 from .sets import Ball, Box
 

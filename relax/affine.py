@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.errors import UnsupportedOperationError
+from ..models.errors import UnsupportedOperationError
 
 
 def _conv_params(node):

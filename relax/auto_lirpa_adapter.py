@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.errors import UnsupportedOperationError
-from models.graph import Network
+from ..models.errors import UnsupportedOperationError
+from ..models.graph import Network
 
 from .engine import compute_bounds
 from .sets import Box

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.errors import InvalidArgumentError, ShapeMismatchError
-from models.graph import Network
+from ..models.errors import InvalidArgumentError, ShapeMismatchError
+from ..models.graph import Network
 
 from .affine import AFFINE_HANDLERS
 from .lowering import LNode, lower

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.errors import UnsupportedOperationError
-from models.graph import Network, Node
+from ..models.errors import UnsupportedOperationError
+from ..models.graph import Network, Node
 
 from .activations import ACTIVATION_RELAXATIONS
 from .affine import AFFINE_HANDLERS

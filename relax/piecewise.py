@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from models.errors import ShapeMismatchError
+from ..models.errors import ShapeMismatchError
 
 
 class CompareExchange:

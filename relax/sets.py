@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.errors import InvalidArgumentError, ShapeMismatchError
+from ..models.errors import InvalidArgumentError, ShapeMismatchError
 
 
 def _norm_p(p) -> float:

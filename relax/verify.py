@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.errors import InvalidArgumentError, ShapeMismatchError
-from models.graph import Network
+from ..models.errors import InvalidArgumentError, ShapeMismatchError
+from ..models.graph import Network
 
 from .engine import compute_bounds
 from .sets import Ball, _norm_p

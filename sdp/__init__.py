@@ -7,6 +7,10 @@ norm="inf" with solver="FIRST_ORDER" uses the exact l_inf -> l2-chain reduction 
 LipSDP-Network is not provided (unsound for ReLU).
 """
 
+if not __name__.startswith("nncertify."):  # the source folder imported as a top-level name
+    raise ImportError(f"the sdp/ folder is the package nncertify.sdp: import it as nncertify.sdp "
+                      f"(found as {__name__!r} via {__file__})")
+
 from .api import METHODS, lipschitz_bound, margin_lipschitz, sampled_lower_bound
 from .baselines import certified_mp
 from .implicit import implicit_lipschitz_bound

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import torch
 
-from models.errors import InvalidArgumentError, UnsupportedOperationError
-from models.graph import Network
+from ..models.errors import InvalidArgumentError, UnsupportedOperationError
+from ..models.graph import Network
 
 from . import solve as _solve
 from . import verify as V

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from models.errors import InvalidArgumentError, UnsupportedOperationError
+from ..models.errors import InvalidArgumentError, UnsupportedOperationError
 
 from . import verify as V
 from .structure import LayerList

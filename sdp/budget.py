@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from models.errors import InvalidArgumentError
+from ..models.errors import InvalidArgumentError
 
 from .certificate import SDPCertificate
 
@@ -43,7 +43,7 @@ def _context():
         if _CTX is None:
             try:
                 ctx = mp.get_context("forkserver")
-                ctx.set_forkserver_preload(["sdp.api"])
+                ctx.set_forkserver_preload([f"{__package__}.api"])
             except ValueError:  # platforms without fork (Windows): a fresh interpreter per solve
                 ctx = mp.get_context("spawn")
             _CTX = ctx

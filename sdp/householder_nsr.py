@@ -20,7 +20,7 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 
-from models.errors import UnsupportedOperationError
+from ..models.errors import UnsupportedOperationError
 
 from . import solve as _solve
 from . import verify as V

@@ -25,7 +25,7 @@ import time
 import cvxpy as cp
 import numpy as np
 
-from models.errors import InvalidArgumentError
+from ..models.errors import InvalidArgumentError
 
 from . import solve as _solve
 from . import verify as V

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cvxpy as cp
 
-from models.errors import InvalidArgumentError
+from ..models.errors import InvalidArgumentError
 
 CLARABEL_MAX_CONE = 40   # measured: 2 x 64-cones took 77 s in CLARABEL vs 1.2 s in SCS (eps 1e-7)
 SOLVERS = ("MOSEK", "CLARABEL", "SCS", "CVXOPT")

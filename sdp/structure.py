@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from models.errors import InvalidArgumentError, UnsupportedOperationError
-from models.graph import AFFINE_OPS, Network, affine_matrix
+from ..models.errors import InvalidArgumentError, UnsupportedOperationError
+from ..models.graph import AFFINE_OPS, Network, affine_matrix
 
 SLOPE_RESTRICTED = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
 GROUP_ACTS = ("maxmin", "groupsort", "householder")

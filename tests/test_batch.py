@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from certify.batch import expand_plan, read_done, run_batch
+from nncertify.certify.batch import expand_plan, read_done, run_batch
 
 PLAN = {"models": ["digits_relu_mlp", "digits_maxmin_mlp"],
         "tasks": [{"task": "global", "method": "product", "norm": "2", "lower_samples": [200, 400, 600]}],
@@ -27,7 +27,7 @@ def test_expand_plan_is_deterministic_and_validated():
     rob = expand_plan({"models": ["m"], "tasks": [{"task": "robustness", "eps": [0.1, 0.2]}], "samples": 50,
                        "chunk": 20})
     assert [(u["start"], u["stop"]) for u in rob] == [(0, 20), (20, 40), (40, 50)] * 2
-    from models.errors import InvalidArgumentError
+    from nncertify.models.errors import InvalidArgumentError
     with pytest.raises(InvalidArgumentError, match="tasks"):
         expand_plan({"models": ["m"], "tasks": [{"task": "dance"}]})
 
@@ -36,7 +36,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(PLAN))
     out = tmp_path / "results.jsonl"
-    cmd = [sys.executable, "-m", "certify.cli", "batch", str(plan), "--out", str(out), "--workers", "1"]
+    cmd = [sys.executable, "-m", "nncertify", "batch", str(plan), "--out", str(out), "--workers", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):

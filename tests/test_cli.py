@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from certify.records import load_certificate
+from nncertify.certify.records import load_certificate
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def certify(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "certify.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nncertify", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=ENV)
 
 
@@ -29,7 +29,7 @@ def certify_inproc(capsys, *args):
     """``certify ARGS`` through the same ``certify.cli.main`` entry point, in this process (no
     interpreter start-up): same exit code and the same lines on stdout/stderr as the console script."""
     import warnings
-    from certify.cli import main
+    from nncertify.certify.cli import main
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,7 +87,7 @@ def test_steps_and_game(tmp_path):
 
 def test_refused_game_exits_1(tmp_path):
     (tmp_path / "games.py").write_text(
-        "from certify.games import QuadraticGame\n"
+        "from nncertify.certify.games import QuadraticGame\n"
         "def unstable():\n    return QuadraticGame([[1.0, 3.0], [3.0, 1.0]], dims=[1, 1])\n")
     r = certify("game", f"{tmp_path / 'games.py'}:unstable")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -176,13 +176,13 @@ def test_shipped_examples_run(tmp_path):
     r = certify("game", f"{ex / 'games.py'}:unstable")
     assert r.returncode == 1
     import json as _json
-    from certify.batch import expand_plan
+    from nncertify.certify.batch import expand_plan
     units = expand_plan(_json.loads((ex / "batch_plan.json").read_text()))
     assert len(units) == 2 * (2 * 2 + 1)
 
 
 def test_report_from_batch_results_and_certificates(tmp_path):
-    from certify.records import make_certificate, LipschitzResult
+    from nncertify.certify.records import make_certificate, LipschitzResult
     c = make_certificate(status="certified", method="x", result=LipschitzResult(scope="global", norm="2", upper=3.0,
                                                                                  by_method={"product of norms": 3.0}))
     c.save(tmp_path / "c.json")

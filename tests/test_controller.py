@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.controller import SafeStepController, hf_callback, lightning_callback
-from models.errors import InvalidArgumentError
+from nncertify.certify.controller import SafeStepController, hf_callback, lightning_callback
+from nncertify.models.errors import InvalidArgumentError
 
 
 def make_net(seed=0, bn=True):

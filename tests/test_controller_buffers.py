@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.controller import SafeStepController
+from nncertify.certify.controller import SafeStepController
 
 
 class Mixed(nn.Module):

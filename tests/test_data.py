@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from certify.data import load_data
-from models.errors import DataLoadError
+from nncertify.certify.data import load_data
+from nncertify.models.errors import DataLoadError
 
 SHAPE = (1, 2, 2)
 

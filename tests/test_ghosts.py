@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from certify.ghosts import (activation_radii, binary_radius, exact_binary_radii, ghost_location, logit_fd,
+from nncertify.certify.ghosts import (activation_radii, binary_radius, exact_binary_radii, ghost_location, logit_fd,
                             logit_jvp, normalized_step, radius_from_dlogits, rho_a, step_report)
-from models.errors import InvalidArgumentError, ShapeMismatchError
+from nncertify.models.errors import InvalidArgumentError, ShapeMismatchError
 
 
 # ------------------------------------------------------------------ independent zero finders (numpy)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import (GroupSort, HouseholderActivation, MaxMin, ModelLoadError, Normalize, Residual, ShapeMismatchError,
+from nncertify.models import (GroupSort, HouseholderActivation, MaxMin, ModelLoadError, Normalize, Residual, ShapeMismatchError,
                     UnsupportedOperationError, affine_matrix, chain_stages, from_module)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import GroupSort, HouseholderActivation, MaxMin
+from nncertify.models import GroupSort, HouseholderActivation, MaxMin
 
 
 def layers(n=12):
@@ -71,7 +71,7 @@ def test_gradients_match_finite_differences(layer):
 
 
 def test_bad_group_sizes_are_clear_errors():
-    from models import ShapeMismatchError
+    from nncertify.models import ShapeMismatchError
     with pytest.raises(ShapeMismatchError, match="groups of 4"):
         GroupSort(4)(torch.randn(2, 6))
     with pytest.raises(ShapeMismatchError):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models.layers import GroupSort, HouseholderActivation, MaxMin
-from relax.lipschitz import jacobian_bounds, local_lipschitz
+from nncertify import models
+from nncertify.models.layers import GroupSort, HouseholderActivation, MaxMin
+from nncertify.relax.lipschitz import jacobian_bounds, local_lipschitz
 
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}
 
@@ -97,10 +97,10 @@ def test_householder_gate_uses_v_as_stored_regression():
     a v of norm 1.05 makes the discrepancy large."""
     import math as _m
     import torch as _t
-    import models as _models
-    import relax as _relax
-    from models.graph import Network, Node
-    from relax.lipschitz import local_lipschitz as _ll
+    from nncertify import models as _models
+    from nncertify import relax as _relax
+    from nncertify.models.graph import Network, Node
+    from nncertify.relax.lipschitz import local_lipschitz as _ll
     g = _t.Generator().manual_seed(3)
     W1 = _t.randn(4, 3, generator=g, dtype=_t.float64)
     v = _t.randn(2, 2, generator=g, dtype=_t.float64)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.trace import from_module
-from relax import Ball
-from relax.lipschitz import local_lipschitz
+from nncertify.models.trace import from_module
+from nncertify.relax import Ball
+from nncertify.relax.lipschitz import local_lipschitz
 
 FAST = {"steps": 20, "n_samples": 256, "n_starts": 8}
 

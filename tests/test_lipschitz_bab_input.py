@@ -16,11 +16,11 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-import models
-import relax
-from models.errors import InvalidArgumentError
-from models.layers import GroupSort, HouseholderActivation, MaxMin, Residual
-from relax.lipschitz import local_lipschitz
+from nncertify import models
+from nncertify import relax
+from nncertify.models.errors import InvalidArgumentError
+from nncertify.models.layers import GroupSort, HouseholderActivation, MaxMin, Residual
+from nncertify.relax.lipschitz import local_lipschitz
 
 DEFAULT_DTYPE = torch.float64
 pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: one thread is faster here
@@ -308,9 +308,9 @@ def test_auto_picks_the_engine_and_bad_input_names_the_field():
 def test_graph_crown_equals_chain_crown_and_is_exact_at_a_point(act):
     """The residual-graph CROWN (graph_jacobian.py) reproduces the chain CROWN (backward.py) on a chain,
     and on a residual net with a zero-width box it returns the autograd gradient."""
-    from relax.lipschitz.backward import BackwardGraph
-    from relax.lipschitz.chain import dense_chain, forward_bounds
-    from relax.lipschitz.graph_jacobian import GraphJacobian
+    from nncertify.relax.lipschitz.backward import BackwardGraph
+    from nncertify.relax.lipschitz.chain import dense_chain, forward_bounds
+    from nncertify.relax.lipschitz.graph_jacobian import GraphJacobian
     net = models.from_module(make_net(act, (3, 6, 6, 2), 4))
     ch, gj = dense_chain(net), GraphJacobian(net)
     XL = torch.rand(4, 3, generator=torch.Generator().manual_seed(0)) - 1

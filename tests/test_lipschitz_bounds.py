@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from patterns import mlp
 
-import models
-from relax.lipschitz import jacobian_bounds, local_lipschitz, monotonicity
-from relax.lipschitz.api import input_box
+from nncertify import models
+from nncertify.relax.lipschitz import jacobian_bounds, local_lipschitz, monotonicity
+from nncertify.relax.lipschitz.api import input_box
 
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}
 
@@ -117,7 +117,7 @@ def test_elementwise_jacobian_bounds_and_monotonicity_are_sound():
 
 
 def test_bad_arguments_raise_one_line_errors():
-    from models.errors import InvalidArgumentError, ShapeMismatchError
+    from nncertify.models.errors import InvalidArgumentError, ShapeMismatchError
     net = models.from_module(mlp([3, 4, 2]))
     lo, hi = box(3)
     with pytest.raises(InvalidArgumentError):
@@ -133,7 +133,7 @@ def test_bad_arguments_raise_one_line_errors():
 
 
 def test_nan_weights_are_never_certified():
-    from models.errors import ModelLoadError
+    from nncertify.models.errors import ModelLoadError
     module = mlp([3, 4, 2])
     with torch.no_grad():
         module[0].weight[0, 0] = float("nan")
@@ -143,7 +143,7 @@ def test_nan_weights_are_never_certified():
 
 
 def test_accepts_relax_sets():
-    relax = pytest.importorskip("relax")
+    relax = pytest.importorskip("nncertify.relax")
     net = models.from_module(mlp([3, 4, 2]))
     lo, hi = box(3)
     a = local_lipschitz(net, relax.Box(lo, hi), attack=False).upper
@@ -176,9 +176,9 @@ def test_attack_lower_bound_with_a_dead_neuron_is_positive():
     import math as _m
     import torch as _t
     from torch import nn as _nn
-    import models as _models
-    import relax as _relax
-    from relax.lipschitz import local_lipschitz as _ll
+    from nncertify import models as _models
+    from nncertify import relax as _relax
+    from nncertify.relax.lipschitz import local_lipschitz as _ll
     _t.manual_seed(0)
     m = _nn.Sequential(_nn.Linear(4, 6), _nn.ReLU(), _nn.Linear(6, 3)).double()
     with _t.no_grad():

@@ -13,9 +13,9 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-import models
-from relax.lipschitz import local_lipschitz
-from relax.lipschitz.exact import exact_local_lipschitz
+from nncertify import models
+from nncertify.relax.lipschitz import local_lipschitz
+from nncertify.relax.lipschitz.exact import exact_local_lipschitz
 
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}
 
@@ -131,7 +131,7 @@ def test_bab_variants_stay_complete(opts):
 
 
 def test_bab_rejects_unsupported_settings():
-    from models.errors import UnsupportedOperationError
+    from nncertify.models.errors import UnsupportedOperationError
     torch.manual_seed(0)
     net = models.from_module(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double())
     lo, hi = torch.zeros((1, 3), dtype=torch.float64), torch.ones((1, 3), dtype=torch.float64)

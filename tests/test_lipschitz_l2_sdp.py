@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from patterns import mlp
 
-import models
-from relax.lipschitz import local_lipschitz
-from relax.lipschitz.chain import dense_chain
-from relax.lipschitz.lipsdp_local import certify_rho, slope_ranges
+from nncertify import models
+from nncertify.relax.lipschitz import local_lipschitz
+from nncertify.relax.lipschitz.chain import dense_chain
+from nncertify.relax.lipschitz.lipsdp_local import certify_rho, slope_ranges
 
 pytest.importorskip("cvxpy")
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models.errors import UnsupportedOperationError
-from models.layers import GroupSort, HouseholderActivation, MaxMin, Residual
-from relax.lipschitz import jacobian_bounds, local_lipschitz
-from relax.lipschitz.lifted import lifted_chain
+from nncertify import models
+from nncertify.models.errors import UnsupportedOperationError
+from nncertify.models.layers import GroupSort, HouseholderActivation, MaxMin, Residual
+from nncertify.relax.lipschitz import jacobian_bounds, local_lipschitz
+from nncertify.relax.lipschitz.lifted import lifted_chain
 from test_lipschitz_bab_input import FAST_ATTACK, jacobians, sampled_truth
 
 DEFAULT_DTYPE = torch.float64

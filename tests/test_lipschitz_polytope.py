@@ -15,12 +15,12 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-import models
-from relax.lipschitz.api import derivative_ranges
-from relax.lipschitz.backward import BackwardGraph
-from relax.lipschitz.chain import dense_chain, forward_bounds, interval_bounds
-from relax.lipschitz.polytope import polytope_forward_bounds, polytope_max
-from relax.lipschitz.split_lp import domain_lp_bound
+from nncertify import models
+from nncertify.relax.lipschitz.api import derivative_ranges
+from nncertify.relax.lipschitz.backward import BackwardGraph
+from nncertify.relax.lipschitz.chain import dense_chain, forward_bounds, interval_bounds
+from nncertify.relax.lipschitz.polytope import polytope_forward_bounds, polytope_max
+from nncertify.relax.lipschitz.split_lp import domain_lp_bound
 
 DT = torch.float64
 
@@ -220,7 +220,7 @@ def test_domain_lp_bound_is_sound_and_exact_on_leaves():
 
 
 def test_chunked_polytope_rebounding_equals_the_single_pass(monkeypatch):
-    import relax.lipschitz.bab as bab
+    from nncertify.relax.lipschitz import bab
     module = tiny_net([3, 7, 6, 2], 3)
     lo, hi = torch.full((1, 3), -0.5, dtype=DT), torch.full((1, 3), 0.6, dtype=DT)
     chain, xl, xu, ib, fixed = domain_setup(module, lo, hi, 9, 4)

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from models import (GroupSort, HouseholderActivation, MaxMin, ModelLoadError, ShapeMismatchError,
+from nncertify.models import (GroupSort, HouseholderActivation, MaxMin, ModelLoadError, ShapeMismatchError,
                     UnsupportedOperationError, UntrustedPickleError, load, load_model)
-from models import zoo
+from nncertify.models import zoo
 
 
 def lip_mlp():
@@ -85,7 +85,7 @@ def test_state_dict_with_factory_and_prefixes(tmp_path):
     torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in m.state_dict().items()}}, tmp_path / "w.pth")
     same(load(tmp_path / "w.pth", arch=lip_mlp, input_shape=(1, 4, 4)), m)
     (tmp_path / "arch.py").write_text(
-        "import torch\nfrom torch import nn\nfrom models import MaxMin, GroupSort, HouseholderActivation\n"
+        "import torch\nfrom torch import nn\nfrom nncertify.models import MaxMin, GroupSort, HouseholderActivation\n"
         "def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), MaxMin(),"
         " nn.Linear(8, 8), GroupSort(4), HouseholderActivation(8, 2), nn.Linear(8, 3))\n")
     same(load(tmp_path / "w.pth", arch=f"{tmp_path / 'arch.py'}:make", input_shape=(1, 4, 4)), m)
@@ -96,7 +96,7 @@ def test_safetensors_with_spec(tmp_path):
         {"type": "Linear", "in_features": 6, "out_features": 4}, {"type": "GroupSort", "group_size": 2},
         {"type": "Residual", "body": [{"type": "Linear", "in_features": 4, "out_features": 4}, {"type": "MaxMin"}]},
         {"type": "Linear", "in_features": 4, "out_features": 2}]}
-    from models.spec import build_module
+    from nncertify.models.spec import build_module
     torch.manual_seed(0)
     m = build_module(spec).eval()
     (tmp_path / "net.json").write_text(json.dumps(spec))

@@ -7,8 +7,8 @@ import pytest
 import scipy.io as sio
 import torch
 
-from models.errors import ModelLoadError, ShapeMismatchError
-from models.matlab import load_pauli_mat
+from nncertify.models.errors import ModelLoadError, ShapeMismatchError
+from nncertify.models.matlab import load_pauli_mat
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data" / "pauli2024_maxmin"
 

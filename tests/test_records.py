@@ -5,9 +5,9 @@ import json
 import jsonschema
 import pytest
 
-from certify.records import (SCHEMA_PATH, Certificate, LipschitzResult, RobustnessResult, SampleVerdict, json_schema,
+from nncertify.certify.records import (SCHEMA_PATH, Certificate, LipschitzResult, RobustnessResult, SampleVerdict, json_schema,
                              load_certificate, make_certificate)
-from models.errors import DataLoadError
+from nncertify.models.errors import DataLoadError
 
 
 def test_committed_schema_matches_the_models():

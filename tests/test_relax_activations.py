@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import layers as L
-from relax.activations import ACTIVATION_RELAXATIONS
-from relax.piecewise import CompareExchange, HouseholderMap, groupsort_layers, maxmin_layers, sorting_network
+from nncertify.models import layers as L
+from nncertify.relax.activations import ACTIVATION_RELAXATIONS
+from nncertify.relax.piecewise import CompareExchange, HouseholderMap, groupsort_layers, maxmin_layers, sorting_network
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py

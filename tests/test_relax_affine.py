@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models import Normalize
-from relax.affine import AFFINE_HANDLERS
+from nncertify import models
+from nncertify.models import Normalize
+from nncertify.relax.affine import AFFINE_HANDLERS
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py
@@ -91,7 +91,7 @@ def test_interval_image_contains_samples(name):
 def test_conv_adjoint_paths_agree():
     """The fold path (few input channels) and conv_transpose2d give the same adjoint."""
     import torch.nn.functional as F
-    from relax.affine import _conv_transpose
+    from nncertify.relax.affine import _conv_transpose
     g = torch.Generator().manual_seed(3)
     for cin, stride, pad, dil, hw in ((1, 2, 0, 1, (28, 28)), (3, 1, 1, 1, (9, 8)), (2, 3, 2, 2, (11, 12))):
         W = torch.randn(5, cin, 3, 3, generator=g, dtype=torch.float64)

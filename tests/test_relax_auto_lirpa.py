@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from relax import auto_lirpa_adapter as adapter
-from models.errors import UnsupportedOperationError
+from nncertify import models
+from nncertify.relax import auto_lirpa_adapter as adapter
+from nncertify.models.errors import UnsupportedOperationError
 
 
 def test_adapter_reports_unavailability_cleanly():

@@ -16,8 +16,8 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from torch import nn
 
-import models
-from relax import Ball, Box, compute_bounds
+from nncertify import models
+from nncertify.relax import Ball, Box, compute_bounds
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import models
-import relax
-from models import GroupSort, HouseholderActivation, MaxMin, Normalize, Residual
-from relax import Ball, Box, compute_bounds
+from nncertify import models
+from nncertify import relax
+from nncertify.models import GroupSort, HouseholderActivation, MaxMin, Normalize, Residual
+from nncertify.relax import Ball, Box, compute_bounds
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py
@@ -190,7 +190,7 @@ def test_alpha_warm_start_and_one_sided():
 
 
 def test_bad_arguments_raise_one_line_errors():
-    from models.errors import InvalidArgumentError, ShapeMismatchError
+    from nncertify.models.errors import InvalidArgumentError, ShapeMismatchError
     module, shape = NETS["mlp_relu"]
     net = models.from_module(module, shape)
     x = torch.zeros(2, 5)
@@ -250,7 +250,7 @@ def test_fixed_preact_splits_are_respected_and_tighten():
 
 
 def test_nan_weights_never_give_finite_bounds_or_verification():
-    from relax import verify_robustness
+    from nncertify.relax import verify_robustness
     m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with torch.no_grad():
         m[2].weight[0, 1] = float("nan")

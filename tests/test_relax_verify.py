@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models.errors import InvalidArgumentError, ShapeMismatchError
-from relax import margin_spec, verify_robustness
-from relax.verify import _project_l1
+from nncertify import models
+from nncertify.models.errors import InvalidArgumentError, ShapeMismatchError
+from nncertify.relax import margin_spec, verify_robustness
+from nncertify.relax.verify import _project_l1
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops: see tests/conftest.py

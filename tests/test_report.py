@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from certify.records import (GameResult, LipschitzResult, RobustnessResult, SampleVerdict, StepRadiusResult,
+from nncertify.certify.records import (GameResult, LipschitzResult, RobustnessResult, SampleVerdict, StepRadiusResult,
                              make_certificate, model_ref)
-from certify.report import write_report
+from nncertify.certify.report import write_report
 
 
 def certificates():

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models import HouseholderActivation, MaxMin
-from models.errors import UnsupportedOperationError
-from sdp.baselines import certified_mp
-from sdp.structure import extract
+from nncertify import models
+from nncertify.models import HouseholderActivation, MaxMin
+from nncertify.models.errors import UnsupportedOperationError
+from nncertify.sdp.baselines import certified_mp
+from nncertify.sdp.structure import extract
 
 DEFAULT_DTYPE = torch.float64
 
@@ -52,8 +52,8 @@ def test_certified_mp_refuses_householder_in_linf():
 
 @pytest.mark.parametrize("norm", [2, "inf"])
 def test_fallback_is_min_of_closed_form_and_mp_and_names_winner(norm):
-    import sdp
-    from sdp.baselines import fallback_bound
+    from nncertify import sdp
+    from nncertify.sdp.baselines import fallback_bound
     torch.manual_seed(3)
     layers = []
     for _ in range(6):

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-import sdp
-from models.errors import InvalidArgumentError
-from models.layers import MaxMin
-from models.trace import from_module
-from models.zoo import load_zoo
+from nncertify import sdp
+from nncertify.models.errors import InvalidArgumentError
+from nncertify.models.layers import MaxMin
+from nncertify.models.trace import from_module
+from nncertify.models.zoo import load_zoo
 
 
 def _small_maxmin(seed=0):
@@ -65,8 +65,8 @@ def test_bad_budgets_and_bad_input_fail_fast_in_the_caller():
 
 
 def test_task_global_time_limit_is_a_hard_budget_with_a_certified_fallback():
-    from certify.tasks import task_global
-    from models.zoo import load_zoo as lz
+    from nncertify.certify.tasks import task_global
+    from nncertify.models.zoo import load_zoo as lz
     lm = lz("digits_maxmin_mlp")
     t0 = time.perf_counter()
     cert = task_global(lm, norm="2", solver="SCS", method="lifted", time_limit=1.5, lower_samples=200)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-import models
-import sdp
-from models import HouseholderActivation, MaxMin
+from nncertify import models
+from nncertify import sdp
+from nncertify.models import HouseholderActivation, MaxMin
 
 DEFAULT_DTYPE = torch.float64
 

@@ -7,7 +7,7 @@ import numpy as np
 from patterns import maxmin_patterns, relu_patterns
 import pytest
 
-from sdp import implicit_lipschitz_bound
+from nncertify.sdp import implicit_lipschitz_bound
 
 
 def _model(seed, n=4, m=3, q=2, wnorm=0.9):
@@ -63,7 +63,7 @@ def test_ill_posed_is_not_certified():
 
 
 def test_bad_shapes():
-    from models.errors import InvalidArgumentError
+    from nncertify.models.errors import InvalidArgumentError
     with pytest.raises(InvalidArgumentError):
         implicit_lipschitz_bound(np.eye(3), np.eye(4), np.eye(3))
     with pytest.raises(InvalidArgumentError):

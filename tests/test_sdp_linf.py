@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-import models
-import sdp
-from models import MaxMin
+from nncertify import models
+from nncertify import sdp
+from nncertify.models import MaxMin
 from patterns import maxmin_patterns
 
 DEFAULT_DTYPE = torch.float64
@@ -121,14 +121,14 @@ def test_linf_one_layer_closed_form():
 def test_linf_needs_scalar_output():
     m = _mlp([4, 4, 3], 0)
     net = models.from_module(m, (4,))
-    from models.errors import InvalidArgumentError
+    from nncertify.models.errors import InvalidArgumentError
     with pytest.raises(InvalidArgumentError, match="c"):
         sdp.lipschitz_bound(net, norm="inf", method="lifted", solver="FIRST_ORDER")
 
 
 def test_pauli_linf_2fc_16(shared_data):
     """Released weights (weights_linf_2fc_16, logit 8): LB <= lifted <= NSR <= MP, all certified."""
-    from models.matlab import load_pauli_mat
+    from nncertify.models.matlab import load_pauli_mat
     path = shared_data / "pauli2024_maxmin" / "weights_linf_2fc_16.mat"
     if not path.exists():
         pytest.skip(f"{path} absent")

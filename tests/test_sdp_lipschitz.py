@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-import models
-import sdp
-from models import GroupSort, HouseholderActivation, MaxMin, Residual
-from models.errors import InvalidArgumentError
-from sdp.api import certify_sector
-from sdp.formulations.sector import build_sector
-from sdp import solve as S
+from nncertify import models
+from nncertify import sdp
+from nncertify.models import GroupSort, HouseholderActivation, MaxMin, Residual
+from nncertify.models.errors import InvalidArgumentError
+from nncertify.sdp.api import certify_sector
+from nncertify.sdp.formulations.sector import build_sector
+from nncertify.sdp import solve as S
 
 DEFAULT_DTYPE = torch.float64  # applied per test by tests/conftest.py (no global leak)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import sdp
-from models.matlab import load_pauli_mat
-from sdp import solve as S
+from nncertify import sdp
+from nncertify.models.matlab import load_pauli_mat
+from nncertify.sdp import solve as S
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data" / "pauli2024_maxmin"
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"shared data folder {DATA} is absent")
@@ -42,6 +42,6 @@ def test_mosek_only_with_licence(monkeypatch, tmp_path):
     assert not S.mosek_licensed()
     assert S.choose_solver(None, [10]) == "CLARABEL"
     assert S.choose_solver("auto", [500]) == "SCS"
-    from models.errors import InvalidArgumentError
+    from nncertify.models.errors import InvalidArgumentError
     with pytest.raises(InvalidArgumentError, match="licence"):
         S.choose_solver("MOSEK", [10])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sdp import verify as V
+from nncertify.sdp import verify as V
 
 
 def _with_eigs(eigs, seed=0):
@@ -46,8 +46,8 @@ def test_clarabel_refused_before_it_can_exhaust_memory():
     """Issue 9 resource limits: Clarabel's KKT block is dense in each PSD cone; a 352-wide LMI was
     OOM-killed on a 24 GB machine. Asking for it on such a problem is a clear error, not a crash."""
     import pytest as _pytest
-    from models.errors import InvalidArgumentError
-    from sdp import solve as S
+    from nncertify.models.errors import InvalidArgumentError
+    from nncertify.sdp import solve as S
     assert S.choose_solver("CLARABEL", [64]) == "CLARABEL"
     with _pytest.raises(InvalidArgumentError, match="GiB"):
         S.choose_solver("CLARABEL", [352])

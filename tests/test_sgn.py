@@ -10,11 +10,11 @@ import scipy.linalg
 import scipy.optimize
 import torch
 
-from certify.games import (Ball, Box, Game, QuadraticGame, certify_game, game_constants, gain_spectral_radius,
+from nncertify.certify.games import (Ball, Box, Game, QuadraticGame, certify_game, game_constants, gain_spectral_radius,
                            perron_weights, rk4_factor, sgn_margin, two_player_band)
-from certify.games.markov import coordination_game, find_equilibrium, fisher_constants, fisher_normalized_jacobians
-from certify.games.certificate import certify_from_constants
-from models.errors import InvalidArgumentError
+from nncertify.certify.games.markov import coordination_game, find_equilibrium, fisher_constants, fisher_normalized_jacobians
+from nncertify.certify.games.certificate import certify_from_constants
+from nncertify.models.errors import InvalidArgumentError
 
 TOY = [[1.0, 10.0], [0.05, 1.0]]
 
@@ -300,7 +300,7 @@ def test_markov_fisher_constants_and_npg_converges_at_recommended_step():
 
 
 def test_projected_euler_contracts_in_certified_metric():
-    from certify.games import simulate
+    from nncertify.certify.games import simulate
     g = QuadraticGame.from_blocks(TOY, c=[3.0, -2.0])  # equilibrium outside the box: projection is active
     cert = certify_game(g)
     w = np.array(cert.weights)

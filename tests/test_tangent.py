@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.controller import SafeStepController
-from certify.ghosts import logit_jvp, rho_a
-from certify.tangent import TangentProgram, Unsupported, tangent_jvp
+from nncertify.certify.controller import SafeStepController
+from nncertify.certify.ghosts import logit_jvp, rho_a
+from nncertify.certify.tangent import TangentProgram, Unsupported, tangent_jvp
 
 
 # ------------------------------------------------------------------ models

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.ghosts import logit_jvp
-from certify.tangent import TangentProgram, tangent_jvp
+from nncertify.certify.ghosts import logit_jvp
+from nncertify.certify.tangent import TangentProgram, tangent_jvp
 from test_tangent import _fd64  # the float64 central difference of the model's own forward (one helper)
 
 
@@ -310,7 +310,7 @@ def test_compiled_gelu_rule_from_the_forward_output(functional):
     h = vals.double().requires_grad_()
     g64, = torch.autograd.grad(F.gelu(h).sum(), h)
     hd = torch.ones(16)
-    from certify.tangent import _act_rule
+    from nncertify.certify.tangent import _act_rule
     comp = torch.compile(lambda hh, yy, t: _act_rule("gelu", hh, yy, t), backend="aot_eager")
     mine = comp(vals, F.gelu(vals), hd)
     assert float((mine.double() - g64).abs().max()) <= 1e-6

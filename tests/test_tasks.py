@@ -4,8 +4,8 @@ import math
 
 import torch
 
-import relax
-from certify.tasks import certified_radii, resolve_data, resolve_model, task_global, task_lipschitz, task_robustness
+from nncertify import relax
+from nncertify.certify.tasks import certified_radii, resolve_data, resolve_model, task_global, task_lipschitz, task_robustness
 
 
 def test_certified_radii_are_verified_and_not_beaten_by_attacks():
@@ -48,7 +48,7 @@ def test_global_and_local_lipschitz_are_ordered():
 
 
 def test_controller_certificate_names_the_jvp_engine():
-    from certify.tasks import demo_training_run
+    from nncertify.certify.tasks import demo_training_run
     cert = demo_training_run(steps=6, spike_at=3)
     assert cert.status == "certified"
     assert any(n.startswith("JVP engine: tangent") for n in cert.notes), cert.notes

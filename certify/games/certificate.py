@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.errors import InvalidArgumentError
+from ...models.errors import InvalidArgumentError
 from .constants import GameConstants, game_constants
 from .game import Game
 from .region import Box, Region

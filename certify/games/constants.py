@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.errors import InvalidArgumentError
+from ...models.errors import InvalidArgumentError
 from .game import Game
 from .region import Ball, Box, Region
 

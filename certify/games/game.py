@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.func import jacfwd, vmap
 
-from models.errors import InvalidArgumentError, ShapeMismatchError
+from ...models.errors import InvalidArgumentError, ShapeMismatchError
 
 Loss = Callable[[list[torch.Tensor]], torch.Tensor]
 

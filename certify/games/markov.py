@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.errors import InvalidArgumentError
+from ...models.errors import InvalidArgumentError
 from .constants import GameConstants, constants_from_jacobians, estimation_points
 from .game import Game
 from .region import Region

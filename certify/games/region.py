@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import InvalidArgumentError
+from ...models.errors import InvalidArgumentError
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.errors import InvalidArgumentError
+from ...models.errors import InvalidArgumentError
 
 
 def _check(mu: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

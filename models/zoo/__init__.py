@@ -1,7 +1,7 @@
 """The model zoo: small networks trained on scikit-learn's 8x8 digits, shipped with the package.
 
 Each model is ``NAME.json`` (architecture spec with its test accuracy under ``meta``) plus
-``NAME.safetensors``.  ``python -m models.zoo.train`` regenerates them deterministically.
+``NAME.safetensors``.  ``python -m nncertify.models.zoo.train`` regenerates them deterministically.
 Inputs are flattened 8x8 images scaled to [0, 1] (shape ``(64,)``); labels 0..9.
 """
 

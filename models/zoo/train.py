@@ -1,4 +1,4 @@
-"""Regenerate the zoo deterministically: ``python -m models.zoo.train [--out DIR]``.
+"""Regenerate the zoo deterministically: ``python -m nncertify.models.zoo.train [--out DIR]``.
 
 Every model is trained with a fixed seed, full-batch-free deterministic mini-batches, Adam, on the
 75 % training split of scikit-learn digits; the test accuracy on the other 25 % is recorded in
@@ -69,7 +69,7 @@ def train_one(name: str, out: Path, epochs: int = 60, seed: int = 0) -> dict:
         acc = (model(Xte).argmax(1) == yte).float().mean().item()
     spec["meta"] = {"test_accuracy": round(acc, 4), "dataset": "sklearn digits, 8x8 scaled to [0,1], "
                     "test split = 25% stratified, random_state=0", "epochs": epochs, "seed": seed,
-                    "optimizer": "Adam lr=3e-3 wd=1e-4 batch 64", "regenerate": "python -m models.zoo.train"}
+                    "optimizer": "Adam lr=3e-3 wd=1e-4 batch 64", "regenerate": "python -m nncertify.models.zoo.train"}
     (out / f"{name}.json").write_text(json.dumps(spec, indent=1) + "\n")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"{name}.safetensors"))
     return {"name": name, "test_accuracy": acc}

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from models.errors import InvalidArgumentError, ShapeMismatchError, UnsupportedOperationError
-from models.graph import Network
+from ...models.errors import InvalidArgumentError, ShapeMismatchError, UnsupportedOperationError
+from ...models.graph import Network
 
 from .attack import attack_lower_bound, ball_guard
 from .backward import MODES, BackwardGraph
@@ -133,7 +133,7 @@ def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
     residual MaxMin nets activation splitting wins from 2 inputs on."""
     from .gates import GATES
     from .lifted import LIFTABLE_ACTS
-    from models.graph import AFFINE_OPS
+    from ...models.graph import AFFINE_OPS
     acts = [n.op for n in net.nodes if n.op in GATES]
     relu_chain = net.is_chain() and all(op in ("relu", "leaky_relu") for op in acts)
     liftable = all(n.op in AFFINE_OPS or n.op in LIFTABLE_ACTS or n.op in ("input", "add") for n in net.nodes)

@@ -42,7 +42,7 @@ import time
 import numpy as np
 import torch
 
-from models.errors import UnsupportedOperationError
+from ...models.errors import UnsupportedOperationError
 
 from .attack import true_gradients
 from .feasibility import domain_infeasible, leaf_margin
@@ -109,7 +109,7 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
         fb = [(torch.cat([p[0][k][0] for p in parts]), torch.cat([p[0][k][1] for p in parts])) for k in range(len(fb))]
         empty = torch.cat([p[1] for p in parts])
     elif rebound and chain.depth > 1:
-        from relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
+        from ...relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
         net = chain.net
         shapes = [net[node.inputs[0]].shape for node in chain.acts]
         box = Box(XL.reshape(D, *net.input_shape), XU.reshape(D, *net.input_shape))

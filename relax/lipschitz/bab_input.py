@@ -59,7 +59,7 @@ import time
 
 import torch
 
-from models.errors import InvalidArgumentError
+from ...models.errors import InvalidArgumentError
 
 from .attack import attack_lower_bound, differentiable, true_gradients
 from .backward import MODES, BackwardGraph
@@ -328,7 +328,7 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
             t[: n // 4] = t[: n // 4].round()
             take(region.lo + t * (region.hi - region.lo))
         else:
-            from relax.sets import Ball
+            from ...relax.sets import Ball
             gen = torch.Generator().manual_seed(int((attack_options or {}).get("seed", 0)))
             n = int((attack_options or {}).get("n_samples", 512))
             pts = Ball(region.center[None], region.eps, region.p).sample(n, generator=gen)[0].reshape(n, n0)

@@ -16,9 +16,9 @@ from typing import Callable
 
 import torch
 
-from models import chain_stages
-from models.errors import InvalidArgumentError, UnsupportedOperationError
-from models.graph import Network, Node
+from ...models import chain_stages
+from ...models.errors import InvalidArgumentError, UnsupportedOperationError
+from ...models.graph import Network, Node
 
 from .gates import Gate, build_gates
 
@@ -65,7 +65,7 @@ class DenseChain:
 
 
 def _evaluate_act(node: Node, z: torch.Tensor) -> torch.Tensor:
-    from models.ops import OPS
+    from ...models.ops import OPS
     return OPS[node.op].evaluate(node, z)
 
 
@@ -203,7 +203,7 @@ def engine_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method:
                   ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Pre-activation bounds from the forward bound engine ``relax.compute_bounds`` (None if unavailable)."""
     try:
-        import relax
+        from ... import relax
         compute_bounds = relax.compute_bounds
         Box = relax.sets.Box
     except (ImportError, AttributeError):

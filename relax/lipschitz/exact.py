@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from models.errors import UnsupportedOperationError
+from ...models.errors import UnsupportedOperationError
 
 from .backward import BackwardGraph
 from .chain import DenseChain, forward_bounds

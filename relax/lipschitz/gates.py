@@ -39,8 +39,8 @@ from typing import Callable
 
 import torch
 
-from models.errors import UnsupportedOperationError
-from models.graph import Node
+from ...models.errors import UnsupportedOperationError
+from ...models.graph import Node
 
 
 @dataclass

@@ -35,7 +35,7 @@ import warnings
 import numpy as np
 import torch
 
-from models.errors import UnsupportedOperationError
+from ...models.errors import UnsupportedOperationError
 
 from .chain import DenseChain
 

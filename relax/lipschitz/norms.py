@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from models.errors import InvalidArgumentError
+from ...models.errors import InvalidArgumentError
 
 NORMS = ("inf", "2", "1")
 
