@@ -26,6 +26,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 _DEBUG = {"on": False}
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+        typer.echo(f"nncertify {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="print the nncertify version and exit")) -> None:
+    """Certify neural networks (see the commands below)."""
+
+
 ModelArg = typer.Argument(..., metavar="MODEL", help="model file or zoo name (see `certify zoo`)")
 ArchOpt = typer.Option(None, "--arch", help="architecture for bare weights: pkg.module:factory, file.py:factory "
                                             "or an architecture .json")
