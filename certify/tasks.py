@@ -317,8 +317,8 @@ def controller_certificate(controller, model_name: str = "training run", lm=None
 
 
 def _engine_notes(recs: list[dict]) -> list[str]:
-    """Which exact-JVP engine computed the radii (the forward-reusing tangent engine or functorch), and why
-    any step fell back."""
+    """Which engine computed the radii (forward AD / reverse-over-reverse on the replayed forward, or the
+    finite-difference estimate), and why any step did not use the first exact engine."""
     engines: dict[str, int] = {}
     for r in recs:
         if r.get("engine"):
@@ -326,7 +326,7 @@ def _engine_notes(recs: list[dict]) -> list[str]:
     notes = [f"JVP engine: {', '.join(f'{k} ({v} steps)' for k, v in sorted(engines.items()))}"] if engines else []
     reasons = sorted({r["fallback_reason"] for r in recs if r.get("fallback_reason")})
     if reasons:
-        notes.append("fallback to functorch: " + "; ".join(reasons[:3]))
+        notes.append("fallbacks: " + "; ".join(reasons[:3]))
     return notes
 
 
