@@ -35,7 +35,8 @@ Certificate invariant.  A record is ``kind="certified"`` only when
 * ``r_applied`` is measured, not assumed: when ``s ≠ 1`` the parameters actually written
   (``θ_old + s·p`` rounded to the parameters' dtype) are read back, and the radius is recomputed along
   the *applied* displacement ``d`` (a second JVP), ``r_applied = ‖d‖/ρ_a(d̂)``; in clip mode a result
-  above 1 is shrunk (at most three times) and otherwise rejected.
+  above 1 is shrunk (by ``r_applied`` and a few units of the parameters' rounding, at most five times) and
+  otherwise rejected (``status="rejected_rounding"``).
 
 Everything else is labelled: ``engine="fd"`` (central difference of the replayed forward, when no exact
 engine applies: detached paths, custom ``autograd.Function`` without ``jvp``, …) gives
@@ -199,6 +200,8 @@ class SafeStepController:
         if not self._params:
             raise InvalidArgumentError("none of the model's parameters is in the optimizer")
         self._half = any(p.dtype in _HALF for p in self._params)
+        self._slots = [(self.logits_module.get_submodule(k.rpartition(".")[0]), k.rpartition(".")[2])
+                       for k in self._names]
         self._mods = list(self.logits_module.modules())
         self._cuda = _cuda_indices({p.device for p in self._params})
         self._forwards: list[RecordedForward] = []
@@ -250,8 +253,8 @@ class SafeStepController:
     def _on_pre_forward(self, module, args, kwargs) -> None:
         if self._busy:
             return
-        if not torch.is_grad_enabled():
-            self._pending.append(None)
+        if not torch.is_grad_enabled() or not self._own_parameters():
+            self._pending.append(None)  # evaluation, or a functional_call with other parameter values
             return
         devs = {t.device for t in _tensors(args, kwargs)} | {p.device for p in self._params}
         cuda = _cuda_indices(devs)
@@ -263,6 +266,10 @@ class SafeStepController:
             args=args, kwargs=kwargs, versions=[t._version for t in _tensors(args, kwargs)],
             param_versions=[p._version for p in self._params], rng_before=RngState.capture(cuda),
             low_precision=low, training=[m.training for m in self._mods]))
+
+    def _own_parameters(self) -> bool:
+        """Whether the module holds its own parameters now (not swapped by ``functional_call``)."""
+        return all(m._parameters.get(a) is p for (m, a), p in zip(self._slots, self._params))
 
     def _on_forward(self, module, args, kwargs, output) -> None:
         if self._busy or not self._pending:
@@ -485,7 +492,8 @@ class SafeStepController:
             return StepCertificate(applied_norm=tau, r_applied=tau / rho if math.isfinite(rho) else 0.0, scale=1.0,
                                    kind=kind, status=status, rho_applied=rho, **out)
         # rescaled: measure what was written and re-derive the radius along it
-        for _ in range(4):
+        shrink = min(_SAFETY, 1.0 - 4.0 * max(torch.finfo(p.dtype).eps for p in self._params))  # one grid step
+        for _ in range(6):
             applied = self._apply_scale(s, delta)
             if applied == 0.0:
                 return StepCertificate(applied_norm=0.0, r_applied=0.0, scale=s, kind=kind, status=status, **out)
@@ -500,7 +508,7 @@ class SafeStepController:
             if self.mode == "set" or r_app <= 1.0:
                 return StepCertificate(applied_norm=applied, r_applied=r_app, scale=s, kind=kind, status=status,
                                        rho_applied=rho2, **out)
-            s *= _SAFETY / r_app
+            s *= shrink / r_app
         self._apply_scale(0.0, delta)
         out["fallback_reason"] = (out["fallback_reason"] + "; " if out["fallback_reason"] else "") + \
             "the rounded applied step stayed above the radius"

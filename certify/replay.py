@@ -172,6 +172,20 @@ _MISSING = object()
 
 
 @contextmanager
+def _sdpa_math() -> Iterator[None]:
+    """``scaled_dot_product_attention`` through its composite (math) kernel: the fused CPU/CUDA kernels
+    have neither forward-AD formulas nor double backwards.  Same function; with dropout the random
+    numbers may be drawn differently, which the RNG check then refuses."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+@contextmanager
 def _no_mha_fastpath() -> Iterator[None]:
     """``nn.MultiheadAttention``'s eval-mode fused kernel has no forward-AD formula; the composite path
     computes the same function."""
@@ -254,7 +268,7 @@ class ReplayJVP:
         mods = list(self.model.modules())
         flags = [m.training for m in mods]
         try:
-            with python_state_guard(self.model), _autocast_off(), _no_mha_fastpath():
+            with python_state_guard(self.model), _autocast_off(), _no_mha_fastpath(), _sdpa_math():
                 if self.mode == "as_is" and rec.training and len(rec.training) == len(mods):
                     for m, t in zip(mods, rec.training):
                         m.training = t
