@@ -337,3 +337,22 @@ def test_certify_steps_cli_on_attention_model(tmp_path):
     bad = subprocess.run(cmd[:-4] + ["--input-shape", "63", "--limit", "32"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "does not accept inputs of shape (63,)" in bad.stderr
+
+
+def test_fuzz_controller_family_has_no_violations():
+    """A seeded slice of bench/soundness_fuzz.py's controller family (random architectures, optimizers,
+    learning rates, dtypes and micro-batch counts; truth: an independent JVP along the applied step)."""
+    import numpy as np
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import soundness_fuzz
+    finally:
+        sys.path.pop(0)
+    t = soundness_fuzz.Tally()
+    rng = np.random.default_rng(16)
+    for _ in range(8):
+        soundness_fuzz.check_controller(t, rng)
+    d = t.data["controller"]
+    assert d["violations"] == 0, d["examples"]
+    assert d["pairs"] >= 8, d
