@@ -207,6 +207,7 @@ class SafeStepController:
         self._forwards: list[RecordedForward] = []
         self._pending: list[RecordedForward | None] = []
         self._dropped = 0
+        self._np_full = False
         self._observed: RecordedForward | None = None
         self._old: list[torch.Tensor] | None = None
         self._pre_versions: list[int] | None = None
@@ -214,6 +215,13 @@ class SafeStepController:
         self._replay = ReplayJVP(self.logits_module, logits_fn, model_mode)
         if attach:
             self.attach()
+
+    def __getstate__(self) -> dict:
+        """Pickling or deep-copying a module whose hooks reference the controller drops the recorded forwards
+        (inputs, RNG states) of the step in progress: they belong to this process's training run."""
+        d = dict(self.__dict__)
+        d.update(_forwards=[], _pending=[], _observed=None)
+        return d
 
     # ------------------------------------------------------------------ wiring
     def attach(self) -> "SafeStepController":
@@ -264,7 +272,7 @@ class SafeStepController:
         kwargs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
         self._pending.append(RecordedForward(
             args=args, kwargs=kwargs, versions=[t._version for t in _tensors(args, kwargs)],
-            param_versions=[p._version for p in self._params], rng_before=RngState.capture(cuda),
+            param_versions=[p._version for p in self._params], rng_before=RngState.capture(cuda, self._np_full),
             low_precision=low, training=[m.training for m in self._mods]))
 
     def _own_parameters(self) -> bool:
@@ -278,6 +286,8 @@ class SafeStepController:
         if rec is None:
             return
         rec.rng_after = RngState.capture(list(rec.rng_before.cuda))
+        if rec.rng_after.np_raw != rec.rng_before.np_raw:
+            self._np_full = True  # the forward draws from NumPy: keep its full state (Gaussian cache) from now on
         try:
             z = self.logits_fn(output)
         except Exception:  # noqa: BLE001 - an exception in the forward itself, or no logits: nothing to record

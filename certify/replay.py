@@ -41,6 +41,7 @@ Not observable here: forward hooks the user registered on submodules fire during
 
 from __future__ import annotations
 
+import ctypes
 import math
 import random
 from contextlib import ExitStack, contextmanager
@@ -75,27 +76,50 @@ def _cuda_indices(devices: set[torch.device]) -> list[int]:
                    for d in devices if d.type == "cuda"})
 
 
+def _np_raw() -> bytes | None:
+    """The raw Mersenne-Twister state of NumPy's global generator (key + position, ~1 µs to read); the
+    full ``get_state()`` (which also holds the Gaussian cache) costs ~100 µs and is taken only once a
+    forward was seen to use NumPy's generator (``np_full``)."""
+    if _np is None:
+        return None
+    try:
+        return ctypes.string_at(_np.random.mtrand._rand._bit_generator.ctypes.state_address, _MT_BYTES)
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - another NumPy layout
+        return None
+
+
+_MT_BYTES = 624 * 4 + 4
+
+
+def _np_set_raw(raw: bytes) -> None:
+    ctypes.memmove(_np.random.mtrand._rand._bit_generator.ctypes.state_address, raw, _MT_BYTES)
+
+
 @dataclass
 class RngState:
-    """Every generator a forward may read: torch CPU, CUDA (given devices), Python ``random``, NumPy."""
+    """Every generator a forward may read: torch CPU, CUDA (given devices), Python ``random``, NumPy's global
+    generator (raw state always; the full state, Gaussian cache included, when ``np_full``)."""
 
     cpu: torch.Tensor
     cuda: dict[int, torch.Tensor]
     py: Any
-    np: Any
+    np_raw: bytes | None
+    np_full: Any = None
 
     @classmethod
-    def capture(cls, cuda: list[int]) -> "RngState":
+    def capture(cls, cuda: list[int], np_full: bool = False) -> "RngState":
         return cls(torch.get_rng_state(), {i: torch.cuda.get_rng_state(i) for i in cuda}, random.getstate(),
-                   _np.random.get_state() if _np is not None else None)
+                   _np_raw(), _np.random.get_state() if (np_full and _np is not None) else None)
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
         for i, s in self.cuda.items():
             torch.cuda.set_rng_state(s, i)
         random.setstate(self.py)
-        if _np is not None and self.np is not None:
-            _np.random.set_state(self.np)
+        if self.np_full is not None:
+            _np.random.set_state(self.np_full)
+        elif self.np_raw is not None and _np_raw() != self.np_raw:
+            _np_set_raw(self.np_raw)
 
     def differs(self, other: "RngState") -> str:
         """Which generator differs ('' when none)."""
@@ -106,10 +130,8 @@ class RngState:
                 return f"CUDA generator {i}"
         if self.py != other.py:
             return "Python random"
-        if self.np is not None and other.np is not None:
-            a, b = self.np, other.np
-            if a[0] != b[0] or not _np.array_equal(a[1], b[1]) or tuple(a[2:]) != tuple(b[2:]):
-                return "NumPy global generator"
+        if self.np_raw != other.np_raw:
+            return "NumPy global generator"
         return ""
 
 
@@ -155,7 +177,8 @@ def _tensors(args: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
 def python_state_guard(model: nn.Module) -> Iterator[None]:
     """Restore every module's plain attributes (and ``training``) after the block: a forward that counts
     its calls, caches a value or flips a flag leaves no trace of the replay."""
-    saved = [(m, dict(m.__dict__)) for m in model.modules()]
+    # torch.nn's own layers keep no Python state a forward changes (their buffers are cloned by the replay)
+    saved = [(m, dict(m.__dict__)) for m in model.modules() if not type(m).__module__.startswith("torch.nn.")]
     try:
         yield
     finally:
@@ -175,14 +198,25 @@ _MISSING = object()
 def _sdpa_math() -> Iterator[None]:
     """``scaled_dot_product_attention`` through its composite (math) kernel: the fused CPU/CUDA kernels
     have neither forward-AD formulas nor double backwards.  Same function; with dropout the random
-    numbers may be drawn differently, which the RNG check then refuses."""
+    numbers may be drawn differently, which the RNG check then refuses.  (The global backend flags are
+    toggled directly: ``sdpa_kernel`` costs ~50 µs per use.)"""
+    b = torch.backends.cuda
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - old torch
+        old = (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.cudnn_sdp_enabled(), b.math_sdp_enabled())
+    except AttributeError:  # pragma: no cover - old torch
         yield
         return
-    with sdpa_kernel(SDPBackend.MATH):
+    b.enable_flash_sdp(False)
+    b.enable_mem_efficient_sdp(False)
+    b.enable_cudnn_sdp(False)
+    b.enable_math_sdp(True)
+    try:
         yield
+    finally:
+        b.enable_flash_sdp(old[0])
+        b.enable_mem_efficient_sdp(old[1])
+        b.enable_cudnn_sdp(old[2])
+        b.enable_math_sdp(old[3])
 
 
 @contextmanager
@@ -226,6 +260,8 @@ class _DetachGuard(TorchFunctionMode):
 def _autocast_off() -> ExitStack:
     st = ExitStack()
     for dev in ("cpu", "cuda"):
+        if not torch.is_autocast_enabled(dev):
+            continue
         try:
             st.enter_context(torch.autocast(device_type=dev, enabled=False))
         except (RuntimeError, AssertionError):  # pragma: no cover - device type unavailable
@@ -263,7 +299,8 @@ class ReplayJVP:
         """RNG at the forward's pre-state, mode, Python attributes, autocast off, MHA fast path off; on exit
         the RNG is back where the training run left it."""
         devs = {t.device for t in _tensors(rec.args, rec.kwargs)} | {p.device for p in self.model.parameters()}
-        now = RngState.capture(_cuda_indices(devs))
+        full = rec.rng_before is not None and rec.rng_before.np_full is not None
+        now = RngState.capture(_cuda_indices(devs), np_full=full)
         guard = _DetachGuard(reverse)
         mods = list(self.model.modules())
         flags = [m.training for m in mods]
