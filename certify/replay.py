@@ -244,11 +244,11 @@ class _DetachGuard(TorchFunctionMode):
     def __init__(self, reverse: bool):
         super().__init__()
         self.reverse, self.hit = reverse, ""
-        self._data = torch.Tensor.data.__get__
+        self._data = torch.Tensor.data  # ``.data`` reaches __torch_function__ as this descriptor's __get__
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not self.hit and (func in self._DETACH or func is self._data) and args \
+        if not self.hit and (func in self._DETACH or getattr(func, "__self__", None) is self._data) and args \
                 and isinstance(args[0], torch.Tensor):
             t = args[0]
             carries = t.requires_grad if self.reverse else fwAD.unpack_dual(t).tangent is not None

@@ -156,17 +156,20 @@ def test_gradient_accumulation_radius_covers_every_micro_batch(autocast):
 
 
 class Detaching(nn.Module):
-    def __init__(self):
+    def __init__(self, how):
         super().__init__()
-        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.a, self.b, self.how = nn.Linear(6, 8), nn.Linear(8, 3), how
 
     def forward(self, x):
-        return self.b(torch.tanh(self.a(x)).detach() + x[:, :8].tanh().repeat(1, 2)[:, :8])
+        h = torch.tanh(self.a(x))
+        h = h.detach() if self.how == "detach" else h.data
+        return self.b(h + x[:, :8].tanh().repeat(1, 2)[:, :8])
 
 
-def test_detached_tangent_is_an_estimate_with_its_reason():
+@pytest.mark.parametrize("how", ["detach", "data"])
+def test_detached_tangent_is_an_estimate_with_its_reason(how):
     torch.manual_seed(0)
-    m = Detaching()
+    m = Detaching(how)
     opt = torch.optim.SGD(m.parameters(), lr=0.5, weight_decay=0.1)  # weight decay moves the detached layer
     ctrl = SafeStepController(m, opt)
     F.cross_entropy(m(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
@@ -356,3 +359,25 @@ def test_fuzz_controller_family_has_no_violations():
     d = t.data["controller"]
     assert d["violations"] == 0, d["examples"]
     assert d["pairs"] >= 8, d
+
+
+@pytest.mark.parametrize("name", ["sgd_nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam"])
+def test_any_optimizer_step_is_inside_the_exact_radius(name):
+    torch.manual_seed(6)
+    m = nn.Sequential(nn.Linear(8, 24), nn.LayerNorm(24), nn.GELU(), nn.Linear(24, 5))
+    ps = m.parameters()
+    opt = {"sgd_nesterov": lambda: torch.optim.SGD(ps, lr=3.0, momentum=0.9, nesterov=True, weight_decay=1e-2),
+           "adam": lambda: torch.optim.Adam(ps, lr=0.5), "adamw": lambda: torch.optim.AdamW(ps, lr=0.5),
+           "rmsprop": lambda: torch.optim.RMSprop(ps, lr=0.3), "adagrad": lambda: torch.optim.Adagrad(ps, lr=2.0),
+           "nadam": lambda: torch.optim.NAdam(ps, lr=0.5)}[name]()
+    ctrl = SafeStepController(m, opt)
+    for _ in range(3):
+        x, y = torch.randn(16, 8), torch.randint(0, 5, (16,))
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        old = snap(m)
+        opt.step()
+        assert ctrl.last.kind == "certified"
+        da, nrm = exact_delta64(m, [x], old, snap(m))
+        assert nrm * da / math.pi <= 1.0 and ctrl.last.rho_applied <= math.pi / da * (1 + 1e-6)
+    assert any(r.status == "clipped" for r in ctrl.records)
