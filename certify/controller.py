@@ -208,6 +208,7 @@ class SafeStepController:
         self._pending: list[RecordedForward | None] = []
         self._dropped = 0
         self._np_full = False
+        self._record_error = ""
         self._observed: RecordedForward | None = None
         self._old: list[torch.Tensor] | None = None
         self._pre_versions: list[int] | None = None
@@ -259,8 +260,17 @@ class SafeStepController:
         self._observed = rec
 
     def _on_pre_forward(self, module, args, kwargs) -> None:
+        """Never lets an exception into the training forward: a recording failure makes this step's radius an
+        estimate (a micro-batch would be missing) instead."""
         if self._busy:
             return
+        try:
+            self._record_pre(args, kwargs)
+        except Exception as e:  # noqa: BLE001
+            self._pending.append(None)
+            self._record_error = f"recording a forward failed ({type(e).__name__}: {e})"
+
+    def _record_pre(self, args, kwargs) -> None:
         if not torch.is_grad_enabled() or not self._own_parameters():
             self._pending.append(None)  # evaluation, or a functional_call with other parameter values
             return
@@ -283,16 +293,26 @@ class SafeStepController:
         if self._busy or not self._pending:
             return
         rec = self._pending.pop()
+        try:
+            self._record_post(rec, output)
+        except Exception as e:  # noqa: BLE001 - never into the training forward
+            self._record_error = f"recording a forward failed ({type(e).__name__}: {e})"
+
+    def _record_post(self, rec: RecordedForward | None, output: Any) -> None:
         if rec is None:
             return
         rec.rng_after = RngState.capture(list(rec.rng_before.cuda))
         if rec.rng_after.np_raw != rec.rng_before.np_raw:
             self._np_full = True  # the forward draws from NumPy: keep its full state (Gaussian cache) from now on
+        if output is None:  # the forward raised (always_call): nothing ran to a loss
+            return
         try:
             z = self.logits_fn(output)
-        except Exception:  # noqa: BLE001 - an exception in the forward itself, or no logits: nothing to record
+        except Exception as e:  # noqa: BLE001 - no logits in this output: the step cannot be certified
+            self._record_error = f"no logits in a recorded forward's output ({type(e).__name__}: {e})"
             return
         if not isinstance(z, torch.Tensor):
+            self._record_error = f"logits_fn returned {type(z).__name__}, not a tensor"
             return
         rec.z_fp, rec.z_stride = fingerprint(z)
         rec.z_shape = tuple(z.shape)
@@ -366,8 +386,8 @@ class SafeStepController:
 
     # ------------------------------------------------------------------ the step
     def _post(self, optimizer, args, kwargs) -> None:
-        forwards, dropped = self._forwards, self._dropped
-        self._forwards, self._pending, self._dropped = [], [], 0
+        forwards, dropped, rec_err = self._forwards, self._dropped, self._record_error
+        self._forwards, self._pending, self._dropped, self._record_error = [], [], 0, ""
         if self.capture == "manual":
             forwards, self._observed = ([self._observed] if self._observed is not None else []), None
         self._step += 1
@@ -377,7 +397,7 @@ class SafeStepController:
                                        "taken); run the forward with autograd enabled or call controller.observe(x)")
         try:
             with torch.no_grad():
-                rec = self._control(forwards, dropped)
+                rec = self._control(forwards, dropped, rec_err)
         except Exception as e:  # noqa: BLE001 - never leave an unchecked step applied
             rec = self._fail_safe(f"{type(e).__name__}: {e}")
         except BaseException:
@@ -449,7 +469,7 @@ class SafeStepController:
     def _wide(a: torch.Tensor) -> torch.Tensor:
         return a if a.dtype in (torch.float32, torch.float64) else a.float()
 
-    def _control(self, forwards: list[RecordedForward], dropped: int) -> StepCertificate:
+    def _control(self, forwards: list[RecordedForward], dropped: int, rec_err: str = "") -> StepCertificate:
         common = dict(step=self._step, mode=self.mode, method=self.method, temperature=self.temperature,
                       n_forwards=len(forwards))
         delta = self._diff(self._delta, self._delta_flat)
@@ -474,6 +494,8 @@ class SafeStepController:
                 raise ReplayUnsupported("no recorded forward ran at θ_old")
         if dropped:
             notes.append(f"{dropped} forward(s) beyond max_forwards were not kept")
+        if rec_err:
+            notes.append(rec_err)
         params = self._params_at(self._old)
         engines = _ENGINES[self.engine] if self.method == "jvp" else ()
         res, engine, reasons = self._radius(forwards, params, delta, tau, engines)

@@ -381,3 +381,23 @@ def test_any_optimizer_step_is_inside_the_exact_radius(name):
         da, nrm = exact_delta64(m, [x], old, snap(m))
         assert nrm * da / math.pi <= 1.0 and ctrl.last.rho_applied <= math.pi / da * (1 + 1e-6)
     assert any(r.status == "clipped" for r in ctrl.records)
+
+
+def test_recording_failure_never_reaches_the_training_forward(monkeypatch):
+    torch.manual_seed(7)
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    ctrl = SafeStepController(m, opt)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    F.cross_entropy(m(x), y).backward()  # micro-batch 1: recorded
+    import nncertify.certify.controller as C
+
+    def broken(*a, **k):
+        raise RuntimeError("no RNG today")
+    monkeypatch.setattr(C.RngState, "capture", broken)
+    z = m(x * 2)  # micro-batch 2: its recording fails, the forward itself does not
+    monkeypatch.undo()
+    F.cross_entropy(z, y).backward()
+    opt.step()
+    rec = ctrl.last
+    assert rec.kind == "estimate" and "no RNG today" in rec.fallback_reason and rec.n_forwards == 1
