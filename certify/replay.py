@@ -42,7 +42,6 @@ Not observable here: forward hooks the user registered on submodules fire during
 from __future__ import annotations
 
 import ctypes
-import math
 import random
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -272,14 +271,9 @@ def _autocast_off() -> ExitStack:
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _cast(t: Any, dtype: Any = None) -> Any:
+def _cast(t: Any) -> Any:
     """Half-precision floats widened to float32; float32/float64 (and mixed models) left as they are."""
     return t.float() if isinstance(t, torch.Tensor) and t.dtype in _HALF else t
-
-
-def work_dtype(params: Mapping[str, torch.Tensor]) -> None:
-    """Kept for the call sites: the working precision is per tensor (:func:`_cast`)."""
-    return None
 
 
 # ----------------------------------------------------------------------------- the replay
@@ -348,12 +342,12 @@ class ReplayJVP:
                 raise ReplayMismatch(f"replayed logits differ from the training forward's by {err:.3g} "
                                      f"(tolerance {tol:.3g})")
 
-    def _prepare(self, rec: RecordedForward, params: Mapping[str, torch.Tensor], wd: torch.dtype):
+    def _prepare(self, rec: RecordedForward):
         if rec.inputs_changed():
             raise ReplayMismatch("an input of the recorded forward was modified in place before the step")
-        buffers = {k: _cast(b.detach().clone(), wd) for k, b in self.model.named_buffers()}
-        args = tuple(_cast(a.detach() if isinstance(a, torch.Tensor) else a, wd) for a in rec.args)
-        kw = {k: _cast(v.detach() if isinstance(v, torch.Tensor) else v, wd) for k, v in rec.kwargs.items()}
+        buffers = {k: _cast(b.detach().clone()) for k, b in self.model.named_buffers()}
+        args = tuple(_cast(a.detach() if isinstance(a, torch.Tensor) else a) for a in rec.args)
+        kw = {k: _cast(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in rec.kwargs.items()}
         return buffers, args, kw
 
     def _rng_probe(self, rec: RecordedForward) -> RngState | None:
@@ -363,16 +357,15 @@ class ReplayJVP:
     def forward_ad(self, rec: RecordedForward, params: Mapping[str, torch.Tensor],
                    direction: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``a = J_z(params)·direction`` by forward-mode AD (direction used as given)."""
-        wd = work_dtype(params)
-        buffers, args, kw = self._prepare(rec, params, wd)
+        buffers, args, kw = self._prepare(rec)
         if rec.rng_before is None:
             rec.rng_after = self._rng_probe(rec)
         with self._replaying(rec, reverse=False) as guard, fwAD.dual_level(), torch.no_grad():
             duals = {}
             for k, p in params.items():
-                p = _cast(p.detach(), wd)
+                p = _cast(p.detach())
                 t = direction.get(k)
-                duals[k] = fwAD.make_dual(p, _cast(t.detach(), wd)) if t is not None else p
+                duals[k] = fwAD.make_dual(p, _cast(t.detach())) if t is not None else p
             try:
                 out = functional_call(self.model, {**duals, **buffers}, args, kw, strict=False)
             except NotImplementedError as e:
@@ -385,13 +378,12 @@ class ReplayJVP:
     def double_vjp(self, rec: RecordedForward, params: Mapping[str, torch.Tensor],
                    direction: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The same JVP by reverse-over-reverse: ``a = ∂/∂u ⟨J_zᵀu, direction⟩`` (``J_zᵀu`` is linear in u)."""
-        wd = work_dtype(params)
-        buffers, args, kw = self._prepare(rec, params, wd)
+        buffers, args, kw = self._prepare(rec)
         if rec.rng_before is None:
             rec.rng_after = self._rng_probe(rec)
         names = [k for k in params if k in direction]
         with self._replaying(rec, reverse=True) as guard, torch.enable_grad():
-            leaves = {k: _cast(p.detach(), wd).requires_grad_(k in direction) for k, p in params.items()}
+            leaves = {k: _cast(p.detach()).requires_grad_(k in direction) for k, p in params.items()}
             out = functional_call(self.model, {**leaves, **buffers}, args, kw, strict=False)
             rng_after = self._rng_probe(rec)
             z = self.logits_fn(out)
@@ -405,7 +397,7 @@ class ReplayJVP:
             u = torch.zeros_like(z, requires_grad=True)
             try:
                 gs = torch.autograd.grad(z, [leaves[k] for k in names], u, create_graph=True, allow_unused=True)
-                s = sum((g * _cast(direction[k].detach(), wd)).sum() for k, g in zip(names, gs) if g is not None)
+                s = sum((g * _cast(direction[k].detach())).sum() for k, g in zip(names, gs) if g is not None)
                 if not isinstance(s, torch.Tensor) or not s.requires_grad:
                     return torch.zeros_like(z).detach()
                 (a,) = torch.autograd.grad(s, u, allow_unused=True)
@@ -416,12 +408,11 @@ class ReplayJVP:
     def central_difference(self, rec: RecordedForward, params: Mapping[str, torch.Tensor],
                            direction: Mapping[str, torch.Tensor], eps: float) -> torch.Tensor:
         """``(z(θ + ε d) − z(θ − ε d))/(2ε)`` of the replayed forward (an estimate, ``d`` as given)."""
-        wd = work_dtype(params)
         zs = []
         for sign in (1.0, -1.0):
-            buffers, args, kw = self._prepare(rec, params, wd)
-            moved = {k: _cast(p.detach(), wd) + (sign * eps) * _cast(direction[k].detach(), wd)
-                     if k in direction else _cast(p.detach(), wd) for k, p in params.items()}
+            buffers, args, kw = self._prepare(rec)
+            moved = {k: _cast(p.detach()) + (sign * eps) * _cast(direction[k].detach())
+                     if k in direction else _cast(p.detach()) for k, p in params.items()}
             if rec.rng_before is None:
                 rec.rng_after = self._rng_probe(rec)
             with self._replaying(rec, reverse=False) as guard, torch.no_grad():
@@ -449,7 +440,3 @@ def _custom_function(z: torch.Tensor, limit: int = 100000) -> str:
             return type(n).__name__.removesuffix("Backward")
         stack.extend(f for f, _ in n.next_functions)
     return ""
-
-
-def finite_float(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
