@@ -9,7 +9,6 @@ place, no batch.  Plus ``rho_a(mode="eval")``, ``step_report`` and ``certify ste
 
 import copy
 import math
-import subprocess
 import sys
 
 import pytest
@@ -310,7 +309,8 @@ def test_eval_mode_radius_and_step_report_on_attention():
     assert rep["kind"] == "certified" and rep["rho_a"] > 0 and rep["lr_max_sgd"] > 0
 
 
-def test_certify_steps_cli_on_attention_model(tmp_path):
+def test_certify_steps_cli_on_attention_model(tmp_path, capsys):
+    from test_cli import certify_inproc
     (tmp_path / "attn_arch.py").write_text(
         "import torch\nfrom torch import nn\n"
         "class Attn(nn.Module):\n"
@@ -329,16 +329,14 @@ def test_certify_steps_cli_on_attention_model(tmp_path):
         torch.save(attn_arch.build().state_dict(), tmp_path / "attn.pt")
     finally:
         sys.path.remove(str(tmp_path))
-    cmd = [sys.executable, "-m", "nncertify", "steps", str(tmp_path / "attn.pt"), "--arch",
-           f"{tmp_path / 'attn_arch.py'}:build", "--input-shape", "64", "--limit", "32"]
-    r = subprocess.run(cmd + ["--json", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=300)
+    args = ["steps", tmp_path / "attn.pt", "--arch", f"{tmp_path / 'attn_arch.py'}:build", "--limit", "32"]
+    r = certify_inproc(capsys, *args, "--input-shape", "64", "--json", tmp_path / "s.json")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "CERTIFIED" in r.stdout
     import json
     cert = json.loads((tmp_path / "s.json").read_text())
     assert cert["status"] == "certified" and cert["result"]["radius"] > 0
-    bad = subprocess.run(cmd[:-4] + ["--input-shape", "63", "--limit", "32"], capture_output=True, text=True,
-                         timeout=300)
+    bad = certify_inproc(capsys, *args, "--input-shape", "63")
     assert bad.returncode == 2 and "does not accept inputs of shape (63,)" in bad.stderr
 
 
