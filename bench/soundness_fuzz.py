@@ -616,7 +616,7 @@ def run(pairs: int = 10000, seed: int = 0, time_budget: float = 1800.0, log=prin
             check_lipsdp_linf(t, rng)
         if i % 60 == 0:
             check_bab_exact(t, rng)
-        if i % 4 == 1:
+        if i % 6 == 1:  # a few seconds each (two training steps, replays and float64 truths)
             check_controller(t, rng)
         if i % 50 == 0 and log:
             log(f"{t.pairs} pairs, {sum(d['violations'] for d in t.data.values())} violations, "
