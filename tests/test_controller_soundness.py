@@ -399,3 +399,20 @@ def test_recording_failure_never_reaches_the_training_forward(monkeypatch):
     opt.step()
     rec = ctrl.last
     assert rec.kind == "estimate" and "no RNG today" in rec.fallback_reason and rec.n_forwards == 1
+
+
+def test_controller_eval_mode_radius_on_attention_matches_rho_a():
+    torch.manual_seed(8)
+    m = Attn().train()  # dropout in the training forward; the radius asked for in eval mode
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    ctrl = SafeStepController(m, opt, model_mode="eval")
+    x, y = torch.randn(6, 64), torch.randint(0, 10, (6,))
+    F.cross_entropy(m(x), y).backward()
+    old = snap(m)
+    opt.step()
+    rec = ctrl.last
+    assert rec.kind == "certified" and rec.engine == "forward_ad"
+    disp = {k: p.detach() - old[k] for k, p in m.named_parameters()}
+    ref = rho_a(m, x, disp, mode="eval", params=old)
+    assert rec.rho_applied == pytest.approx(ref.rho_a, rel=1e-5)
+    assert m.training  # the module's mode is left as the training loop set it
