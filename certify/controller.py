@@ -152,7 +152,7 @@ class SafeStepController:
     (``"as_is"`` = the training forward's own mode and random numbers; ``"train"``/``"eval"`` force one);
     ``engine`` ``"auto"`` (forward AD, then reverse-over-reverse), ``"forward_ad"`` or ``"double_vjp"``;
     ``verify_applied`` recomputes the radius along the applied displacement when the step was rescaled
-    (module doc); ``max_forwards`` caps the forwards kept per step (older ones dropped → estimate);
+    (module doc; without it a rescaled step is an estimate); ``max_forwards`` caps the forwards kept per step (older ones dropped → estimate);
     ``jsonl`` a file to append records to.  Only the parameters of ``logits_module`` that are in the
     optimizer are controlled.
     """
@@ -529,8 +529,10 @@ class SafeStepController:
             applied = self._apply_scale(s, delta)
             if applied == 0.0:
                 return StepCertificate(applied_norm=0.0, r_applied=0.0, scale=s, kind=kind, status=status, **out)
-            if not self.verify_applied:
-                return StepCertificate(applied_norm=applied, r_applied=applied / rho, scale=s, kind=kind,
+            if not self.verify_applied:  # r along p̂, not along the rounded applied step: not a certificate
+                out["fallback_reason"] = (out["fallback_reason"] + "; " if out["fallback_reason"] else "") + \
+                    "radius not re-measured along the applied step (verify_applied=False)"
+                return StepCertificate(applied_norm=applied, r_applied=applied / rho, scale=s, kind="estimate",
                                        status=status, rho_applied=math.nan, **out)
             res2, eng2, why = self._radius(forwards, params, self._tmp, applied, (engine,) if engine != "fd" else ())
             if res2 is None or eng2 != engine or res2.status == "nonfinite":

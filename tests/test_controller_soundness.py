@@ -416,3 +416,14 @@ def test_controller_eval_mode_radius_on_attention_matches_rho_a():
     ref = rho_a(m, x, disp, mode="eval", params=old)
     assert rec.rho_applied == pytest.approx(ref.rho_a, rel=1e-5)
     assert m.training  # the module's mode is left as the training loop set it
+
+
+def test_unverified_rescaled_step_is_an_estimate():
+    torch.manual_seed(9)
+    m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(m.parameters(), lr=50.0)
+    ctrl = SafeStepController(m, opt, verify_applied=False)
+    F.cross_entropy(m(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
+    opt.step()
+    assert ctrl.last.status == "clipped" and ctrl.last.kind == "estimate"
+    assert "verify_applied=False" in ctrl.last.fallback_reason
