@@ -16,6 +16,7 @@ a *violation* is a pair where the certificate is beaten by its truth:
 | ghost_radius    | rho_a = pi / Delta_a                     | nearest complex zero of the partition function (polynomial roots) |
 | ghost_binary    | exact binary radius                      | the same roots: must agree to 1e-6                  |
 | sgn             | margin, Euler factor, certified steps    | metric monotonicity by sampling, exact step-operator norm, simulated Euler |
+| controller      | certified safe steps: r_applied <= 1 and the recorded radius along the applied step | JVP of a float64 copy (float32 dual tensors under the forward's RNG state when it draws random numbers) along the displacement measured from parameter snapshots, over every micro-batch |
 
 Writes bench/results/soundness_fuzz.json and .md.  ``run()`` is also called by the tests with a
 small seeded budget.
@@ -423,6 +424,170 @@ def check_sgn(t: Tally, rng):
     t.add("sgn", bool(ok), f"N={N} dims={dims}: margin {cert.margin:.4g} beta {cert.beta:.4g} h {h} factor {fac}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# controller family (issue #16): random trainable architectures under the safe-step controller
+_CTRL_ACTS = ("relu", "gelu", "tanh", "silu", "softplus", "leaky_relu")
+
+
+class _CtrlNet(nn.Module):
+    """A random trainable classifier: a stem (Linear, Conv2d on a 4x4 image, or a tied Embedding), blocks of
+    [norm] -> activation (some in place) -> [dropout] with optional residuals and attention, and a head."""
+
+    def __init__(self, rng: np.random.Generator):
+        super().__init__()
+        self.kind = str(rng.choice(["mlp", "conv", "tied_lm", "attn"]))
+        w = int(rng.choice([8, 12, 16]))
+        self.classes = 13 if self.kind == "tied_lm" else int(rng.integers(2, 8))
+        if self.kind == "conv":
+            self.stem = nn.Conv2d(1, w // 4, 3, padding=1, stride=int(rng.choice([1, 2])))
+            self.stem_out = (w // 4) * (16 if self.stem.stride[0] == 1 else 4)
+            self.proj = nn.Linear(self.stem_out, w)
+            self.cnorm = [nn.Identity(), nn.BatchNorm2d(w // 4), nn.GroupNorm(1, w // 4)][int(rng.integers(0, 3))]
+        elif self.kind == "tied_lm":
+            self.stem = nn.Embedding(self.classes, w)
+        else:
+            self.stem = nn.Linear(16, w)
+        self.blocks = nn.ModuleList()
+        self.spec = []
+        for _ in range(int(rng.integers(1, 4))):
+            norm = str(rng.choice(["none", "ln", "bn"] if self.kind == "mlp" else ["none", "ln"]))
+            act = str(rng.choice(_CTRL_ACTS))
+            drop = float(rng.choice([0.0, 0.0, 0.2]))
+            self.blocks.append(nn.ModuleDict({
+                "lin": nn.Linear(w, w),
+                "norm": nn.LayerNorm(w) if norm == "ln" else nn.BatchNorm1d(w) if norm == "bn" else nn.Identity()}))
+            self.spec.append((act, drop, bool(rng.random() < 0.5), bool(rng.random() < 0.3)))
+        self.att = nn.MultiheadAttention(w, 2, dropout=float(rng.choice([0.0, 0.1])), batch_first=True) \
+            if self.kind in ("attn", "tied_lm") else None
+        if self.kind == "tied_lm":
+            self.head = nn.Linear(w, self.classes, bias=False)
+            self.head.weight = self.stem.weight
+        else:
+            self.head = nn.Linear(w, self.classes)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+        if self.kind == "conv":
+            h = self.proj(torch.relu(self.cnorm(self.stem(x.view(-1, 1, 4, 4)))).flatten(1))
+        elif self.kind == "attn":
+            h = self.stem(x.view(x.shape[0], 4, 16 // 4).repeat(1, 1, 4))
+        else:
+            h = self.stem(x)
+        for blk, (act, drop, res, inplace) in zip(self.blocks, self.spec):
+            u = blk["norm"](blk["lin"](h)) if h.dim() == 2 or not isinstance(blk["norm"], nn.BatchNorm1d) \
+                else blk["lin"](h)
+            if inplace and act in ("relu", "tanh"):
+                u = u.relu_() if act == "relu" else u.tanh_()
+            else:
+                u = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "softplus": F.softplus,
+                     "leaky_relu": F.leaky_relu}[act](u)
+            u = F.dropout(u, drop, self.training)
+            h = h + u if res else u
+        if self.att is not None:
+            h = h + self.att(h, h, h, need_weights=False)[0]
+            if self.kind == "attn":
+                h = h.mean(1)
+        return self.head(h)
+
+
+def _ctrl_batch(net: _CtrlNet, n: int, g: torch.Generator, dtype):
+    if net.kind == "tied_lm":
+        return torch.randint(0, net.classes, (n, 5), generator=g), torch.randint(0, net.classes, (n, 5), generator=g)
+    return torch.randn(n, 16, generator=g).to(dtype), torch.randint(0, net.classes, (n,), generator=g)
+
+
+def _ctrl_truth(model, recs, old, new):
+    """(max_x Δ_a along new − old over the recorded micro-batches, ‖new − old‖) by an independent JVP:
+    a float64 copy when the forwards draw no random numbers, else float32 dual tensors under each forward's
+    RNG state (their logits must equal the training logits, else None)."""
+    import copy
+    import random as pyrandom
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import functional_call
+    disp = {k: new[k].double() - old[k].double() for k in old}
+    nrm = math.sqrt(sum(float((d ** 2).sum()) for d in disp.values()))
+    random_fw = any(not torch.equal(r["rng0"][0], r["rng1"][0]) or r["rng0"][1] != r["rng1"][1] for r in recs)
+    m = copy.deepcopy(model)
+    dt = torch.float32 if random_fw else torch.float64
+    m = m.to(dt)
+    da = 0.0
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    now = (torch.get_rng_state(), pyrandom.getstate())
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        for r in recs:
+            torch.set_rng_state(r["rng0"][0])
+            pyrandom.setstate(r["rng0"][1])
+            x = r["x"].to(dt) if r["x"].is_floating_point() else r["x"]
+            bufs = {k: b.clone() for k, b in m.named_buffers()}
+            with fwAD.dual_level(), torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+                P = {k: fwAD.make_dual(old[k].to(dt), (disp[k] / nrm).to(dt)) for k in old}
+                z, a = fwAD.unpack_dual(functional_call(m, (P, bufs), (x,)))
+            if random_fw and not torch.allclose(z.double(), r["z"].double(), rtol=1e-4, atol=1e-4):
+                return None, nrm
+            a = a.double()
+            da = max(da, float((a.amax(-1) - a.amin(-1)).max()))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+        torch.set_rng_state(now[0])
+        pyrandom.setstate(now[1])
+    return da, nrm
+
+
+def check_controller(t: Tally, rng):
+    """One random architecture, optimizer, learning rate, dtype and accumulation count; two controlled steps."""
+    import random as pyrandom
+    import torch.nn.functional as F
+    from nncertify.certify.controller import SafeStepController
+    seed = int(rng.integers(0, 2 ** 31))
+    torch.manual_seed(seed)
+    pyrandom.seed(seed)
+    net = _CtrlNet(rng)
+    dtype = rng.choice([torch.float32, torch.float32, torch.float64, torch.bfloat16]) if net.kind != "tied_lm" \
+        else torch.float32
+    net = net.to(dtype).train()
+    lr = float(10 ** rng.uniform(-2.5, 1.0))
+    name = str(rng.choice(["sgd", "sgdm", "adam", "adamw"]))
+    if name in ("adam", "adamw") and dtype == torch.bfloat16:
+        name = "sgdm"
+    opt = {"sgd": lambda: torch.optim.SGD(net.parameters(), lr=lr),
+           "sgdm": lambda: torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3),
+           "adam": lambda: torch.optim.Adam(net.parameters(), lr=lr),
+           "adamw": lambda: torch.optim.AdamW(net.parameters(), lr=lr)}[name]()
+    ctrl = SafeStepController(net, opt)
+    micro = int(rng.integers(1, 4))
+    g = torch.Generator().manual_seed(seed)
+    desc = f"ctrl seed={seed} kind={net.kind} spec={net.spec} dtype={dtype} opt={name} lr={lr:.3g} micro={micro}"
+    for step in range(2):
+        opt.zero_grad()
+        recs = []
+        for _ in range(micro):
+            x, y = _ctrl_batch(net, int(rng.integers(3, 9)), g, dtype)
+            rng0 = (torch.get_rng_state(), pyrandom.getstate())
+            z = net(x)
+            recs.append({"x": x, "z": z.detach(), "rng0": rng0, "rng1": (torch.get_rng_state(), pyrandom.getstate())})
+            (F.cross_entropy(z.float().reshape(-1, z.shape[-1]), y.reshape(-1)) / micro).backward()
+        old = {k: p.detach().clone() for k, p in net.named_parameters()}
+        try:
+            opt.step()
+        except Exception as e:  # noqa: BLE001 - an exception out of step() is itself a finding
+            t.add("controller", False, f"{desc}: optimizer.step() raised {type(e).__name__}: {e}")
+            return
+        rec = ctrl.last
+        if rec.kind != "certified" or rec.status not in ("ok", "clipped"):
+            t.add("controller", True, skipped=True)
+            continue
+        new = {k: p.detach().clone() for k, p in net.named_parameters()}
+        da, nrm = _ctrl_truth(net, recs, old, new)
+        if da is None:
+            t.add("controller", True, skipped=True)
+            continue
+        r_true = nrm * da / math.pi
+        ok = r_true <= 1.0 + 1e-6 and rec.rho_applied <= math.pi / da * (1 + 1e-6) and rec.n_forwards == micro
+        t.add("controller", ok, f"{desc} step {step}: r_true {r_true:.6g}, rho_applied {rec.rho_applied:.6g} vs "
+                                f"truth {math.pi / da:.6g}, n_forwards {rec.n_forwards}")
+
+
 def run(pairs: int = 10000, seed: int = 0, time_budget: float = 1800.0, log=print) -> dict:
     warnings.filterwarnings("ignore")
     rng = np.random.default_rng(seed)
@@ -451,6 +616,8 @@ def run(pairs: int = 10000, seed: int = 0, time_budget: float = 1800.0, log=prin
             check_lipsdp_linf(t, rng)
         if i % 60 == 0:
             check_bab_exact(t, rng)
+        if i % 6 == 1:  # a few seconds each (two training steps, replays and float64 truths)
+            check_controller(t, rng)
         if i % 50 == 0 and log:
             log(f"{t.pairs} pairs, {sum(d['violations'] for d in t.data.values())} violations, "
                 f"{time.perf_counter() - t0:.0f} s")

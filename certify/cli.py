@@ -61,9 +61,10 @@ def _shape(s: Optional[str]):
     return dims
 
 
-def _load(model, arch, input_shape, trust_pickle):
+def _load(model, arch, input_shape, trust_pickle, require_network: bool = True):
     from .tasks import resolve_model
-    return resolve_model(model, arch=arch, input_shape=_shape(input_shape), trust_pickle=trust_pickle)
+    return resolve_model(model, arch=arch, input_shape=_shape(input_shape), trust_pickle=trust_pickle,
+                         require_network=require_network)
 
 
 def _emit(cert, json_path: Optional[Path]) -> None:
@@ -171,9 +172,9 @@ def steps(model: str = ModelArg, data: Optional[Path] = DataOpt, labels: Optiona
           arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
           json_path: Optional[Path] = JsonOpt):
     """Softmax-ghost step radius rho_a along the gradient, and the largest safe SGD learning rate."""
-    from .tasks import resolve_data, task_steps
-    lm = _load(model, arch, input_shape, trust_pickle)
-    X, y = resolve_data(data, lm.network, labels, limit)
+    from .tasks import module_shapes, resolve_data, task_steps
+    lm = _load(model, arch, input_shape, trust_pickle, require_network=False)  # attention models too
+    X, y = resolve_data(data, module_shapes(lm), labels, limit)
     if y is None:
         raise InvalidArgumentError("steps needs labels: a labelled --data file or --labels FILE")
     _emit(task_steps(lm, X, y), json_path)

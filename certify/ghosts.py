@@ -47,6 +47,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..models.errors import InvalidArgumentError, ShapeMismatchError
+from .replay import _no_mha_fastpath, _sdpa_math
 
 PI = math.pi
 _MARGIN = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -186,8 +187,9 @@ def logit_jvp(model: nn.Module, x: Any, direction: Direction, *, mode: str = "as
     ``direction`` is used as given (not normalized).  ``params`` overrides the parameter values (e.g.
     the pre-step snapshot θ_old of a controller).  Runs in float32 or float64 (``dtype``; default: float64
     for float64 models, float32 otherwise).  Buffers are cloned, so the model is left untouched.
-    This recomputes the forward; the safe-step controller avoids that with :mod:`certify.tangent` (the
-    training forward's cached activations + a tangent-only pass) and uses this function as its fallback.
+    ``nn.MultiheadAttention``'s fused eval-mode kernel and the fused ``scaled_dot_product_attention``
+    kernels have no forward-AD formula; the composite paths (same function) are used for the call.  The safe-step controller replays recorded
+    training forwards with their RNG state instead (:mod:`certify.replay`).
     """
     wd = _work_dtype(model, dtype)
     d = as_direction(model, direction)
@@ -203,7 +205,7 @@ def logit_jvp(model: nn.Module, x: Any, direction: Direction, *, mode: str = "as
             t = d.get(k)
             duals[k] = fwAD.make_dual(p, _cast(t.detach(), wd)) if t is not None else p
         ctx = hooks() if hooks is not None else _nullctx()
-        with ctx:
+        with ctx, _no_mha_fastpath(), _sdpa_math():
             out = functional_call(model, {**duals, **buffers}, args, kw, strict=False)
         z_dual = logits_fn(out)
         z, a = fwAD.unpack_dual(z_dual)

@@ -60,8 +60,9 @@ def parse_clip(clip) -> tuple[float, float] | None:
 
 
 # ------------------------------------------------------------------------------------------ resolution
-def resolve_model(spec, arch=None, input_shape=None, trust_pickle: bool = False):
-    """A model file path, ``zoo:NAME`` or a bare zoo name -> ``models.LoadedModel``."""
+def resolve_model(spec, arch=None, input_shape=None, trust_pickle: bool = False, require_network: bool = True):
+    """A model file path, ``zoo:NAME`` or a bare zoo name -> ``models.LoadedModel`` (``require_network=False``:
+    see ``models.load_model``)."""
     from ..models import load_model, zoo
     s = str(spec)
     name = s[4:] if s.startswith("zoo:") else s
@@ -69,7 +70,30 @@ def resolve_model(spec, arch=None, input_shape=None, trust_pickle: bool = False)
         return zoo.load_zoo(name)
     if not Path(s).exists():
         raise ModelLoadError(f"{s}: no such file (and not a zoo model; available: {', '.join(zoo.available())})")
-    return load_model(s, arch=arch, input_shape=input_shape, trust_pickle=trust_pickle)
+    return load_model(s, arch=arch, input_shape=input_shape, trust_pickle=trust_pickle,
+                      require_network=require_network)
+
+
+def module_shapes(lm):
+    """What :func:`resolve_data` reads from a network (input/output shape, dtype), for a model loaded
+    without one (``network=None``): the input shape from the file/``--input-shape``, the rest by one forward."""
+    from types import SimpleNamespace
+    if lm.network is not None:
+        return lm.network
+    shape = lm.meta.get("input_shape")
+    if not shape:
+        raise InvalidArgumentError(f"{lm.path}: give the per-sample input shape (--input-shape), the model has no "
+                                   f"network form to read it from ({lm.meta.get('network_error', '')})")
+    p = next(lm.module.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    with torch.no_grad():
+        try:
+            out = lm.module(torch.zeros(2, *shape, dtype=dtype))
+        except Exception as e:  # noqa: BLE001 - the user's module: say which input it refused
+            raise InvalidArgumentError(f"{lm.path}: the module does not accept inputs of shape {tuple(shape)} "
+                                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    from .ghosts import _first_tensor
+    return SimpleNamespace(input_shape=tuple(shape), output_shape=tuple(_first_tensor(out).shape[1:]), dtype=dtype)
 
 
 def resolve_data(data, net, labels=None, limit: int | None = None):
@@ -317,8 +341,8 @@ def controller_certificate(controller, model_name: str = "training run", lm=None
 
 
 def _engine_notes(recs: list[dict]) -> list[str]:
-    """Which exact-JVP engine computed the radii (the forward-reusing tangent engine or functorch), and why
-    any step fell back."""
+    """Which engine computed the radii (forward AD / reverse-over-reverse on the replayed forward, or the
+    finite-difference estimate), and why any step did not use the first exact engine."""
     engines: dict[str, int] = {}
     for r in recs:
         if r.get("engine"):
@@ -326,7 +350,7 @@ def _engine_notes(recs: list[dict]) -> list[str]:
     notes = [f"JVP engine: {', '.join(f'{k} ({v} steps)' for k, v in sorted(engines.items()))}"] if engines else []
     reasons = sorted({r["fallback_reason"] for r in recs if r.get("fallback_reason")})
     if reasons:
-        notes.append("fallback to functorch: " + "; ".join(reasons[:3]))
+        notes.append("fallbacks: " + "; ".join(reasons[:3]))
     return notes
 
 

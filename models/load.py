@@ -42,7 +42,7 @@ MAX_FILE_BYTES = 2 * 1024 ** 3
 class LoadedModel:
     """A loaded model: the normalized description, a module computing it, and provenance."""
 
-    network: Network
+    network: Network | None  # None only when loaded with require_network=False and not convertible
     module: nn.Module
     path: str
     format: str
@@ -64,13 +64,16 @@ def load(path, **kwargs) -> Network:
 
 
 def load_model(path, *, arch=None, input_shape=None, trust_pickle: bool = False, name: str | None = None,
-               check: bool = True) -> LoadedModel:
+               check: bool = True, require_network: bool = True) -> LoadedModel:
     """Load a model file.
 
     ``arch``: architecture for bare weights: ``"pkg.module:factory"``, ``"file.py:factory"``, a spec
     ``.json`` path, a spec dict, or a callable returning an ``nn.Module``.
     ``input_shape``: per-sample input shape where the file does not say it.
     ``trust_pickle``: allow unpickling a full ``nn.Module`` (executes code from the file).
+    ``require_network=False``: for tasks that only run the module (``certify steps``), a module whose
+    operations have no :class:`Network` form (attention, …) is returned with ``network=None`` (the reason in
+    ``meta["network_error"]``, the input shape in ``meta["input_shape"]``) instead of refused.
     """
     path = Path(path)
     if not path.exists():
@@ -137,6 +140,14 @@ def load_model(path, *, arch=None, input_shape=None, trust_pickle: bool = False,
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: could not be loaded as a model ({type(exc).__name__}: {msg[:200]})") from None
     module.eval()
+    if not require_network:
+        meta["input_shape"] = tuple(shape or input_shape) if (shape or input_shape) else None
+        try:
+            net = from_module(module, shape or input_shape, name)
+        except NNCertifyError as e:
+            meta["network_error"] = str(e)
+            return LoadedModel(None, module, str(path), fmt, sha256_file(path), meta)
+        return _finish(net, module, path, fmt, meta, check=check)
     net = from_module(module, shape or input_shape, name)
     return _finish(net, module, path, fmt, meta, check=check)
 
