@@ -59,7 +59,7 @@ def test_every_zoo_model_through_every_command(model, command, capsys):
 
 @pytest.mark.slow
 def test_demo_on_the_convolutional_zoo_model(tmp_path, capsys):
-    r = certify_inproc(capsys, "demo", "--model", "digits_relu_cnn", "--samples", "2", "--time-limit", "2",
+    r = certify_inproc(capsys, "demo", "--model", "digits_relu_cnn", "--samples", "1", "--time-limit", "2",
                        "--out", tmp_path)
     check_outcome(r, "demo digits_relu_cnn")
     assert r.returncode == 0

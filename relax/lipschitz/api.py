@@ -226,6 +226,9 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     # the certificate first (the bound pass), then the estimate (attack), then the BaB, which uses both:
     # under a time_limit the attack gets at most ATTACK_SHARE of it when a BaB follows, else what is left
     run_bab_after = bab_timeout > 0 and method not in ("lipsdp", "naive")
+    if run_bab_after:  # refuse an unsupported BaB before the attack and the bound, not after them
+        from .bab import check_supported
+        check_supported(chain, norm, c is None)
 
     def run_attack():
         nonlocal per_output_lower, attack_points

@@ -158,6 +158,19 @@ def run_bab(*args, num_threads: int | None = 1, **kwargs) -> LipschitzResult:
         torch.set_num_threads(old)
 
 
+def check_supported(chain: DenseChain, norm: str, operator: bool) -> None:
+    """Raise (naming the node or the norm) unless the activation BaB applies: called before any work."""
+    for node in chain.acts:
+        if node.op not in BAB_OPS:
+            raise UnsupportedOperationError(
+                f"node {node.describe()}: branch-and-bound supports {', '.join(BAB_OPS)} networks only "
+                "(bab='input' splits the input instead)")
+    if norm == "2" or (operator and norm != "inf"):
+        raise UnsupportedOperationError(
+            "activation branch-and-bound bounds max_rows ||grad||_q for l_inf and l1 input norms (per output / "
+            "given c); use bab='input' (or 'auto') for this norm")
+
+
 def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: LipschitzResult, timeout: float,
             operator: bool, attack_lower, batch: int = 256, max_domains: int = 1_000_000,
             max_pool: int = 2_000_000,
@@ -183,15 +196,9 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     t0 = time.perf_counter()
     if poly_iters is None:
         poly_iters = POLY_ITERS if chain.in_dim <= POLY_MAX_INPUT else 0
-    for node in chain.acts:
-        if node.op not in BAB_OPS:
-            raise UnsupportedOperationError(
-                f"node {node.describe()}: branch-and-bound supports {', '.join(BAB_OPS)} networks only")
+    check_supported(chain, norm, operator)
     if lp_check and any(g.switch_matrix is not None for g in chain.gates):
         raise UnsupportedOperationError("lp_check (triangle-relaxation LP of a domain) supports ReLU/LeakyReLU networks only")
-    if norm == "2" or (operator and norm != "inf"):
-        raise UnsupportedOperationError(
-            "branch-and-bound bounds max_rows ||grad||_q for l_inf and l1 input norms (per output / given c)")
     S = seeds.shape[0]
     dev, dt = seeds.device, seeds.dtype
     use_abs = abs_split and norm == "inf"
