@@ -184,3 +184,35 @@ def test_float32_network_and_float64_network_agree():
     r32 = local_lipschitz(net32, box, attack=False)
     r64 = local_lipschitz(net64, box, attack=False)
     assert r32.upper == pytest.approx(r64.upper, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exported_program_constants_follow_the_network_dtype(tmp_path, dtype):
+    """A torch.export program with constant arithmetic (x * 0.1 + 0.3): the folded scale_shift nodes take
+    the program's dtype -- a float64 program used to fail to load (float32 constants mixed in) -- and
+    the constants are not rounded through float32 first."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flat = nn.Flatten()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(self.flat(x) * 0.1 + 0.3)
+    torch.manual_seed(9)
+    m = M().to(dtype)
+    ep = torch.export.export(m, (torch.zeros(2, 1, 2, 2, dtype=dtype),))
+    torch.export.save(ep, tmp_path / "m.pt2")
+    net = load_model(tmp_path / "m.pt2").network
+    assert net.dtype == dtype
+    ss = [n for n in net.nodes if n.op == "scale_shift"]
+    assert ss and all(v.dtype == dtype for n in ss for v in n.params.values())
+    assert any(float(n.params["scale"].flatten()[0]) == float(torch.tensor(0.1, dtype=dtype)) for n in ss)
+    x = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(10), dtype=torch.float64).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(net(x), m(x))
+    # no activation: the constant is exactly max_i ||W_i||_1 * 0.1 (the attack used to crash here)
+    res = local_lipschitz(net, _region(x[0], 0.05), attack_options={"steps": 10, "n_samples": 64})
+    exact = float(m.lin.weight.detach().double().abs().sum(1).max()) * float(torch.tensor(0.1, dtype=dtype))
+    assert res.lower == pytest.approx(exact, rel=1e-6) and res.upper == pytest.approx(exact, rel=1e-6)
+    assert res.lower <= res.upper

@@ -184,6 +184,8 @@ def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tenso
     idx = val.topk(k, dim=1).indices
     X = X0[torch.arange(S, device=X0.device)[:, None], idx].clone()
     step0 = width / 8
+    if not chain.gates:
+        steps = 0  # no activation: the gradient is one constant vector, the sampling round found it
     for t in range(steps):
         if deadline is not None and time.perf_counter() >= deadline:
             break
