@@ -101,10 +101,12 @@ def inspect(model: str = ModelArg, arch: Optional[str] = ArchOpt, input_shape: O
 @app.command()
 def demo(out: Path = typer.Option(Path("reports/demo"), "--out", help="output folder"),
          model: str = typer.Option("digits_relu_mlp", "--model", help="zoo model to certify"),
-         samples: int = typer.Option(50, "--samples", help="test samples for the robustness part")):
+         samples: int = typer.Option(50, "--samples", help="test samples for the robustness part"),
+         time_limit: Optional[float] = typer.Option(None, "--time-limit", help="budget (s) of each long part: the "
+                                                                             "global SDP and the local Lipschitz run")):
     """Certify a shipped zoo model end to end and write certificates and a report under --out."""
     from .tasks import run_demo
-    paths = run_demo(out, model=model, samples=samples, echo=typer.echo)
+    paths = run_demo(out, model=model, samples=samples, echo=typer.echo, time_limit=time_limit)
     typer.echo(f"report: {paths['html']}  and  {paths['markdown']}")
 
 
@@ -116,16 +118,25 @@ def lipschitz(model: str = ModelArg, eps: float = typer.Option(0.01, "--eps", he
               bab: str = typer.Option("auto", "--bab", help="branch-and-bound kind: activation (split ReLUs), "
                                                             "input (split the input box; any activation), auto"),
               output: Optional[int] = typer.Option(None, "--output", help="bound only this output (default: all)"),
+              time_limit: Optional[float] = typer.Option(
+                  None, "--time-limit", help="wall-clock budget (s) for the whole run: loading, attack, bound "
+                                             "and branch-and-bound (which gets what is left unless --bab-timeout is "
+                                             "given); only the one bound pass, the certificate, is never cut"),
+              clip: Optional[str] = typer.Option(None, "--clip", help="data domain lo,hi: the region is the eps-ball "
+                                                                     "intersected with the box [lo, hi] (e.g. 0,1)"),
               arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
               json_path: Optional[Path] = JsonOpt):
     """Certified LOCAL Lipschitz constant over the region around one input (bound propagation + BaB)."""
-    from .tasks import resolve_data, task_lipschitz
+    import time
+    started = time.perf_counter()  # --time-limit counts from here: loading the model and data included
+    from .tasks import check_time_limit, parse_clip, resolve_data, task_lipschitz
+    time_limit, clip_box = check_time_limit(time_limit), parse_clip(clip)  # bad values: one line before any work
     lm = _load(model, arch, input_shape, trust_pickle)
     X, _ = resolve_data(data, lm.network, None, index + 1)
     if index < 0 or index >= X.shape[0]:
         raise InvalidArgumentError(f"--index {index}: the data has {X.shape[0]} samples")
     _emit(task_lipschitz(lm, X[index], eps=eps, norm=norm, bab_timeout=bab_timeout, output=output, index=index,
-                         bab=bab),
+                         bab=bab, clip=clip_box, time_limit=time_limit, started=started),
           json_path)
 
 

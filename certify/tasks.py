@@ -45,18 +45,36 @@ def check_eps(eps: float, name: str = "--eps") -> float:
 
 
 def parse_clip(clip) -> tuple[float, float] | None:
-    if clip is None or (isinstance(clip, str) and clip.lower() in ("none", "")):
+    """``"lo,hi"`` (or a pair) -> ``(lo, hi)`` with ``lo < hi`` and neither NaN (an infinite end is a
+    half-open domain); ``None`` / ``"none"`` -> no clipping."""
+    if clip is None or (isinstance(clip, str) and clip.strip().lower() in ("none", "")):
         return None
     if isinstance(clip, str):
         try:
             lo, hi = (float(v) for v in clip.split(","))
         except ValueError:
-            raise InvalidArgumentError(f"--clip {clip!r}: expected lo,hi") from None
+            raise InvalidArgumentError(f"--clip {clip!r}: expected two numbers lo,hi (e.g. 0,1)") from None
     else:
-        lo, hi = clip
-    if not lo < hi:
+        try:
+            lo, hi = (float(v) for v in clip)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"clip {clip!r}: expected a pair of numbers (lo, hi)") from None
+    if not lo < hi:  # also false for NaN
         raise InvalidArgumentError(f"--clip: need lo < hi, got {lo}, {hi}")
     return float(lo), float(hi)
+
+
+def check_time_limit(time_limit, name: str = "--time-limit") -> float | None:
+    """``None`` (no limit) or a positive finite number of seconds."""
+    if time_limit is None:
+        return None
+    try:
+        t = float(time_limit)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number of seconds, got {time_limit!r}") from None
+    if not (math.isfinite(t) and t > 0):
+        raise InvalidArgumentError(f"{name} must be a positive finite number of seconds, got {time_limit!r}")
+    return t
 
 
 # ------------------------------------------------------------------------------------------ resolution
@@ -184,28 +202,44 @@ def _best_output_c(net):
 def _product_bound(net, norm: str) -> float | None:
     """Product of layer operator norms (float64, rounded up): a certified but loose global bound.
 
-    ``None`` for networks that are not chains (residual): there the SDP bound is reported alone.
+    Residual networks: the product carried through the graph (``relax.lipschitz.naive.graph_product``:
+    ``L(a + b) <= L(a) + L(b)``).  ``None`` only for an op without a rule.
     """
     from ..models.errors import UnsupportedOperationError
     from ..relax.lipschitz.api import certified
     from ..relax.lipschitz.chain import dense_chain
-    from ..relax.lipschitz.naive import naive_product
+    from ..relax.lipschitz.naive import graph_product, naive_product
     try:
-        chain = dense_chain(net.to(torch.float64))
+        if net.is_chain():
+            v = naive_product(dense_chain(net.to(torch.float64)), norm)
+        else:
+            v = graph_product(net, norm)
     except (UnsupportedOperationError, ValueError):
         return None
-    v = float(certified(naive_product(chain, norm)))
+    v = float(certified(v))
     return v if math.isfinite(v) else None
 
 
 def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, output: int | None = None,
-                   index: int | None = None, clip=None, bab: str = "auto") -> Certificate:
+                   index: int | None = None, clip=None, bab: str = "auto", time_limit: float | None = None,
+                   started: float | None = None) -> Certificate:
+    """Local Lipschitz constant over the eps-ball around ``x`` (intersected with the box ``clip``).
+
+    ``time_limit`` (s): wall-clock budget for the whole task (see ``local_lipschitz``), counted from
+    ``started`` (a ``time.perf_counter()`` value: the CLI passes its own start, so loading the model
+    and data counts too; default: now); with ``bab_timeout == 0`` the branch-and-bound gets whatever
+    the budget leaves."""
     from ..relax import Ball
     from ..relax.lipschitz import local_lipschitz
+    t0 = time.perf_counter() if started is None else started
     eps = check_eps(eps)
     norm = parse_norm(norm)
+    time_limit = check_time_limit(time_limit)
+    if bab_timeout < 0 or not math.isfinite(bab_timeout):
+        raise InvalidArgumentError(f"--bab-timeout must be a finite number >= 0, got {bab_timeout}")
+    if time_limit is not None and bab_timeout == 0:
+        bab_timeout = time_limit
     net = lm.network
-    t0 = time.perf_counter()
     c = None
     if output is not None:
         q = net.output_shape[0]
@@ -217,10 +251,18 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
     region = Ball(center, eps, p={"inf": math.inf, "2": 2, "1": 1}[norm], clip=parse_clip(clip))
     res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout,
                           bab=bab if bab_timeout > 0 else "activation",
-                          attack_options={"steps": 30, "n_samples": 256, "n_starts": 8})
+                          attack_options={"steps": 30, "n_samples": 256, "n_starts": 8},
+                          time_limit=None if time_limit is None else max(time_limit - (time.perf_counter() - t0), 1e-3))
     status = "certified" if res.status != "failed" and math.isfinite(res.upper) else "failed"
     by_method = {f"bound propagation ({res.method})": res.upper}
-    naive = _product_bound(net, norm)
+    notes = [f"BaB status: {res.status}"] if bab_timeout > 0 else []
+    if "time_limit" in res.stats:
+        notes.append(f"time limit: {res.stats['time_limit']}")
+    naive = None
+    if time_limit is None or time.perf_counter() - t0 < time_limit:  # a side number: only with time left
+        naive = _product_bound(net, norm)
+    else:
+        notes.append("time limit: the global product of norms was not computed")
     if naive is not None:
         by_method["product of norms (global)"] = naive
     result = LipschitzResult(scope="local", norm=norm, output="all outputs" if output is None else f"output {output}",
@@ -231,9 +273,8 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
     return make_certificate(status=status, method=f"local/{res.method}{suffix}",
                             result=result, model=model_ref(lm),
                             parameters={"eps": eps, "norm": norm, "bab_timeout": bab_timeout, "bab": bab,
-                                        "output": output, "index": index, "clip": clip},
-                            total_s=time.perf_counter() - t0, details=res.timings,
-                            notes=[f"BaB status: {res.status}"] if bab_timeout > 0 else [])
+                                        "output": output, "index": index, "clip": clip, "time_limit": time_limit},
+                            total_s=time.perf_counter() - t0, details=res.timings, notes=notes)
 
 
 def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0, 1.0), radius: bool = True,
@@ -433,9 +474,14 @@ def run_unit(unit: dict) -> Certificate:
     raise InvalidArgumentError(f"unknown task {task!r}")
 
 
-def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print) -> dict:
-    """The embedded default: certify a zoo model with every method and write a report."""
+def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print,
+             time_limit: float | None = None) -> dict:
+    """The embedded default: certify a zoo model with every method and write a report.
+
+    ``time_limit`` (s): budget of each of the two long parts, the global SDP and the local
+    Lipschitz constant (default: none; the SDP of a convolutional zoo model takes minutes)."""
     from .report import write_report
+    time_limit = check_time_limit(time_limit)
     out = Path(out)
     lm = resolve_model(model)
     X, y = resolve_data(None, lm.network, None, samples)
@@ -448,10 +494,11 @@ def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print)
         what, res = _headline(cert)
         echo(f"[{cert.status:>9}] {what}: {res}")
 
-    add("global_l2", task_global(lm, norm="2"))
+    add("global_l2", task_global(lm, norm="2", time_limit=time_limit))
     for eps in (0.01, 0.02, 0.04):
         add(f"robustness_linf_{eps}", task_robustness(lm, X, y, eps=eps, norm="inf", clip=(0.0, 1.0)))
-    add("local_lipschitz_linf", task_lipschitz(lm, X[0], eps=0.02, norm="inf", bab_timeout=5.0, index=0))
+    add("local_lipschitz_linf", task_lipschitz(lm, X[0], eps=0.02, norm="inf", bab_timeout=5.0, index=0,
+                                               time_limit=time_limit))
     add("step_radius", task_steps(lm, X, y))
     add("training_run", demo_training_run())
     add("game_toy", task_game("toy"))

@@ -76,6 +76,13 @@ def from_aten_graph(gm: fx.GraphModule, state: dict[str, torch.Tensor], input_sh
         return a
 
     graph_nodes = list(gm.graph.nodes)
+    # constants folded into scale_shift nodes take the network's dtype (the input's, as traced), never
+    # torch's default dtype: a float64 program would otherwise get float32 nodes and mix dtypes
+    ph = next((n for n in graph_nodes if n.op == "placeholder"), None)
+    val = ph.meta.get("val") if ph is not None else None
+    work_dtype = val.dtype if isinstance(val, torch.Tensor) and val.is_floating_point() else \
+        next((v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
+             torch.get_default_dtype())
     # -- group activation layers by module path
     groups: dict[str, list[fx.Node]] = {}
     for n in graph_nodes:
@@ -184,8 +191,9 @@ def from_aten_graph(gm: fx.GraphModule, state: dict[str, torch.Tensor], input_sh
                 continue
             if x is None:
                 unsupported(n, f"{t} with a constant first operand")
-            c = torch.as_tensor(const(a[1]))
-            one = torch.ones_like(c, dtype=torch.get_default_dtype())
+            c = const(a[1])
+            c = c.to(work_dtype) if isinstance(c, torch.Tensor) else torch.as_tensor(c, dtype=work_dtype)
+            one = torch.ones_like(c, dtype=work_dtype)
             if t is aten.add.Tensor:
                 p = {"scale": one, "shift": c * alpha}
             elif t is aten.sub.Tensor:
@@ -194,7 +202,7 @@ def from_aten_graph(gm: fx.GraphModule, state: dict[str, torch.Tensor], input_sh
                 p = {"scale": c, "shift": torch.zeros_like(one)}
             else:
                 p = {"scale": 1.0 / c, "shift": torch.zeros_like(one)}
-            env[n] = new("scale_shift", [x], {k: v.to(torch.get_default_dtype()) for k, v in p.items()}, path=n.name)
+            env[n] = new("scale_shift", [x], {k: v.to(work_dtype) for k, v in p.items()}, path=n.name)
         else:
             unsupported(n, f"aten op {t}")
     keep = {output}

@@ -237,11 +237,21 @@ NNCertifyErrorTypes = (ShapeMismatchError, UnsupportedOperationError, ModelLoadE
 AFFINE_OPS = ("linear", "conv2d", "flatten", "reshape", "scale_shift", "avgpool2d")
 
 
-def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_matrix(node: Node, in_shape: tuple[int, ...], dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``(W, b)`` with ``vec(node(x)) = W vec(x) + b`` for an affine node.
 
-    Built by pushing the identity through the op, so it is exact for every affine op kind; its
-    size is ``out_numel x in_numel`` (only use it where that fits in memory).
+    Built by pushing the identity through the op with its offset (bias / shift) zeroed, and the zero
+    input through the op for ``b``: every entry of ``W`` is then a single product of a weight and 1
+    (exact for linear, conv, flatten, reshape, scale_shift; avg-pool's ``1/k^2`` is rounded once, in
+    ``dtype``); its size is
+    ``out_numel x in_numel`` (only use it where that fits in memory).
+
+    ``dtype`` / ``device``: those of the network the node belongs to (``net.dtype``, ``net.device``);
+    the node's parameters are cast to them, so the matrix always matches the values it multiplies.
+    A node does not know its network, so callers that have one pass them.  Omitted, they are the
+    node's own parameters' dtype/device; a parameter-free node (flatten, reshape, avg-pool) then gets
+    float64 on the CPU -- never ``torch.get_default_dtype()``, which has nothing to do with any network.
     """
     if node.op not in AFFINE_OPS:
         raise UnsupportedOperationError(f"node {node.describe()} is not affine")
@@ -249,15 +259,26 @@ def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, 
     n_in = 1
     for s in in_shape:
         n_in *= s
-    p = next(iter(node.params.values()), None)
-    dtype = p.dtype if p is not None else torch.get_default_dtype()
-    device = p.device if p is not None else None
+    p = next((t for t in node.params.values() if t.is_floating_point()), None)
+    if dtype is None:
+        dtype = p.dtype if p is not None else torch.float64
+    if device is None:
+        device = p.device if p is not None else torch.device("cpu")
+    if not dtype.is_floating_point:
+        raise UnsupportedOperationError(f"node {node.describe()}: a dense matrix needs a floating dtype, got {dtype}")
+    params = {k: (v.to(dtype=dtype, device=device) if v.is_floating_point() else v.to(device=device))
+              for k, v in node.params.items()}
+    # the linear part is pushed through with the offset zeroed: no (Wx + b) - b cancellation enters W
+    linear_part = {k: (torch.zeros_like(v) if k in _OFFSET_PARAMS else v) for k, v in params.items()}
     with torch.no_grad():
         zero = torch.zeros((1, *in_shape), dtype=dtype, device=device)
-        b = op.evaluate(node, zero).reshape(-1)
+        b = op.evaluate(replace(node, params=params), zero).reshape(-1)
         eye = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, *in_shape)
-        W = (op.evaluate(node, eye).reshape(n_in, -1) - b).T.contiguous()
+        W = op.evaluate(replace(node, params=linear_part), eye).reshape(n_in, -1).T.contiguous()
     return W, b
+
+
+_OFFSET_PARAMS = ("bias", "shift")  # the additive parameters of the affine ops (see models.ops)
 
 
 @dataclass
@@ -287,7 +308,7 @@ def chain_stages(net: Network) -> list[Stage]:
     prev_shape = net.input_shape
     for n in net.nodes[1:]:
         if n.op in AFFINE_OPS:
-            Wn, bn = affine_matrix(n, prev_shape)
+            Wn, bn = affine_matrix(n, prev_shape, dtype=net.dtype, device=net.device)
             if W is None:
                 W, b = Wn, bn
             else:

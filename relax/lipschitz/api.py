@@ -27,6 +27,11 @@ from .result import JacobianBounds, LipschitzResult, MonotonicityResult
 SAFETY_REL = 1e-9
 SAFETY_ABS = 1e-12
 
+# ``time_limit``: the attack (an estimate) may use this share of it; the bound pass then runs; the
+# branch-and-bound gets what is left minus a reserve for its last batch and the wrap-up.
+ATTACK_SHARE = 0.25
+RESERVE_SHARE = 0.05
+
 
 def certified(x: torch.Tensor) -> torch.Tensor:
     """Outward-rounded upper bound; NaN/Inf -> +inf (never certified)."""
@@ -144,7 +149,7 @@ def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
 def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "crown", forward: str = "auto",
                     bab_timeout: float = 0.0, attack: bool = True, attack_options: dict | None = None,
                     bab_options: dict | None = None, sdp_solver: str = "CLARABEL",
-                    bab: str = "activation") -> LipschitzResult:
+                    bab: str = "activation", time_limit: float | None = None) -> LipschitzResult:
     """Certified upper bound (and attack lower bound) of the local Lipschitz constant over a box.
 
     * ``norm``: the input norm ``p`` ("inf", "2", "1"); gradients are measured in the dual norm.
@@ -165,11 +170,38 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       (input-space splitting, :mod:`.bab_input`: every activation, l_inf boxes and l2/l1 balls; best
       for few inputs) or "auto" (input splitting for smooth activations, l2 norms, or ReLU/LeakyReLU
       chains with <= 3 inputs; activation splitting otherwise, residual nets included).  ``bab_options`` go to the chosen engine.
+    * ``time_limit`` (seconds, None: no limit): a wall-clock budget for the whole call.  The bound
+      pass runs first (it is the certificate, one pass, never cut); then the attack (lower-bound
+      estimate: its sampling chunks and ascent steps stop at ``ATTACK_SHARE * time_limit`` from the
+      start when a BaB follows, else at the end of the budget less ``RESERVE_SHARE``); then the
+      branch-and-bound for ``min(bab_timeout, time left - RESERVE_SHARE * time_limit)`` (skipped when
+      nothing is left: ``stats["time_limit"]`` says so).  The input-space BaB keeps its own order
+      (attack, root bound, search) under the same shares.  Every number returned stays sound; only
+      its tightness depends on the budget.  Overrun: the bound pass beyond the budget, plus one
+      attack chunk / BaB batch (``tests/test_lipschitz_time_limit.py``).  Not with
+      ``method="lipsdp"`` (its SDP solve cannot be interrupted).
     """
     t0 = time.perf_counter()
     norm = parse_norm(norm)
     if bab_timeout < 0 or not math.isfinite(bab_timeout):
         raise InvalidArgumentError(f"bab_timeout must be a finite number >= 0, got {bab_timeout}")
+    deadline = None
+    if time_limit is not None:
+        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not (
+                math.isfinite(time_limit) and time_limit > 0):
+            raise InvalidArgumentError(f"time_limit must be a positive finite number of seconds, got {time_limit!r}")
+        if method == "lipsdp":
+            raise InvalidArgumentError("time_limit cannot bound method='lipsdp' (its SDP solve is not interruptible); "
+                                       "use method='crown' or no time_limit")
+        time_limit = float(time_limit)
+        deadline = t0 + time_limit
+
+    def with_deadline(options: dict | None, until: float | None) -> dict:
+        out = dict(options or {})
+        if until is not None:
+            out["deadline"] = until if out.get("deadline") is None else min(until, float(out["deadline"]))
+        return out
+
     net64 = net.to(dtype=torch.float64)
     net64.check_finite()
     # ---- input-space branch-and-bound (issue #4): a separate engine with its own attack and result
@@ -179,7 +211,9 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         raise InvalidArgumentError(f"bab={bab!r} needs bab_timeout > 0 (seconds of branch-and-bound)")
     if bab_timeout > 0 and (bab == "input" or (bab == "auto" and _prefers_input_bab(net64, norm, c is None))):
         from .bab_input import input_bab
-        res = input_bab(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options,
+        res = input_bab(net64, input_set, norm, c, method, forward, bab_timeout, attack,
+                        with_deadline(attack_options, None if deadline is None else t0 + ATTACK_SHARE * time_limit),
+                        deadline=None if deadline is None else deadline - RESERVE_SHARE * time_limit,
                         **(bab_options or {}))
         res.timings["total"] = time.perf_counter() - t0
         return res
@@ -187,14 +221,28 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     xl, xu = input_box(net64, input_set)
     seeds = _seeds(chain, c)
     timings: dict[str, float] = {}
-    per_output_lower = None
+    per_output_lower = attack_points = None
     lower = 0.0
-    if attack:
+    # the certificate first (the bound pass), then the estimate (attack), then the BaB, which uses both:
+    # under a time_limit the attack gets at most ATTACK_SHARE of it when a BaB follows, else what is left
+    run_bab_after = bab_timeout > 0 and method not in ("lipsdp", "naive")
+    if run_bab_after:  # refuse an unsupported BaB before the attack and the bound, not after them
+        from .bab import check_supported
+        check_supported(chain, norm, c is None)
+
+    def run_attack():
+        nonlocal per_output_lower, attack_points
+        if not attack:
+            return
+        until = None
+        if deadline is not None:
+            until = (t0 + ATTACK_SHARE * time_limit) if run_bab_after else deadline - RESERVE_SHARE * time_limit
         ta = time.perf_counter()
         lb, attack_points = attack_lower_bound(net64, chain, xl, xu, seeds, norm, ball=ball_guard(input_set, xl),
-                                               **(attack_options or {}))
+                                               **with_deadline(attack_options, until))
         per_output_lower = [float(v) for v in lb]
         timings["attack"] = time.perf_counter() - ta
+
     if method in ("lipsdp", "naive") and chain.lifted:
         raise UnsupportedOperationError(
             f"method={method!r} needs a chain network; {net.name!r} has residual connections (use 'crown', or "
@@ -213,10 +261,12 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
             upper = float(rows.max())
         res = LipschitzResult(upper, 0.0, norm, "lipsdp", per_output_upper=[float(v) for v in rows],
                               forward_method=used)
+        run_attack()
     elif method == "naive":
         rows = certified(naive_product(chain, norm, seeds))
         upper = float(rows.max()) if c is not None or norm == "inf" else float(certified(naive_product(chain, norm)))
         res = LipschitzResult(upper, 0.0, norm, "naive", per_output_upper=[float(v) for v in rows])
+        run_attack()
     else:
         tb = time.perf_counter()
         bb, fb, used = backward_bounds(chain, xl, xu, seeds, method, forward)
@@ -229,11 +279,17 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
             upper = float(rows_c.max())
         res = LipschitzResult(upper, 0.0, norm, method, per_output_upper=[float(v) for v in rows_c],
                               forward_method=used)
-        if bab_timeout > 0:
+        run_attack()
+        bab_budget = bab_timeout
+        if bab_timeout > 0 and deadline is not None:
+            bab_budget = min(bab_timeout, deadline - RESERVE_SHARE * time_limit - time.perf_counter())
+            if bab_budget <= 0:
+                res.stats["time_limit"] = "reached before branch-and-bound (the bound pass's result is reported)"
+        if bab_budget > 0:
             from .bab import run_bab
             tb = time.perf_counter()
             guard = ball_guard(input_set, xl)
-            res = run_bab(net64, chain, xl, xu, seeds, norm, fb, res, bab_timeout, c is None,
+            res = run_bab(net64, chain, xl, xu, seeds, norm, fb, res, bab_budget, c is None,
                           per_output_lower, ball=guard, **(bab_options or {}))
             timings["bab"] = time.perf_counter() - tb
             if guard is not None and res.exact:  # complete over the bounding box, not over the ball

@@ -15,11 +15,14 @@ piecewise-linear network the true gradient norm is piecewise constant and has no
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
 from .chain import DenseChain
 from .norms import dual_norm_of
+
+SAMPLE_CHUNK = 64  # points per seed evaluated at a time in the sampling round when a deadline is set
 
 
 def true_gradients(net, X: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
@@ -107,12 +110,16 @@ def ball_guard(input_set, xl: torch.Tensor) -> BallGuard | None:
 
 def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor,
                        norm: str = "inf", n_samples: int = 512, n_starts: int = 16, steps: int = 60,
-                       seed: int = 0, kink_tol: float = 1e-9, ball: BallGuard | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       seed: int = 0, kink_tol: float = 1e-9, ball: BallGuard | None = None,
+                       deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best true gradient dual norm per seed and the point achieving it: ((S,), (S, n_0)).
 
     ``xl, xu``: (n_0,) box.  ``ball``: for an l2 / l1 ball region, the ball inside that (bounding)
-    box: points are kept in it and only points in it count.  Deterministic for a given ``seed``.
+    box: points are kept in it and only points in it count.  Deterministic for a given ``seed``
+    (and no ``deadline``).  ``deadline``: a ``time.perf_counter()`` value; the sampling round (in
+    chunks of ``SAMPLE_CHUNK`` points per seed, the first always runs) and the ascent stop at the
+    first chunk / step that would start after it, so the attack overruns it by at most one of them.  Stopping early only weakens the estimate: every
+    value returned is still a true gradient norm at a point of the region.
     """
     n_samples = min(n_samples, max(64, 65536 // max(1, xl.numel())))  # keep high-dimensional inputs cheap
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -140,13 +147,33 @@ def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tenso
         best_x = torch.where(upd[:, None], X[torch.arange(S, device=X.device), i], best_x)
         return val
 
-    uni = xl + width * rand(S, n_samples, n0)
-    vert = xl + width * (rand(S, n_samples, n0) > 0.5).to(dt)
     center = ((xl + xu) / 2).expand(S, 1, n0)
-    X0 = torch.cat((center, uni, vert), 1)
-    if ball is not None:
-        X0 = ball.pull(X0, xl, xu)
-    val = consider(X0)
+    if deadline is None:
+        uni = xl + width * rand(S, n_samples, n0)
+        vert = xl + width * (rand(S, n_samples, n0) > 0.5).to(dt)
+        X0 = torch.cat((center, uni, vert), 1)
+        if ball is not None:
+            X0 = ball.pull(X0, xl, xu)
+        val = consider(X0)
+    else:  # the same kinds of points, drawn and evaluated in growing chunks until the deadline
+        parts, vals, done, size = [], [], 0, 8  # chunks of 8, 16, 32, ... SAMPLE_CHUNK points per seed
+        while done < 2 * n_samples + 1:
+            if vals and time.perf_counter() >= deadline:
+                break
+            m = min(size, 2 * n_samples + 1 - done)
+            if done == 0:
+                h = (m - 1) // 2
+                P = torch.cat((center, xl + width * rand(S, h, n0),
+                               xl + width * (rand(S, m - 1 - h, n0) > 0.5).to(dt)), 1)
+            else:
+                h = m // 2
+                P = torch.cat((xl + width * rand(S, h, n0), xl + width * (rand(S, m - h, n0) > 0.5).to(dt)), 1)
+            if ball is not None:
+                P = ball.pull(P, xl, xu)
+            parts.append(P)
+            vals.append(consider(P))
+            done, size = done + m, min(2 * size, SAMPLE_CHUNK)
+        X0, val = torch.cat(parts, 1), torch.cat(vals, 1)
     # smoothed ascent from the best starting points
     zs, _ = chain.forward_all(X0.reshape(-1, n0))
     scales = []
@@ -157,7 +184,11 @@ def attack_lower_bound(net, chain: DenseChain, xl: torch.Tensor, xu: torch.Tenso
     idx = val.topk(k, dim=1).indices
     X = X0[torch.arange(S, device=X0.device)[:, None], idx].clone()
     step0 = width / 8
+    if not chain.gates:
+        steps = 0  # no activation: the gradient is one constant vector, the sampling round found it
     for t in range(steps):
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
         frac = t / max(1, steps - 1)
         tau = 0.3 * (0.003 / 0.3) ** frac
         temps = [sc * tau for sc in scales]

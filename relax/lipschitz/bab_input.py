@@ -279,9 +279,11 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
                   timeout: float, attack: bool = True,
                   attack_options: dict | None = None, batch: int = 256, max_domains: int = 1_000_000,
                   rel_tol: float = 1e-4, branching: str = "auto", enum_max: int = 4, chunk: int = 256,
-                  kink_tol: float = 1e-9) -> LipschitzResult:
+                  kink_tol: float = 1e-9, deadline: float | None = None) -> LipschitzResult:
     """Input-space BaB (see the module docstring).  ``timeout``: wall seconds for the search (root bound
-    included, attack excluded); ``max_domains``: boxes bounded in total (root included); ``batch``:
+    included, attack excluded); ``deadline``: a ``time.perf_counter()`` value the search (not the root
+    bound, which is the certificate) also stops at, whatever is left of ``timeout`` after the attack
+    (the caller's whole-run ``time_limit``); ``max_domains``: boxes bounded in total (root included); ``batch``:
     boxes split per step; ``chunk``: boxes per bounding call (bounds memory and keeps CPU tensors
     small); ``enum_max``: vertex enumeration up to that many unstable switches (0: off)."""
     from .api import certified
@@ -315,6 +317,17 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
             lb_val, witness = v[i], X[i]
         lb_rows = torch.maximum(lb_rows, r.amax(0))
 
+    attack_deadline = (attack_options or {}).get("deadline")
+
+    def take_until(X, until):
+        """``take`` in chunks of 16, 32, ... 128 points, stopping at ``until`` (the first chunk always runs)."""
+        i, size = 0, 16
+        while i < X.shape[0]:
+            if i and until is not None and time.perf_counter() >= until:
+                break
+            take(X[i:i + size])
+            i, size = i + size, min(2 * size, 128)
+
     if attack:
         ta = time.perf_counter()
         if region.is_box and isinstance(bounder, ChainBounder):
@@ -326,16 +339,18 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
             n = int((attack_options or {}).get("n_samples", 512))
             t = torch.rand(n, n0, generator=gen, dtype=dt).to(dev)
             t[: n // 4] = t[: n // 4].round()
-            take(region.lo + t * (region.hi - region.lo))
+            take_until(region.lo + t * (region.hi - region.lo), attack_deadline)
         else:
             from ...relax.sets import Ball
             gen = torch.Generator().manual_seed(int((attack_options or {}).get("seed", 0)))
             n = int((attack_options or {}).get("n_samples", 512))
             pts = Ball(region.center[None], region.eps, region.p).sample(n, generator=gen)[0].reshape(n, n0)
-            take(pts.to(dt).to(dev))
+            take_until(pts.to(dt).to(dev), attack_deadline)
         timings["attack"] = time.perf_counter() - ta
 
     t0 = time.perf_counter()
+    if deadline is not None:  # the search stops at the deadline (the root bound below always runs)
+        timeout = min(timeout, max(deadline - t0, 0.0))
     lo0, hi0 = region.lo[None], region.hi[None]
     val, rows, G, leaf = bound_boxes(bounder, lo0, hi0, seeds, norm, operator, enum_max, chunk)
     per_box = time.perf_counter() - t0  # seconds per bounded box (a pessimistic start: batches amortize)
@@ -479,7 +494,7 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
 
 
 def input_bab(net, input_set, norm: str, c, method: str, forward: str, timeout: float, attack: bool = True,
-              attack_options: dict | None = None, **options) -> LipschitzResult:
+              attack_options: dict | None = None, deadline: float | None = None, **options) -> LipschitzResult:
     """Entry point used by :func:`.api.local_lipschitz` (``bab="input"``): builds the region, the
     seeds and the per-box bounder (CROWN on the chain backward graph, or on the reversed DAG of a
     residual network) and runs :func:`run_input_bab` with ``options`` (= ``bab_options``).  ``net``
@@ -503,10 +518,12 @@ def input_bab(net, input_set, norm: str, c, method: str, forward: str, timeout: 
         graph = GraphJacobian(net)
         bounder = GraphBounder(graph, method, forward)
         seeds = _seeds(_SeedShape(graph.out_dim, xl), c)
-    return run_input_bab(net, bounder, region, seeds, norm, c is None, timeout, attack, attack_options, **options)
+    return run_input_bab(net, bounder, region, seeds, norm, c is None, timeout, attack, attack_options,
+                         deadline=deadline, **options)
 
 
-_SET_BY_CALLER = ("net", "bounder", "region", "seeds", "norm", "operator", "timeout", "attack", "attack_options")
+_SET_BY_CALLER = ("net", "bounder", "region", "seeds", "norm", "operator", "timeout", "attack", "attack_options",
+                  "deadline")
 
 
 class _SeedShape:

@@ -53,8 +53,8 @@ class GraphJacobian:
         self.affine, self.gates = {}, {}
         for n in self.nodes[1:]:
             if n.op in AFFINE_OPS:
-                W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape))
-                self.affine[n.name] = (W.to(dtype), b.to(dtype))
+                W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape), dtype=dtype, device=net.device)
+                self.affine[n.name] = (W, b)
             elif n.op in GATES:
                 numel = math.prod(n.shape)
                 ref = torch.zeros(1, dtype=dtype, device=net.device)

@@ -73,9 +73,9 @@ def lifted_chain(net: Network, dtype: torch.dtype = torch.float64) -> DenseChain
     weights, biases, acts, gates = [], [], [], []
     for i, n in enumerate(nodes[1:], start=1):
         if n.op in AFFINE_OPS:
-            W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape))
+            W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape), dtype=dtype, device=net.device)
             M, c = expr[n.inputs[0]]
-            expr[n.name] = (W.to(dtype) @ M, W.to(dtype) @ c + b.to(dtype))
+            expr[n.name] = (W @ M, W @ c + b)
         elif n.op == "add":
             (M1, c1), (M2, c2) = expr[n.inputs[0]], expr[n.inputs[1]]
             expr[n.name] = (M1 + M2, c1 + c2)
