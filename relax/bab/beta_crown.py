@@ -56,6 +56,20 @@ class BetaEngine(_Engine):
     signs: dict | None = None
     record: dict | None = None
 
+    def _relax(self, ln, alpha=None):
+        # the relaxation without alpha is computed once per node; alpha only replaces the lower slopes of
+        # unstable neurons (exactly what ReLU.relax / LeakyReLU.relax do with alpha: intercept 0)
+        if alpha is None or ln.phi.name not in SPLIT_PHIS:
+            return super()._relax(ln, alpha)
+        aL, bL, aU, bU = super()._relax(ln, None)
+        key = ln.name + "#unstable"
+        unst = self.relax_cache.get(key)
+        if unst is None:
+            l, u = self.pre[ln.name]
+            unst = ((l < 0) & (u > 0)).unsqueeze(1)
+            self.relax_cache[key] = unst
+        return torch.where(unst, alpha, aL.unsqueeze(1)), torch.zeros_like(bL), aU, bU
+
     def _act_backward(self, ln, A, upper: bool, alpha):
         aL, bL, aU, bU = self._relax(ln, alpha)
         pm = ln.pmap
@@ -235,9 +249,9 @@ class BetaCrown:
         Cs = self.C.expand(n, *self.C.shape[1:])
         best = torch.full((n, self.m), -math.inf, dtype=dt, device=lo.device)
         best_a, best_b = a_p.detach().clone(), b_p.detach().clone()
-        params = [g for g, p in (({"params": [a_p], "lr": lr_alpha}, a_p), ({"params": [b_p], "lr": lr_beta}, b_p))
-                  if p.requires_grad]
-        opt = torch.optim.Adam(params) if params else None
+        params = [(p, lr) for p, lr in ((a_p, lr_alpha), (b_p, lr_beta)) if p.requires_grad]
+        opt = _Adam(params) if params else None
+        flush = torch.set_flush_denormal(True)  # Adam's second moments underflow: denormals are ~100x slower
         rec = {}
         for it in range(iters + 1):
             with torch.set_grad_enabled(opt is not None and it < iters):
@@ -257,9 +271,8 @@ class BetaCrown:
             if it == iters or opt is None or bool(closed.all()):
                 break
             loss = -(val * (~closed).to(dt).unsqueeze(1)).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            grads = torch.autograd.grad(loss, [p for p, _ in params])
+            opt.step(grads)
             with torch.no_grad():
                 if b_p.requires_grad:
                     b_p.clamp_(min=0)
@@ -269,6 +282,8 @@ class BetaCrown:
                         lo_a, hi_a = self.alpha_rng[nm]
                         a_p[..., off:off + self.a_size[nm]].clamp_(lo_a, hi_a)
                         off += self.a_size[nm]
+        if flush:
+            torch.set_flush_denormal(False)
         scores = self._scores(S, rec, names_s, n)
         return best.detach(), best_a, best_b, scores
 
@@ -311,6 +326,25 @@ class BetaCrown:
         beta = torch.zeros(1, self.m, self.N, dtype=self.dtype, device=self.lo.device)
         lower, alpha, beta, scores = self.bound(S, alpha, beta, self.root_iters, self.root_lr, 0.0)
         return self.make_domains(S, lower, alpha, beta, scores, [0])[0]
+
+
+class _Adam:
+    """Plain Adam (Kingma & Ba) on a few tensors with their own learning rates (no torch.optim import cost)."""
+
+    def __init__(self, params, b1=0.9, b2=0.999, eps=1e-8):
+        self.params = params
+        self.m = [torch.zeros_like(p) for p, _ in params]
+        self.v = [torch.zeros_like(p) for p, _ in params]
+        self.b1, self.b2, self.eps, self.t = b1, b2, eps, 0
+
+    @torch.no_grad()
+    def step(self, grads):
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for (p, lr), g, m, v in zip(self.params, grads, self.m, self.v):
+            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
 
 
 class BaBSRPolicy:
