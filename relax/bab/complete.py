@@ -75,8 +75,10 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     seed = int(o["seed"])
     visited = 0
 
+    sb = torch.full((batch.n_specs,), -math.inf, dtype=torch.float64)
+
     def done(status, reason="", hit=None, x=None, y=None):
-        return Verdict(status, x, y, time.monotonic() - t0, visited, reason, hit)
+        return Verdict(status, x, y, time.monotonic() - t0, visited, reason, hit, sb.clone())
 
     # 1. attack
     cand = pgd_search(net, batch, steps=int(o["pgd_steps"]), restarts=int(o["pgd_restarts"]), seed=seed,
@@ -107,6 +109,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                 isp = InputSplit(net, lo64, hi64, Cg[sel], dg[sel], dt, net64=net64)
                 r = isp.root()
                 visited += 1
+                sb[i] = r.key
                 if r.key > 0:
                     refuted[i] = True
                     how[i] = "crown"
@@ -133,10 +136,11 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                     how[i] = "alpha-crown"
         visited += 1
         for i in specs_g:
-            if refuted[i]:
-                continue
             sel = own == i
             key = float((lower[0][sel].double() - dg[sel]).amax())
+            sb[i] = key
+            if refuted[i]:
+                continue
             roots[i] = (key, ("relu", bc, sel, lower[0][sel], a[0][sel]))
     if bool(refuted.all()):
         return done("unsat", "alpha-crown" if "alpha-crown" in how.values() else "crown")
@@ -188,6 +192,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                                     batch=int(o["batch"] or 64), memory_budget=float(o["memory_budget"]),
                                     max_domains=o["max_domains"], progress=prog, between=between)
         visited += outc.visited
+        sb[i] = max(float(sb[i]), outc.best_bound)
         if outc.status == "witness":
             xx, yy = outc.witness
             return done("sat", f"counterexample found during {kind}-split branch-and-bound", i, xx, yy)
