@@ -177,9 +177,9 @@ def test_search_budgets_end_in_unknown_or_timeout_never_unsat():
     net = _mlp(0, (4, 16, 16, 3))
     x = torch.linspace(-0.5, 0.5, 4)
     q = robustness_query(x, int(net(x[None]).argmax()), 0.2, 3)
-    v = verify_query(net, q, timeout=30, input_split=False, memory_budget=1000)
+    v = verify_query(net, q, timeout=30, input_split=False, memory_budget=1000, interm_iters=0)
     assert v.status == "unknown" and "memory" in v.reason
-    v = verify_query(net, q, timeout=30, input_split=False, max_domains=2)
+    v = verify_query(net, q, timeout=30, input_split=False, max_domains=2, interm_iters=0)
     assert v.status == "unknown" and "limit" in v.reason
     v = verify_query(net, q, timeout=1e-3)
     assert v.status == "timeout"

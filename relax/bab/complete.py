@@ -31,7 +31,8 @@ from .search import BaBProgress, branch_and_bound
 
 DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts=10, alpha_iters=50, alpha_lr=0.1, seed=0, bab=True,
                 input_split="auto", input_split_max=16, batch=None, memory_budget=2e9, bab_iters=20,
-                lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every=5.0, max_domains=None, threads=1)
+                lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every=5.0, max_domains=None, threads=1,
+                interm_iters=20, interm_lr=0.25)
 
 
 def solve_query(net: Network, query: Query, *, timeout: float, start: float | None = None, **opts) -> Verdict:
@@ -61,6 +62,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     for input splitting, 64 for activation splitting), ``memory_budget`` (bytes of open domains, 2e9),
     ``bab_iters``/``lr_alpha``/``lr_beta`` (β-CROWN per batch: 20 Adam steps, 0.1/0.05),
     ``attack_every`` (seconds between PGD restarts during the search, 5), ``max_domains``,
+    ``interm_iters``/``interm_lr`` (alpha-CROWN on the intermediate bounds before the search, 20/0.25),
     ``progress(spec_index, BaBProgress)``: called after every domain batch; ``threads`` (CPU threads, 1).
     """
     bad = sorted(set(opts) - set(DEFAULTS))
@@ -117,7 +119,9 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                     roots[i] = (r.key, ("input", isp, r))
             continue
         lo, hi = outward_box(lo64.unsqueeze(0), hi64.unsqueeze(0), dt)
-        bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]), root_lr=float(o["alpha_lr"]))
+        bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]), root_lr=float(o["alpha_lr"]),
+                       interm_iters=int(o["interm_iters"]) if o["bab"] else 0, interm_lr=float(o["interm_lr"]),
+                       deadline=deadline)
         S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
         B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
         lower, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, 0, 0.1, 0.0)  # CROWN
