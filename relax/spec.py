@@ -224,10 +224,15 @@ def check_counterexample(net64: Network, batch: SpecBatch, x64: torch.Tensor):
         y = net64(x.reshape(G * S, *x.shape[2:])).reshape(G, S, -1)
     v = batch.violation(y)  # (G, S, n_specs)
     ok = (v <= 0) & ((x >= lo) & (x <= hi)).flatten(2).all(2).unsqueeze(2)
-    if not ok.any():
-        return None, None, None
-    g, s, i = (int(t) for t in ok.nonzero()[0])
-    return (i, g, s), x[g, s].clone(), y[g, s].clone()
+    for g, s, i in ok.nonzero()[:64].tolist():
+        # re-evaluate the point alone (a batched GEMM may round differently) and re-check its specification
+        xi = x[g, s].clone()
+        with torch.no_grad():
+            yi = net64(xi.unsqueeze(0))[0]
+        sp = batch.owner[g] == i
+        if bool((batch.C[g][sp] @ yi.flatten() <= batch.d[g][sp]).all()):
+            return (i, g, s), xi, yi
+    return None, None, None
 
 
 def pgd_search(net: Network, batch: SpecBatch, *, steps: int = 50, restarts: int = 10, seed: int = 0,
