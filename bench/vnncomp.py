@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nncertify.certify.vnn import (OnnxRuntimeModel, counterexample_dir, _ce_name, read_instances,  # noqa: E402
+from nncertify.certify.vnn import (OnnxRuntimeModel, counterexample_dir, counterexample_name, read_instances,  # noqa: E402
                                    read_results, run_benchmark, summarize)
 from nncertify.models.onnx_import import load_onnx  # noqa: E402
 from nncertify.relax.vnnlib import read_vnnlib  # noqa: E402
@@ -153,7 +153,7 @@ def run(bench: str, args) -> dict:
         row["known"] = truth
         checks = []
         if row["result"] == "sat":
-            checks.append(check_sat(inst, counterexample_dir(out) / _ce_name(inst)))
+            checks.append(check_sat(inst, counterexample_dir(out) / counterexample_name(inst)))
             if truth == "unsat":
                 checks.append("WRONG: the property is known to hold")
         elif row["result"] == "unsat":
