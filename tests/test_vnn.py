@@ -345,3 +345,22 @@ def test_worker_is_killed_past_its_hard_limit(tiny):
     finally:
         w.stop()
     assert rec["result"] == "timeout" and "killed" in rec["reason"]
+
+
+def test_acasxu_instances_end_to_end(shared_data, tmp_path):
+    """Two ACAS Xu instances through the whole path: 1_9/P4 is violated (VNN-COMP 2021: P4 has 3
+    violated networks) -- its written witness must lie in the box and violate P4 in a fresh onnxruntime
+    session; 2_9/P3 holds -- our answer must not be sat."""
+    root = shared_data / "vnncomp2021" / "acasxu"
+    onnx_path = root / "ACASXU_run2a_1_9_batch_2000.onnx"
+    r = run_instance(onnx_path, root / "prop_4.vnnlib", timeout=60)
+    assert r.result == "sat", r.reason
+    word, vals = parse_result(r.text())
+    x = np.array([vals[f"X_{i}"] for i in range(5)])
+    spec = read_vnnlib(root / "prop_4.vnnlib")
+    y = ort_eval(onnx_path, x)
+    assert np.array_equal(y, [vals[f"Y_{j}"] for j in range(5)])
+    assert any((d.lower <= x).all() and (x <= d.upper).all() and (d.C @ y <= d.d).all() for d in spec.disjuncts)
+    assert x[2] == 0.0  # P4 pins X_2 to 0: the degenerate box is kept exactly
+    r = run_instance(root / "ACASXU_run2a_2_9_batch_2000.onnx", root / "prop_3.vnnlib", timeout=60)
+    assert r.result in ("unsat", "unknown", "timeout"), r.reason
