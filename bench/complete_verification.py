@@ -104,16 +104,17 @@ def summary(rows, timeout):
     return out
 
 
-def write(rows, summ, args, wall):
+def write(rows, summ, args, wall, loads=None):
     OUT.mkdir(parents=True, exist_ok=True)
     meta = dict(machine=f"{platform.machine()} {os.cpu_count()} logical CPUs (shared with ~5 other jobs), "
                         f"torch {torch.__version__}, {args.threads} thread(s)",
-                load=os.getloadavg(), images=args.images, timeout_s=args.timeout, wall_s=round(wall, 1),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                load=os.getloadavg() if loads is None else max(loads, key=lambda l: l[0]), images=args.images,
+                timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     name = args.out or "complete_verification"
     (OUT / f"{name}.json").write_text(json.dumps(dict(meta=meta, summary=summ, rows=rows), indent=1))
     lines = [f"# Complete verification on the ERAN MNIST networks ({meta['date']})", "",
-             f"Machine: {meta['machine']}; load average at the end {tuple(round(x, 1) for x in meta['load'])}. "
+             f"Machine: {meta['machine']}; load average (1/5/15 min) {tuple(round(x, 1) for x in meta['load'])} "
+             f"on its 2 cores, i.e. each run got a fraction of one core: times are wall times under that load. "
              f"Images {args.images} of the ERAN test set, per-image budget {args.timeout:g} s "
              f"(attack -> CROWN -> alpha-CROWN -> beta-CROWN BaB). Published rows: first 1000 images, their hardware "
              f"(β-CROWN: one GPU; PRIMA: GPU + 20 CPUs).", "",
@@ -135,7 +136,20 @@ def main():
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="")
+    ap.add_argument("--merge", default="", help="comma-separated result JSON files (of earlier runs) to combine "
+                                                "into --out instead of running")
     args = ap.parse_args()
+    if args.merge:
+        rows, metas = {}, []
+        for f in args.merge.split(","):
+            d = json.loads(Path(f).read_text())
+            rows.update(d["rows"])
+            metas.append(d["meta"])
+        args.images = "; ".join(sorted({m["images"] for m in metas}))
+        args.timeout = max(m["timeout_s"] for m in metas)
+        write(rows, summary(rows, args.timeout), args, sum(m["wall_s"] for m in metas),
+              loads=[m["load"] for m in metas])
+        return
     if not DATA.exists():
         sys.exit(f"{DATA} not found")
     a, b = (int(t) for t in args.images.split(":"))

@@ -119,25 +119,35 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                     roots[i] = (r.key, ("input", isp, r))
             continue
         lo, hi = outward_box(lo64.unsqueeze(0), hi64.unsqueeze(0), dt)
-        bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]), root_lr=float(o["alpha_lr"]),
-                       interm_iters=int(o["interm_iters"]) if o["bab"] else 0, interm_lr=float(o["interm_lr"]),
-                       deadline=deadline)
+        bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]), root_lr=float(o["alpha_lr"]))
         S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
         B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
         lower, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, 0, 0.1, 0.0)  # CROWN
-        ok = (lower[0].double() > dg)
-        for i in specs_g:
-            if bool(ok[own == i].any()):
-                refuted[i] = True
-                how[i] = "crown"
-        if not bool(refuted[specs_g].all()) and int(o["alpha_iters"]) > 0 and time.monotonic() < deadline:
-            lower2, a, b, sc = bc.bound(S0, a, B0, int(o["alpha_iters"]), float(o["alpha_lr"]), 0.0)
-            lower = torch.maximum(lower, lower2)
+
+        def mark(lower, name):
             ok = (lower[0].double() > dg)
             for i in specs_g:
                 if not refuted[i] and bool(ok[own == i].any()):
                     refuted[i] = True
-                    how[i] = "alpha-crown"
+                    how[i] = name
+
+        mark(lower, "crown")
+        if not bool(refuted[specs_g].all()) and int(o["alpha_iters"]) > 0 and time.monotonic() < deadline:
+            lower2, a, b, sc = bc.bound(S0, a, B0, int(o["alpha_iters"]), float(o["alpha_lr"]), 0.0)
+            lower = torch.maximum(lower, lower2)
+            mark(lower, "alpha-crown")
+        if (not bool(refuted[specs_g].all()) and o["bab"] and int(o["interm_iters"]) > 0
+                and time.monotonic() < deadline):
+            # before the search: alpha-CROWN on the intermediate bounds, then alpha-CROWN on the rows again
+            bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]), root_lr=float(o["alpha_lr"]),
+                           pre=bc.pre0, interm_iters=int(o["interm_iters"]), interm_lr=float(o["interm_lr"]),
+                           deadline=deadline)
+            S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
+            B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
+            lower2, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, int(o["alpha_iters"]),
+                                        float(o["alpha_lr"]), 0.0)
+            lower = torch.maximum(lower, lower2)
+            mark(lower, "alpha-crown")
         visited += 1
         for i in specs_g:
             sel = own == i
@@ -179,8 +189,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
             prog = (lambda p, i=i: o["progress"](i, p))
         if kind == "input":
             _, isp, root = roots[i][1]
-            outc = branch_and_bound([root], InputSplitPolicy(isp), box_bounder(isp), timeout=deadline - time.monotonic(),
-                                    batch=int(o["batch"] or 512), memory_budget=float(o["memory_budget"]),
+            outc = branch_and_bound([root], InputSplitPolicy(isp, int(o["batch"] or 512)), box_bounder(isp),
+                                    timeout=deadline - time.monotonic(), batch=int(o["batch"] or 512), memory_budget=float(o["memory_budget"]),
                                     max_domains=o["max_domains"], progress=prog, between=between)
         else:
             _, bc_g, sel, low, alpha = roots[i][1]
