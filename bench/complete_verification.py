@@ -104,12 +104,22 @@ def summary(rows, timeout):
     return out
 
 
+def _git_head() -> str:
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
+
+
 def write(rows, summ, args, wall, loads=None):
     OUT.mkdir(parents=True, exist_ok=True)
     meta = dict(machine=f"{platform.machine()} {os.cpu_count()} logical CPUs (shared with ~5 other jobs), "
                         f"torch {torch.__version__}, {args.threads} thread(s)",
                 load=os.getloadavg() if loads is None else max(loads, key=lambda l: l[0]), images=args.images,
-                timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                code=_git_head())
     name = args.out or "complete_verification"
     (OUT / f"{name}.json").write_text(json.dumps(dict(meta=meta, summary=summ, rows=rows), indent=1))
     lines = [f"# Complete verification on the ERAN MNIST networks ({meta['date']})", "",
