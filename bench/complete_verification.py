@@ -37,10 +37,14 @@ from nncertify.relax.spec import robustness_query, verify_query  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "mnist"
 OUT = ROOT / "bench" / "results"
 
+ABCROWN_CPU = {  # alpha,beta-CROWN (8250d5f) on this project's 2-core CPU machine type, 60 s per image, MIP refinement
+    # off (no Gurobi licence), reference note section 5: (images, verified, falsified, unknown, median s)
+    "6x100": ("0-29", 9, 4, 17, 61), "9x100": ("0-25", 5, 3, 18, 62), "convsmall": ("0-29", 20, 8, 2, 8.6)}
+
 PUBLISHED = {  # verified % on the first 1000 images (reference note section 5)
-    "6x100": dict(eps=0.026, deeppoly=16.0, prima=51.0, beta_crown=68.6, upper=84.2, alpha_crown_100=22),
-    "9x100": dict(eps=0.026, deeppoly=18.2, prima=42.8, beta_crown=57.3, upper=82.0, alpha_crown_100=19),
-    "convsmall": dict(eps=0.12, deeppoly=15.8, prima=59.8, beta_crown=71.6, upper=74.6, alpha_crown_100=21),
+    "6x100": dict(eps=0.026, deeppoly=16.0, prima=51.0, beta_crown=68.6, upper=84.2, alpha_crown_100=22, alpha_crown_30=7),
+    "9x100": dict(eps=0.026, deeppoly=18.2, prima=42.8, beta_crown=57.3, upper=82.0, alpha_crown_100=19, alpha_crown_30=3),
+    "convsmall": dict(eps=0.12, deeppoly=15.8, prima=59.8, beta_crown=71.6, upper=74.6, alpha_crown_100=21, alpha_crown_30=8),
 }
 
 
@@ -129,13 +133,21 @@ def write(rows, summ, args, wall, loads=None):
              f"(attack -> CROWN -> alpha-CROWN -> beta-CROWN BaB). Published rows: first 1000 images, their hardware "
              f"(β-CROWN: one GPU; PRIMA: GPU + 20 CPUs).", "",
              "| net (eps) | images | verified | falsified | unknown/timeout | median s (all) | DeepPoly % | PRIMA % | "
-             "β-CROWN % | PGD upper % | alpha-crown (100 img) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "β-CROWN % | PGD upper % | alpha-crown (100 img) | alpha-crown (30 img) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, s in summ.items():
         p = PUBLISHED[n]
         lines.append(f"| {n} ({p['eps']}) | {s['n']} | {s['verified']} | {s['falsified']} | "
                      f"{s['unknown'] + s['timeout']} | {s['median_s_all']:.2f} | {p['deeppoly']} | {p['prima']} | "
-                     f"{p['beta_crown']} | {p['upper']} | {p['alpha_crown_100']} |")
-    lines += ["", "Per image: `bench/results/" + name + ".json`."]
+                     f"{p['beta_crown']} | {p['upper']} | {p['alpha_crown_100']} | {p['alpha_crown_30']} |")
+    lines += ["", "Same kind of 2-core CPU machine, α,β-CROWN 8250d5f (pure β-CROWN BaB, MIP refinement off: no Gurobi "
+              "licence), 60 s per image, from ../shared/reference/complete_verification.md §5:", "",
+              "| net | images | verified | falsified | unknown | median s |", "|---|---|---|---|---|---|"]
+    for n in summ:
+        if n in ABCROWN_CPU:
+            im, v, f, u, med = ABCROWN_CPU[n]
+            lines.append(f"| {n} | {im} | {v} | {f} | {u} | {med} |")
+    lines += ["", "Per image: `bench/results/" + name + ".json` (commit of each run in `meta`)."]
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -67,7 +67,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     """
     bad = sorted(set(opts) - set(DEFAULTS))
     if bad:
-        raise InvalidArgumentError(f"verify_query: unknown option(s) {', '.join(bad)}; known: {', '.join(sorted(DEFAULTS))}")
+        raise InvalidArgumentError(f"verify_query: unknown option(s) {', '.join(bad)}; "
+                                   f"known: {', '.join(sorted(DEFAULTS))}")
     o = {**DEFAULTS, **opts}
     t0 = time.monotonic() if start is None else start
     deadline = t0 + timeout
@@ -190,7 +191,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         if kind == "input":
             _, isp, root = roots[i][1]
             outc = branch_and_bound([root], InputSplitPolicy(isp, int(o["batch"] or 512)), box_bounder(isp),
-                                    timeout=deadline - time.monotonic(), batch=int(o["batch"] or 512), memory_budget=float(o["memory_budget"]),
+                                    timeout=deadline - time.monotonic(), batch=int(o["batch"] or 512),
+                                    memory_budget=float(o["memory_budget"]),
                                     max_domains=o["max_domains"], progress=prog, between=between)
         else:
             _, bc_g, sel, low, alpha = roots[i][1]
