@@ -117,13 +117,15 @@ def _git_head() -> str:
         return ""
 
 
-def write(rows, summ, args, wall, loads=None):
+def write(rows, summ, args, wall, loads=None, runs=None):
     OUT.mkdir(parents=True, exist_ok=True)
     meta = dict(machine=f"{platform.machine()} {os.cpu_count()} logical CPUs (shared with ~5 other jobs), "
                         f"torch {torch.__version__}, {args.threads} thread(s)",
                 load=os.getloadavg() if loads is None else max(loads, key=lambda l: l[0]), images=args.images,
                 timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 code=_git_head())
+    if runs:
+        meta["runs"] = runs
     name = args.out or "complete_verification"
     (OUT / f"{name}.json").write_text(json.dumps(dict(meta=meta, summary=summ, rows=rows), indent=1))
     lines = [f"# Complete verification on the ERAN MNIST networks ({meta['date']})", "",
@@ -170,7 +172,8 @@ def main():
         args.images = "; ".join(sorted({m["images"] for m in metas}))
         args.timeout = max(m["timeout_s"] for m in metas)
         write(rows, summary(rows, args.timeout), args, sum(m["wall_s"] for m in metas),
-              loads=[m["load"] for m in metas])
+              loads=[m["load"] for m in metas], runs=[{**m, "nets": list(json.loads(Path(f).read_text())["rows"])}
+                                                    for f, m in zip(args.merge.split(","), metas)])
         return
     if not DATA.exists():
         sys.exit(f"{DATA} not found")
