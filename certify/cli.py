@@ -161,7 +161,10 @@ def global_(model: str = ModelArg, norm: str = typer.Option("2", "--norm", help=
 def robustness(model: str = ModelArg, eps: float = typer.Option(..., "--eps", help="perturbation radius"),
                data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
                norm: str = typer.Option("inf", "--norm", help="inf, 2 or 1"),
-               method: str = typer.Option("crown", "--method", help="ibp, crown or alpha-crown"),
+               method: str = typer.Option("crown", "--method", help="ibp, crown, alpha-crown or bab (complete: "
+                                                                    "CROWN -> alpha-CROWN -> branch-and-bound)"),
+               timeout: float = typer.Option(60.0, "--timeout", help="--method bab: seconds per sample for the "
+                                                                      "branch-and-bound"),
                limit: int = typer.Option(100, "--limit", help="use the first N samples"),
                clip: Optional[str] = typer.Option("0,1", "--clip", help="data domain lo,hi ('none' to disable)"),
                radius: bool = typer.Option(True, "--radius/--no-radius", help="also certify per-sample radii"),
@@ -173,8 +176,27 @@ def robustness(model: str = ModelArg, eps: float = typer.Option(..., "--eps", he
     X, y = resolve_data(data, lm.network, labels, limit)
     if y is None:
         raise InvalidArgumentError("robustness needs labels: a labelled --data file or --labels FILE")
-    _emit(task_robustness(lm, X, y, eps=eps, norm=norm, method=method, clip=parse_clip(clip), radius=radius),
-          json_path)
+    prog = _bab_progress() if method == "bab" and sys.stderr.isatty() else None
+    cert = task_robustness(lm, X, y, eps=eps, norm=norm, method=method, clip=parse_clip(clip), radius=radius,
+                           timeout=timeout, progress=prog)
+    if prog is not None:
+        sys.stderr.write("\r\033[K")
+    _emit(cert, json_path)
+
+
+def _bab_progress():
+    """A one-line live status of the branch-and-bound (sample, specification, open domains, bound, time)."""
+    import time
+    last = [0.0]
+
+    def cb(sample, spec, p):
+        now = time.monotonic()
+        if now - last[0] >= 0.2:
+            last[0] = now
+            sys.stderr.write(f"\r\033[K  BaB sample {sample}, class spec {spec}: {p.domains_left} open domains, "
+                             f"certified bound {p.best_bound:.4g}, {p.visited} visited, {p.elapsed:.1f} s")
+            sys.stderr.flush()
+    return cb
 
 
 @app.command()
@@ -240,6 +262,45 @@ def batch(plan: Path = typer.Argument(..., help="plan JSON (models x tasks x sam
     counts = run_batch(units, out, engine=engine, workers=workers, scheduler=scheduler)
     typer.echo(f"{len(units)} units: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"  -> {out}")
     if counts.get("error") or counts.get("timeout"):
+        raise typer.Exit(EXIT_NOT_CERTIFIED)
+
+
+@app.command()
+def vnnlib(network: Path = typer.Argument(..., metavar="NET.onnx", help="the network (ONNX; other model files "
+                                                                          "work without the onnxruntime re-check)"),
+           prop: Path = typer.Argument(..., metavar="PROP.vnnlib", help="the property (VNN-LIB 1.0, .gz accepted)"),
+           timeout: float = typer.Option(..., "--timeout", help="wall-clock limit in seconds (loading included)"),
+           out: Optional[Path] = typer.Option(None, "--out", help="write the VNN-COMP result file here"),
+           device: Optional[str] = typer.Option(None, "--device", help="torch device for the bounds (cpu, cuda)")):
+    """Decide one VNN-COMP instance: unsat (holds), sat (+ re-checked witness), unknown or timeout."""
+    from .vnn import run_instance
+    r = run_instance(network, prop, timeout, device=device)
+    text = r.text()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    typer.echo(text if r.result == "sat" and out is None else r.result)
+    typer.echo(f"  {r.result} in {r.time_s:.2f} s{': ' + r.reason if r.reason else ''}", err=True)
+    for note in r.notes:
+        typer.echo(f"  note: {note}", err=True)
+    if r.result != "unsat":
+        raise typer.Exit(EXIT_NOT_CERTIFIED)
+
+
+@app.command()
+def vnncomp(instances: Path = typer.Argument(..., metavar="INSTANCES.csv", help="rows onnx,vnnlib,timeout "
+                                                                                 "(paths relative to the csv)"),
+            out: Path = typer.Option(..., "--out", help="results CSV (resumable: finished rows are skipped)"),
+            limit: Optional[int] = typer.Option(None, "--limit", help="only the first N instances"),
+            timeout_scale: float = typer.Option(1.0, "--timeout-scale", help="multiply every timeout by S"),
+            device: Optional[str] = typer.Option(None, "--device", help="torch device for the bounds (cpu, cuda)")):
+    """Run a VNN-COMP benchmark (instances.csv) with a progress bar and a summary by result and time."""
+    from .vnn import read_instances, run_benchmark, summary_lines
+    summary = run_benchmark(read_instances(instances), out, timeout_scale=timeout_scale, limit=limit, device=device)
+    for line in summary_lines(summary):
+        typer.echo(line)
+    typer.echo(f"results: {out}")
+    if summary["counts"].get("error"):
         raise typer.Exit(EXIT_NOT_CERTIFIED)
 
 
