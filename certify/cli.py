@@ -231,6 +231,45 @@ def batch(plan: Path = typer.Argument(..., help="plan JSON (models x tasks x sam
         raise typer.Exit(EXIT_NOT_CERTIFIED)
 
 
+@app.command()
+def vnnlib(network: Path = typer.Argument(..., metavar="NET.onnx", help="the network (ONNX; other model files "
+                                                                          "work without the onnxruntime re-check)"),
+           prop: Path = typer.Argument(..., metavar="PROP.vnnlib", help="the property (VNN-LIB 1.0, .gz accepted)"),
+           timeout: float = typer.Option(..., "--timeout", help="wall-clock limit in seconds (loading included)"),
+           out: Optional[Path] = typer.Option(None, "--out", help="write the VNN-COMP result file here"),
+           device: Optional[str] = typer.Option(None, "--device", help="torch device for the bounds (cpu, cuda)")):
+    """Decide one VNN-COMP instance: unsat (holds), sat (+ re-checked witness), unknown or timeout."""
+    from .vnn import run_instance
+    r = run_instance(network, prop, timeout, device=device)
+    text = r.text()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    typer.echo(text if r.result == "sat" and out is None else r.result)
+    typer.echo(f"  {r.result} in {r.time_s:.2f} s{': ' + r.reason if r.reason else ''}", err=True)
+    for note in r.notes:
+        typer.echo(f"  note: {note}", err=True)
+    if r.result != "unsat":
+        raise typer.Exit(EXIT_NOT_CERTIFIED)
+
+
+@app.command()
+def vnncomp(instances: Path = typer.Argument(..., metavar="INSTANCES.csv", help="rows onnx,vnnlib,timeout "
+                                                                                 "(paths relative to the csv)"),
+            out: Path = typer.Option(..., "--out", help="results CSV (resumable: finished rows are skipped)"),
+            limit: Optional[int] = typer.Option(None, "--limit", help="only the first N instances"),
+            timeout_scale: float = typer.Option(1.0, "--timeout-scale", help="multiply every timeout by S"),
+            device: Optional[str] = typer.Option(None, "--device", help="torch device for the bounds (cpu, cuda)")):
+    """Run a VNN-COMP benchmark (instances.csv) with a progress bar and a summary by result and time."""
+    from .vnn import read_instances, run_benchmark, summary_lines
+    summary = run_benchmark(read_instances(instances), out, timeout_scale=timeout_scale, limit=limit, device=device)
+    for line in summary_lines(summary):
+        typer.echo(line)
+    typer.echo(f"results: {out}")
+    if summary["counts"].get("error"):
+        raise typer.Exit(EXIT_NOT_CERTIFIED)
+
+
 def _is_usage_error(e: BaseException) -> bool:
     """click's (or typer's bundled click's) usage errors: they know how to show themselves."""
     import click

@@ -36,3 +36,7 @@ class InvalidArgumentError(NNCertifyError):
 
 class DataLoadError(NNCertifyError):
     """A data file could not be read or has the wrong shape, dtype or values."""
+
+
+class SpecificationError(NNCertifyError):
+    """A property file (VNN-LIB) could not be read: the message names the file and the line."""

@@ -237,7 +237,8 @@ NNCertifyErrorTypes = (ShapeMismatchError, UnsupportedOperationError, ModelLoadE
 AFFINE_OPS = ("linear", "conv2d", "flatten", "reshape", "scale_shift", "avgpool2d")
 
 
-def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_matrix(node: Node, in_shape: tuple[int, ...], dtype: torch.dtype | None = None,
+                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``(W, b)`` with ``vec(node(x)) = W vec(x) + b`` for an affine node.
 
     Built by pushing the identity through the op, so it is exact for every affine op kind; its
@@ -249,9 +250,9 @@ def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, 
     n_in = 1
     for s in in_shape:
         n_in *= s
-    p = next(iter(node.params.values()), None)
-    dtype = p.dtype if p is not None else torch.get_default_dtype()
-    device = p.device if p is not None else None
+    p = next(iter(node.params.values()), None)  # a node's own parameters decide; else dtype/device given
+    dtype = p.dtype if p is not None else (dtype or torch.get_default_dtype())
+    device = p.device if p is not None else device
     with torch.no_grad():
         zero = torch.zeros((1, *in_shape), dtype=dtype, device=device)
         b = op.evaluate(node, zero).reshape(-1)
@@ -287,7 +288,7 @@ def chain_stages(net: Network) -> list[Stage]:
     prev_shape = net.input_shape
     for n in net.nodes[1:]:
         if n.op in AFFINE_OPS:
-            Wn, bn = affine_matrix(n, prev_shape)
+            Wn, bn = affine_matrix(n, prev_shape, net.dtype, net.device)  # flatten etc. in the net's dtype
             if W is None:
                 W, b = Wn, bn
             else:

@@ -1,10 +1,14 @@
 """Our own ONNX importer for the op subset of the normalized description (no torchvision needed).
 
 Supported ONNX ops: Gemm, MatMul (+ Add of a constant bias), Conv, Relu, LeakyRelu, Tanh,
-Sigmoid, Flatten, Reshape (constant shape), Add (residual or constant), Sub/Mul/Div by constants,
-AveragePool, BatchNormalization (inference), Identity, Dropout, Constant.  Anything else is
-reported by op type and node name.  The graph must have one input with a fixed per-sample shape
-(the batch dimension may be symbolic) and one output.
+Sigmoid, Flatten, Reshape (constant shape), Add (residual or constant), Sub/Mul/Div by constants
+(and ``c - x``), AveragePool, BatchNormalization (inference), Identity, Dropout, Constant, and
+``Shape`` of a tensor (its shape is known).  Nodes whose inputs are all constants (weights
+transposed, reshaped, cast, shape arithmetic for a flatten, ...) are evaluated once at load time by
+onnx's reference evaluator, whatever their op.  Anything else is reported in one line naming the
+node and its op type.  The graph must have one data input (inputs that are also initializers, as
+in the ACAS Xu files of VNN-COMP, are constants) with a fixed per-sample shape (the batch dimension,
+the first, may be symbolic or 1) and one output.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from .errors import ModelLoadError, UnsupportedOperationError
 from .graph import Network, Node
 
 SUPPORTED = ("Gemm", "MatMul", "Conv", "Relu", "LeakyRelu", "Tanh", "Sigmoid", "Flatten", "Reshape", "Add", "Sub",
-             "Mul", "Div", "AveragePool", "BatchNormalization", "Identity", "Dropout", "Constant")
+             "Mul", "Div", "AveragePool", "BatchNormalization", "Identity", "Dropout", "Constant", "Shape")
 
 
 def load_onnx(path: str | Path, name: str | None = None) -> Network:
@@ -37,15 +41,19 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
     inputs = [i for i in g.input if i.name not in consts]
     if len(inputs) != 1 or len(g.output) != 1:
         raise UnsupportedOperationError(f"{path}: expected one input and one output, got {len(inputs)} and {len(g.output)}")
-    dims = inputs[0].type.tensor_type.shape.dim
+    dims = list(inputs[0].type.tensor_type.shape.dim)
+    if len(dims) < 2:
+        raise UnsupportedOperationError(f"{path}: input {inputs[0].name!r} has rank {len(dims)}; expected a batch "
+                                        f"dimension first and the per-sample shape after it")
+    if dims[0].HasField("dim_value") and dims[0].dim_value not in (0, 1):
+        raise UnsupportedOperationError(f"{path}: input {inputs[0].name!r} has a fixed batch dimension of "
+                                        f"{dims[0].dim_value}; expected 1 or symbolic")
     shape = []
-    for d in list(dims)[1:]:
+    for d in dims[1:]:
         if not d.HasField("dim_value"):
             raise UnsupportedOperationError(f"{path}: input {inputs[0].name!r} has a symbolic non-batch dimension")
         shape.append(int(d.dim_value))
-    bad = sorted({n.op_type for n in g.node if n.op_type not in SUPPORTED})
-    if bad:
-        raise UnsupportedOperationError(f"{path}: unsupported ONNX ops {', '.join(bad)}; supported: {', '.join(SUPPORTED)}")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
     nodes = [Node("input", "input", (), {}, {"shape": tuple(shape)}, "input")]
     env: dict[str, str] = {inputs[0].name: "input"}
@@ -67,17 +75,16 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
         net = Network(list(nodes), env[tensor_name], "partial")
         return net.output_shape
 
-    for n in g.node:
-        where = f"{path}: node {n.name or n.op_type}"
-        t = n.op_type
-        if t == "Constant":
-            consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(attr(n, "value"))))
-            continue
-        ins = list(n.input)
+    def convert(n, t, ins, where):
         tensor_ins = [i for i in ins if i in env]
         if t in ("Identity", "Dropout"):
             env[n.output[0]] = env[ins[0]]
-            continue
+            return
+        if t == "Shape":  # the per-sample shape is known; the batch is 1 (shape arithmetic then folds)
+            full = [1, *cur_shape(ins[0])]
+            start, end = attr(n, "start", 0), attr(n, "end", None)
+            consts[n.output[0]] = torch.tensor(full[start:end] if end is not None else full[start:], dtype=torch.int64)
+            return
         if t == "Gemm":
             a_, b_ = attr(n, "alpha", 1.0), attr(n, "beta", 1.0)
             if attr(n, "transA", 0):
@@ -131,17 +138,27 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
                 if t != "Add":
                     raise UnsupportedOperationError(f"{where}: {t} of two tensors")
                 env[n.output[0]] = new("add", [env[ins[0]], env[ins[1]]], path=n.name)
-                continue
+                return
+            negate = False
             if ins[0] not in env:
-                if t in ("Sub", "Div"):
-                    raise UnsupportedOperationError(f"{where}: {t} with a constant first operand")
+                if t == "Div":
+                    raise UnsupportedOperationError(f"{where}: Div with a constant numerator (c / x is not affine)")
+                negate = t == "Sub"  # c - x = (-1) * x + c
+                t = "Add" if negate else t
                 ins = ins[::-1]
             x, c = env[ins[0]], consts[ins[1]].float()
+            if negate:
+                s = cur_shape(ins[0])
+                scale = -torch.ones_like(c)
+                if scale.dim() > len(s):
+                    scale, c = scale.reshape(scale.shape[1:]), c.reshape(c.shape[1:])
+                env[n.output[0]] = new("scale_shift", [x], {"scale": scale, "shift": c}, path=n.name)
+                return
             prev = nodes[-1]
             if t == "Add" and prev.name == x and prev.op == "linear" and "bias" not in prev.params and c.dim() <= 1:
                 prev.params["bias"] = c.reshape(-1).expand(prev.params["weight"].shape[0]).clone()
                 env[n.output[0]] = x
-                continue
+                return
             one = torch.ones_like(c)
             scale, shift = {"Add": (one, c), "Sub": (one, -c), "Mul": (c, 0 * c), "Div": (1.0 / c, 0 * c)}[t]
             s = cur_shape(ins[0])
@@ -163,7 +180,44 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
             view = (-1,) + (1,) * (len(cur_shape(ins[0])) - 1)
             env[n.output[0]] = new("scale_shift", [env[ins[0]]], {"scale": scale.reshape(view),
                                                                   "shift": shift.reshape(view)}, path=n.name)
+
+    def fold(n, where):
+        """Evaluate a node whose inputs are all constants (onnx's reference evaluator)."""
+        from onnx.reference import ReferenceEvaluator
+        try:
+            feeds = {i: consts[i].numpy() for i in n.input if i}
+            outs = ReferenceEvaluator(n, opsets={"": opset} if opset else None).run(None, feeds)
+        except KeyError as exc:
+            raise UnsupportedOperationError(f"{where}: operand {exc.args[0]!r} is neither a constant nor computed "
+                                            f"from the input") from None
+        except Exception as exc:
+            raise UnsupportedOperationError(f"{where}: cannot evaluate this constant node "
+                                            f"({type(exc).__name__}: {exc})") from None
+        for name, val in zip(n.output, outs):
+            consts[name] = torch.from_numpy(np.array(val))
+
+    for k, n in enumerate(g.node):
+        where = f"{path}: node {n.name or '#' + str(k)} ({n.op_type})"
+        t = n.op_type
+        if t == "Constant":
+            if attr(n, "value") is None:
+                raise UnsupportedOperationError(f"{where}: only Constant nodes with a 'value' tensor are supported")
+            consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(attr(n, "value"))))
+            continue
+        ins = list(n.input)
+        if not any(i in env for i in ins if i):
+            fold(n, where)
+            continue
+        if t not in SUPPORTED:
+            raise UnsupportedOperationError(f"{where}: unsupported ONNX op {t}; supported: {', '.join(SUPPORTED)} "
+                                            f"(and any op on constants only)")
+        try:
+            convert(n, t, ins, where)
+        except KeyError as exc:
+            raise UnsupportedOperationError(f"{where}: operand {exc.args[0]!r} is neither a constant nor computed "
+                                            f"from the input") from None
     out = g.output[0].name
     if out not in env:
         raise UnsupportedOperationError(f"{path}: the output {out!r} is not computed from the input")
     return Network(nodes, env[out], name or path.stem)
+
