@@ -116,22 +116,24 @@ def _verify(args, out: _Out, t_start: float) -> int:
     timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
     timer.daemon = True
     timer.start()
-    margin = min(1.0, 0.1 * args.timeout)  # leave time to re-check and print before the watchdog
-    left = deadline - time.monotonic() - margin
-    if left <= 0:
-        out.answer("timed-out\n")
-        return 0
-    opts = {"device": args.device} if args.device else {}
-    sol = solve(args.query, networks, left, log=lambda m: _err(f"[nncertify] {m}"), engine_opts=opts)
-    _err(f"[nncertify] {sol.status}: {sol.reason} ({sol.time_s:.2f} s)")
-    text = sol.status + "\n"
-    if sol.status == "sat" and sol.assignment is not None:
-        if args.serialise:
-            files = serialise_assignment(sol.assignment, args.serialise)
-            _err(f"[nncertify] assignment written to {len(files)} file(s) in {args.serialise}")
-        else:
-            text += assignment_text(sol.assignment)
-    timer.cancel()
+    try:
+        margin = min(1.0, 0.1 * args.timeout)  # leave time to re-check and print before the watchdog
+        left = deadline - time.monotonic() - margin
+        if left <= 0:
+            out.answer("timed-out\n")
+            return 0
+        opts = {"device": args.device} if args.device else {}
+        sol = solve(args.query, networks, left, log=lambda m: _err(f"[nncertify] {m}"), engine_opts=opts)
+        _err(f"[nncertify] {sol.status}: {sol.reason} ({sol.time_s:.2f} s)")
+        text = sol.status + "\n"
+        if sol.status == "sat" and sol.assignment is not None:
+            if args.serialise:
+                files = serialise_assignment(sol.assignment, args.serialise)
+                _err(f"[nncertify] assignment written to {len(files)} file(s) in {args.serialise}")
+            else:
+                text += assignment_text(sol.assignment)
+    finally:
+        timer.cancel()
     out.answer(text)
     return 0
 

@@ -193,6 +193,7 @@ class CompositeRuntime:
         import onnxruntime as ort
 
         self.doc = binding.doc
+        self.files = binding.files
         self.path = ", ".join(sorted({str(p) for p in binding.files.values()}))
         self.outputs = outputs
         self.z_of_x = z_of_x
@@ -244,10 +245,13 @@ class CompositeRuntime:
                 feed[si.name] = x.astype(np.float32)
             res = dict(zip(self.fetch[n.name], sess.run(self.fetch[n.name], feed)))
             outs = self.fetch[n.name]
-            for d, name in zip(n.outputs, outs):
-                vals[d.name] = np.asarray(res[name], dtype=np.float64)
-            for h in n.hidden:
-                vals[h.name] = np.asarray(res[h.onnx_name], dtype=np.float64)
+            for d, name in [*zip(n.outputs, outs), *((h, h.onnx_name) for h in n.hidden)]:
+                val = np.asarray(res[name], dtype=np.float64)
+                if tuple(val.shape) != tuple(d.shape):
+                    raise ShapeMismatchError(f"{self.files[n.name]}: {d.kind} {d.name} of network {n.name} is declared "
+                                             f"[{','.join(map(str, d.shape))}], onnxruntime computes tensor {name!r} "
+                                             f"with shape [{','.join(map(str, val.shape))}]")
+                vals[d.name] = val
         return vals
 
     def g(self, vals: dict[str, np.ndarray]) -> np.ndarray:
