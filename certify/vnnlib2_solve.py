@@ -37,7 +37,8 @@ import torch
 
 from ..models.errors import (InvalidArgumentError, ModelLoadError, NNCertifyError, ShapeMismatchError,
                              SpecificationError)
-from ..relax.vnnlib2 import VarDecl, VNNLib2, clause_holds, read_vnnlib2, to_query
+from ..relax.vnnlib2 import (SUPPORTED_VERSIONS, VarDecl, VNNLib2, clause_holds, read_vnnlib2, theories,
+                               to_query)
 
 ELEMENT_TYPES = ("real",)      # sound element types (the engine's bounds are for the real-valued network)
 MODEL_ELEMENT_TYPES = ("float32",)  # ONNX tensor types the importer holds exactly
@@ -286,8 +287,14 @@ def solve(query_path, networks: dict[str, str | Path], timeout: float, *, log=la
     if not (timeout > 0):
         raise InvalidArgumentError(f"--timeout must be positive, got {timeout}")
     doc = doc or read_vnnlib2(query_path)
+    if not (SUPPORTED_VERSIONS[0] <= doc.version <= SUPPORTED_VERSIONS[1]):
+        raise SpecificationError(f"{doc.source}: vnnlib-version {doc.version[0]}.{doc.version[1]} is outside the "
+                                 f"supported range {'..'.join('.'.join(map(str, v)) for v in SUPPORTED_VERSIONS)}")
     for note in doc.notes[:1]:
         log(f"note: {note}")
+    th = theories(doc)
+    types = sorted({v.dtype for v in doc.variables})
+    log(f"logic: {'-'.join(th.values())}-{'/'.join(t.upper() for t in types)}")
     tr = to_query(doc)
     binding = bind(doc, networks)
     notes: list[str] = []
@@ -448,7 +455,11 @@ def _name_of(tr, k: int) -> str:
 
 # ------------------------------------------------------------------------------------------ output
 def _fmt(v: float) -> str:
-    return repr(float(v))
+    """The shortest decimal that reads back as the same float64, without an exponent (the query syntax has none)."""
+    v = float(v)
+    if not math.isfinite(v):
+        return repr(v)
+    return np.format_float_positional(v, unique=True, trim="0")
 
 
 def assignment_text(assignment: list[tuple[VarDecl, np.ndarray]]) -> str:

@@ -184,29 +184,42 @@ class NonLinearError(SpecificationError):
     """A product of two non-constant factors (arithmetic theory POLY)."""
 
 
-def _flat(v) -> int:
-    shape, idx = list(v.shape), list(v.indices)
+def _flat(v, shapes: dict) -> int:
+    """Row-major flat index of ``X[i,j,...]`` (the declared shape; the package checked the bounds)."""
     k = 0
-    for s, i in zip(shape, idx):
-        k = k * int(s) + int(i)
+    for s, i in zip(shapes[v.name], v.indices):
+        k = k * s + int(i)
     return k
 
 
-def _linear(e, vn, src: str) -> tuple[dict, Fraction]:
+_NUMBERS: dict[str, Fraction] = {}
+
+
+def _number(lexeme: str) -> Fraction:
+    """The exact value of a 2.0 numeral (``-? digit+ ('.' digit+)?``)."""
+    v = _NUMBERS.get(lexeme)
+    if v is None:
+        if len(_NUMBERS) > 100_000:
+            _NUMBERS.clear()
+        v = _NUMBERS[lexeme] = Fraction(lexeme)
+    return v
+
+
+def _linear(e, vn, src: str, shapes: dict) -> tuple[dict, Fraction]:
     """``e`` as ({(name, flat): coefficient}, constant), exact."""
     if isinstance(e, vn.Var):
-        return {(e.name, _flat(e)): Fraction(1)}, Fraction(0)
+        return {(e.name, _flat(e, shapes)): Fraction(1)}, Fraction(0)
     if isinstance(e, vn.Literal):
-        return {}, Fraction(e.lexeme)
+        return {}, _number(e.lexeme)
     if isinstance(e, vn.Negate):
-        t, c = _linear(e.expr, vn, src)
+        t, c = _linear(e.expr, vn, src, shapes)
         return {k: -v for k, v in t.items()}, -c
     if isinstance(e, (vn.Plus, vn.Minus)):
         parts = [e.head, *e.rest] if isinstance(e, vn.Minus) else list(e.args)
         terms: dict = {}
         const = Fraction(0)
         for i, p in enumerate(parts):
-            t, c = _linear(p, vn, src)
+            t, c = _linear(p, vn, src, shapes)
             sign = -1 if (isinstance(e, vn.Minus) and i > 0) else 1
             for k, v in t.items():
                 terms[k] = terms.get(k, Fraction(0)) + sign * v
@@ -215,7 +228,7 @@ def _linear(e, vn, src: str) -> tuple[dict, Fraction]:
     if isinstance(e, vn.Multiply):
         terms, const = {}, Fraction(1)
         for p in e.args:
-            t, c = _linear(p, vn, src)
+            t, c = _linear(p, vn, src, shapes)
             if t and terms:
                 raise NonLinearError(f"{src}: {str(e).strip()} is a product of variables (arithmetic theory POLY); "
                                      f"nncertify supports linear arithmetic only (BND, COUT, LIN)")
@@ -231,6 +244,10 @@ def _linear(e, vn, src: str) -> tuple[dict, Fraction]:
 
 def _line(e, vn) -> int:
     """The line of the first variable or literal below ``e`` (0 if none)."""
+    if isinstance(e, vn.Comparison):
+        lhs = e.lhs
+        if isinstance(lhs, (vn.Var, vn.Literal)):
+            return int(lhs.line)
     stack = [e]
     while stack:
         x = stack.pop()
@@ -251,12 +268,12 @@ def _atom(lhs: dict, lc: Fraction, rhs: dict, rc: Fraction, op: str, line: int) 
     return Atom(items, rc - lc, op in ("<", ">"), line)
 
 
-def _dnf(e, vn, src: str) -> list[list[Atom]]:
+def _dnf(e, vn, src: str, shapes: dict) -> list[list[Atom]]:
     if isinstance(e, vn.Comparison):
         line = _line(e, vn)
         where = f"{src}:{line}"
-        lt, lc = _linear(e.lhs, vn, where)
-        rt, rc = _linear(e.rhs, vn, where)
+        lt, lc = _linear(e.lhs, vn, where, shapes)
+        rt, rc = _linear(e.rhs, vn, where, shapes)
         ops = {vn.LessEqual: "<=", vn.LessThan: "<", vn.GreaterEqual: ">=", vn.GreaterThan: ">"}
         for cls, op in ops.items():
             if isinstance(e, cls):
@@ -269,7 +286,7 @@ def _dnf(e, vn, src: str) -> list[list[Atom]]:
     if isinstance(e, vn.Or):
         out: list[list[Atom]] = []
         for a in e.args:
-            out.extend(_dnf(a, vn, src))
+            out.extend(_dnf(a, vn, src, shapes))
             if len(out) > MAX_CLAUSES:
                 raise SpecificationError(f"{src}:{_line(e, vn)}: the disjunctive normal form has more than "
                                          f"{MAX_CLAUSES} clauses")
@@ -277,7 +294,7 @@ def _dnf(e, vn, src: str) -> list[list[Atom]]:
     if isinstance(e, vn.And):
         out = [[]]
         for a in e.args:
-            out = _conj(out, _dnf(a, vn, src), src, _line(e, vn))
+            out = _conj(out, _dnf(a, vn, src, shapes), src, _line(e, vn))
         return out
     raise SpecificationError(f"{src}: unsupported boolean expression {str(e).strip()!r}")
 
@@ -343,8 +360,9 @@ def _from_ast(q, vn, source: str) -> VNNLib2:
                 notes.append(f"{v.name}: element type 'Real' read as 'real' (vnnlib 1.0.2 types it Unknown)")
         networks.append(decl)
     clauses: list[list[Atom]] = [[]]
+    shapes = {v.name: v.shape for n in networks for v in n.variables}
     for a in q.assertions:
-        clauses = _conj(clauses, _dnf(a.expr, vn, source), source, _line(a.expr, vn))
+        clauses = _conj(clauses, _dnf(a.expr, vn, source, shapes), source, _line(a.expr, vn))
     version = _version(q)
     return VNNLib2(source, version, networks, clauses, notes)
 
@@ -411,9 +429,10 @@ def to_query(doc: VNNLib2) -> Translation:
     col = {v: j for j, v in enumerate(used)}
     M = len(used)
     specs, kept, dropped = [], [], 0
+    box_of: dict[int, tuple] = {}  # id(atom) -> (entry, is_upper, exact bound, outward float): clauses share atoms
     for clause in doc.clauses:
-        lo: dict[int, Fraction] = {}
-        hi: dict[int, Fraction] = {}
+        lo: dict[int, tuple[float, Fraction]] = {}
+        hi: dict[int, tuple[float, Fraction]] = {}
         rows, rhs = [], []
         false = False
         for a in clause:
@@ -422,13 +441,18 @@ def to_query(doc: VNNLib2) -> Translation:
                     false = True
                 continue
             if is_box(a):
-                (name, flat), c = a.terms[0]
-                k = offsets[name] + flat
-                b = a.rhs / c
-                if c > 0:
-                    hi[k] = min(hi.get(k, b), b)
-                else:
-                    lo[k] = max(lo.get(k, b), b)
+                info = box_of.get(id(a))
+                if info is None:
+                    (name, flat), c = a.terms[0]
+                    b = a.rhs if c == 1 else (-a.rhs if c == -1 else a.rhs / c)
+                    info = box_of[id(a)] = (offsets[name] + flat, c > 0, b, round_up(b) if c > 0 else round_down(b))
+                k, is_up, b, f = info
+                best = hi if is_up else lo
+                old = best.get(k)
+                # the outward rounding is monotone: compare floats, the exact bounds only on ties
+                if old is None or (f < old[0] if is_up else f > old[0]) or \
+                        (f == old[0] and (b < old[1] if is_up else b > old[1])):
+                    best[k] = (f, b)
                 continue
             coeffs = dict(a.terms)
             r = a.rhs
@@ -446,15 +470,15 @@ def to_query(doc: VNNLib2) -> Translation:
                 row[col[v]] = float(c)
             rows.append(row)
             rhs.append(round_up(r))
-        if false or any(k in hi and lo[k] > hi[k] for k in lo):
+        if false or any(k in hi and lo[k][1] > hi[k][1] for k in lo):
             dropped += 1
             continue
         lower = torch.full((N,), -math.inf, dtype=torch.float64)
         upper = torch.full((N,), math.inf, dtype=torch.float64)
-        for k, b in lo.items():
-            lower[k] = round_down(b)
-        for k, b in hi.items():
-            upper[k] = round_up(b)
+        if lo:
+            lower[torch.tensor(list(lo), dtype=torch.long)] = torch.tensor([v[0] for v in lo.values()], dtype=torch.float64)
+        if hi:
+            upper[torch.tensor(list(hi), dtype=torch.long)] = torch.tensor([v[0] for v in hi.values()], dtype=torch.float64)
         C = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), M)
         d = torch.tensor(rhs, dtype=torch.float64).reshape(len(rows))
         specs.append(Specification(lower, upper, C, d))

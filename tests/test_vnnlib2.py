@@ -5,6 +5,7 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +275,42 @@ def test_unknown_element_type_and_dnf_cap(monkeypatch):
     ors = " ".join("(assert (or (<= Y[0,0] 1.0) (<= Y[0,1] 1.0)))" for _ in range(4))
     with pytest.raises(SpecificationError, match="disjunctive normal form"):
         q(ors)
+
+
+# ------------------------------------------------------------------------------- VNN-COMP 2021 in 2.0 vs 1.0
+def _same_query(q1, tr, shape, n_out):
+    """The 2.0 translation equals the 1.0 reader's Query: same clauses in order, boxes within one ulp (the 2.0
+    reader rounds every decimal outward exactly; the 1.0 reader takes the nearest float64), rows equal once
+    the 2.0 columns (the outputs used) are placed at their output index, right-hand sides within one ulp."""
+    assert len(q1.specs) == len(tr.query.specs)
+    for s1, s2 in zip(q1.specs, tr.query.specs):
+        lo1, hi1 = s1.lower.reshape(-1), s1.upper.reshape(-1)
+        assert torch.all(s2.lower <= lo1) and torch.all(s2.upper >= hi1)
+        assert torch.all(s2.lower >= torch.nextafter(lo1, torch.tensor(-INF, dtype=torch.float64)))
+        assert torch.all(s2.upper <= torch.nextafter(hi1, torch.tensor(INF, dtype=torch.float64)))
+        C = torch.zeros(s2.C.shape[0], n_out, dtype=torch.float64)
+        for j, (name, flat) in enumerate(tr.outputs):
+            assert name == "Y"
+            C[:, flat % n_out] = s2.C[:, j]
+        assert torch.equal(C, s1.C)
+        assert torch.all(s2.d >= s1.d) and torch.all(s2.d <= torch.nextafter(s1.d, torch.tensor(INF, dtype=torch.float64)))
+
+
+def test_vnncomp2021_properties_translate_like_vnnlib_1(shared_data):
+    """Every ACAS Xu property and the MNIST-FC properties of five images of VNN-COMP 2021, rewritten in 2.0
+    (tests/vnnlib2_convert.py); bench/vnnlib2_vnncomp2021.py compares all 40 and their verdicts."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vnnlib2_convert import convert_file
+    from nncertify.relax.vnnlib import load_vnnlib
+
+    base = shared_data / "vnncomp2021"
+    props = [(p, (1, 1, 1, 5), 5) for p in sorted((base / "acasxu").glob("prop_*.vnnlib"))]
+    props += [(base / "mnistfc" / f"prop_{i}_{eps}.vnnlib", (1, 784, 1), 10) for i in range(0, 15, 3)
+              for eps in ("0.03", "0.05")]
+    assert len(props) == 20
+    for path, shape, n_out in props:
+        q1 = load_vnnlib(path, shape[1:], n_out)
+        tr = to_query(parse_vnnlib2(convert_file(path, shape, n_out), path.name))
+        assert tr.n_inputs == int(np.prod(shape))
+        _same_query(q1, tr, shape, n_out)
