@@ -379,3 +379,35 @@ def test_vnncomp2021_same_verdict_as_vnnlib_1(shared_data, tmp_path, capsys, onn
         a = parse_assignment(out)
         y = ort_run(base / onnx_rel, {ort.InferenceSession(str(base / onnx_rel)).get_inputs()[0].name: a["X"][2]})[0]
         assert np.allclose(a["Y"][2], y, atol=1e-6)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, mlp):
+    q = tmp_path / "q.vnnlib"
+    q.write_text(HEAD + DECL1 + BOX1 + "(assert (>= Y[0,0] 0.5))")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not an onnx file")
+    soft = save_model(tmp_path / "soft.onnx", [helper.make_node("Softmax", ["x"], ["y"])], {}, [1, 2], [1, 2])
+    f64 = tmp_path / "f64.onnx"
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "t",
+                          [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 2])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(f64))
+    poly = tmp_path / "poly.vnnlib"
+    poly.write_text(HEAD + DECL1 + BOX1 + "(assert (>= (* Y[0,0] Y[0,1]) 0.5))")
+    v21 = tmp_path / "v21.vnnlib"
+    v21.write_text(HEAD.replace("2.0", "2.1") + DECL1 + BOX1 + "(assert (>= Y[0,0] 0.5))")
+    cases = [
+        (["verify", str(tmp_path / "missing.vnnlib"), "--network", f"f={mlp}", "--timeout", "5"], "no such file"),
+        (["verify", str(q), "--network", f"f={garbage}", "--timeout", "5"], "not a readable ONNX"),
+        (["verify", str(q), "--network", f"f={tmp_path / 'nope.onnx'}", "--timeout", "5"], "no such file"),
+        (["verify", str(q), "--network", f"f={soft}", "--timeout", "5"], "Softmax"),
+        (["verify", str(q), "--network", f"f={f64}", "--timeout", "5"], "float64"),
+        (["verify", str(q), "--network", f"f{mlp}", "--timeout", "5"], "NAME=FILE"),
+        (["verify", str(q), "--network", f"f={mlp}"], "--timeout"),
+        (["verify", str(q), "--network", f"f={mlp}", "--timeout", "-1"], "positive"),
+        (["verify", str(poly), "--network", f"f={mlp}", "--timeout", "5"], "POLY"),
+        (["verify", str(v21), "--network", f"f={mlp}", "--timeout", "5"], "2.1"),
+    ]
+    for argv, what in cases:
+        rc, out, err = run(capsys, *argv)
+        assert rc == 2 and out == "" and one_error(err) and what in err and "Traceback" not in err, (argv, err)
