@@ -4,8 +4,8 @@ Every property (ACAS Xu prop_1..prop_10, MNIST-FC's 30) is rewritten in VNN-LIB 
 tests/vnnlib2_convert.py and decided on one network twice, with the same time limit:
 
 * 1.0 path: ``certify.vnn.run_instance`` (h14f's reader, our importer, ``relax.spec.verify_query``);
-* 2.0 path: ``nncertify-solver verify`` (``certify.solver_cli.main`` in-process: the standard's parser,
-  the composite ONNX graph, the same engine).
+* 2.0 path: ``nncertify-solver verify`` in a separate process (the standard's parser, the composite ONNX
+  graph, the same engine; its wall time includes the interpreter and torch start-up).
 
 Writes bench/results/vnnlib2_vnncomp2021.json and .md: per instance both verdicts and times; the
 summary counts agreements.  A disagreement where both answers are decisive (sat vs unsat) would be a
@@ -17,8 +17,7 @@ Usage: .venv/bin/python bench/vnnlib2_vnncomp2021.py [--timeout S] [--quick]
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import subprocess
 import json
 import platform
 import sys
@@ -29,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from nncertify.certify.solver_cli import main as solver_main  # noqa: E402
 from nncertify.certify.vnn import run_instance  # noqa: E402
 from vnnlib2_convert import convert_file  # noqa: E402
 
@@ -63,12 +61,13 @@ def main():
         t1 = time.monotonic() - t
         q = tmp / (prop.stem + ".vnnlib")
         q.write_text(convert_file(prop, shape, n_out, "net"))
-        buf_out, buf_err = io.StringIO(), io.StringIO()
-        t = time.monotonic()
-        with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
-            rc = solver_main(["verify", str(q), "--network", f"net={onnx_path}", "--timeout", str(args.timeout)])
+        t = time.monotonic()  # a separate process: the solver's watchdog exits the process at the time limit
+        p = subprocess.run([sys.executable, "-c", "import sys; from nncertify.certify.solver_cli import main; "
+                            "sys.exit(main())", "verify", str(q), "--network", f"net={onnx_path}",
+                            "--timeout", str(args.timeout)], capture_output=True, text=True,
+                           timeout=args.timeout + 120)
         t2 = time.monotonic() - t
-        v2 = buf_out.getvalue().splitlines()[0] if buf_out.getvalue() else f"error (rc {rc})"
+        v2 = p.stdout.splitlines()[0] if p.stdout else f"error (rc {p.returncode}: {p.stderr.strip()[-200:]})"
         v1 = {"timeout": "timed-out"}.get(r1.result, r1.result)
         row = {"network": onnx_path.name, "property": prop.name, "vnnlib1": v1, "vnnlib1_s": round(t1, 2),
                "vnnlib2": v2, "vnnlib2_s": round(t2, 2), "agree": v1 == v2,

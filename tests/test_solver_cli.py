@@ -411,3 +411,25 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, mlp):
     for argv, what in cases:
         rc, out, err = run(capsys, *argv)
         assert rc == 2 and out == "" and one_error(err) and what in err and "Traceback" not in err, (argv, err)
+
+
+def test_single_input_coupled_rows_and_input_only_queries(tmp_path, capsys, mlp):
+    rc, out, err = _solve(capsys, tmp_path, DECL1 + BOX1 + "(assert (>= (+ X[0,0] X[0,1]) 2.5))", {"f": mlp})
+    assert (rc, out) == (0, "unsat\n"), err
+    rc, out, err = _solve(capsys, tmp_path, DECL1 + BOX1 + "(assert (>= (- X[0,0] X[0,1]) 0.5)) (assert (>= Y[0,0] 0.0))",
+                          {"f": mlp})
+    assert rc == 0 and out.startswith("sat\n"), err
+    a = parse_assignment(out)
+    assert a["X"][2][0, 0] - a["X"][2][0, 1] >= 0.5 and a["Y"][2][0, 0] >= 0
+    # constraints on inputs only: any point of the box is a witness (no analysis), outputs by onnxruntime
+    rc, out, err = _solve(capsys, tmp_path, DECL1 + BOX1, {"f": mlp})
+    assert rc == 0 and out.startswith("sat\n"), err
+    a = parse_assignment(out)
+    assert np.allclose(a["Y"][2], ort_run(mlp, {"x": a["X"][2]})[0], atol=1e-6)
+    # an empty input box in every clause: unsat without analysis
+    rc, out, err = _solve(capsys, tmp_path, DECL1 + "(assert (>= X[0,0] 1.0)) (assert (<= X[0,0] 0.5))", {"f": mlp})
+    assert (rc, out) == (0, "unsat\n"), err
+    # an unbounded input that the analysis needs: unknown (never unsat)
+    rc, out, err = _solve(capsys, tmp_path, DECL1 + "(assert (>= X[0,0] 0.0)) (assert (<= X[0,0] 1.0))"
+                          "(assert (>= Y[0,0] 1000.0))", {"f": mlp})
+    assert (rc, out) == (0, "unknown\n") and "unbounded" in err
