@@ -278,9 +278,9 @@ def solve(query_path, networks: dict[str, str | Path], timeout: float, *, log=la
           engine_opts: dict | None = None, doc: VNNLib2 | None = None) -> Solution:
     """Decide a VNN-LIB 2.0 query (module docstring).  Bad input raises an NNCertifyError naming the
     file; everything else ends in a :class:`Solution`."""
-    from ..models.onnx_compose import Piece, compose, data_inputs
+    from ..models.onnx_compose import Piece, compose
     from ..models.onnx_import import load_onnx
-    from ..relax.spec import Query, Specification, Verdict, verify_query
+    from ..relax.spec import Query, Specification, verify_query
     from .vnn import check_against_runtime, recheck
 
     t0 = time.monotonic()
@@ -306,7 +306,6 @@ def solve(query_path, networks: dict[str, str | Path], timeout: float, *, log=la
         return result("unsat", "every clause of the query is empty (an empty input box or a false constant atom)")
     decl_net = {v.name: v.network for v in doc.variables}
     comp_nets = [n for n in doc.networks if any(decl_net[name] == n.name for name, _ in tr.outputs)]
-    comp_names = {n.name for n in comp_nets}
     offsets = tr.input_offsets()
     N = tr.n_inputs
     sel = np.array([offsets[v.name] + i for n in comp_nets for v in n.inputs for i in range(v.numel)], dtype=np.int64)
