@@ -3,9 +3,10 @@
 Every property (ACAS Xu prop_1..prop_10, MNIST-FC's 30) is rewritten in VNN-LIB 2.0 by
 tests/vnnlib2_convert.py and decided on one network twice, with the same time limit:
 
-* 1.0 path: ``certify.vnn.run_instance`` (h14f's reader, our importer, ``relax.spec.verify_query``);
+* 1.0 path: ``python -m nncertify vnnlib NET PROP --timeout S`` (the 1.0 reader, our importer,
+  ``relax.spec.verify_query``);
 * 2.0 path: ``nncertify-solver verify`` in a separate process (the standard's parser, the composite ONNX
-  graph, the same engine; its wall time includes the interpreter and torch start-up).
+  graph, the same engine).  Both run as separate processes: both wall times include start-up.
 
 Writes bench/results/vnnlib2_vnncomp2021.json and .md: per instance both verdicts and times; the
 summary counts agreements.  A disagreement where both answers are decisive (sat vs unsat) would be a
@@ -28,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from nncertify.certify.vnn import run_instance  # noqa: E402
 from vnnlib2_convert import convert_file  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "vnncomp2021"
@@ -57,18 +57,20 @@ def main():
     tmp.mkdir(parents=True, exist_ok=True)
     for onnx_path, prop, shape, n_out in instances(args.quick):
         t = time.monotonic()
-        r1 = run_instance(onnx_path, prop, args.timeout)
+        p1 = subprocess.run([sys.executable, "-m", "nncertify", "vnnlib", str(onnx_path), str(prop), "--timeout",
+                             str(args.timeout)], capture_output=True, text=True, timeout=args.timeout + 120)
         t1 = time.monotonic() - t
+        r1 = p1.stdout.splitlines()[0] if p1.stdout else f"error (rc {p1.returncode}: {p1.stderr.strip()[-200:]})"
         q = tmp / (prop.stem + ".vnnlib")
         q.write_text(convert_file(prop, shape, n_out, "net"))
         t = time.monotonic()  # a separate process: the solver's watchdog exits the process at the time limit
-        p = subprocess.run([sys.executable, "-c", "import sys; from nncertify.certify.solver_cli import main; "
-                            "sys.exit(main())", "verify", str(q), "--network", f"net={onnx_path}",
+        p = subprocess.run([sys.executable, "-c", "import sys; from nncertify.certify.solver_cli import console_main; "
+                            "sys.exit(console_main())", "verify", str(q), "--network", f"net={onnx_path}",
                             "--timeout", str(args.timeout)], capture_output=True, text=True,
                            timeout=args.timeout + 120)
         t2 = time.monotonic() - t
         v2 = p.stdout.splitlines()[0] if p.stdout else f"error (rc {p.returncode}: {p.stderr.strip()[-200:]})"
-        v1 = {"timeout": "timed-out"}.get(r1.result, r1.result)
+        v1 = {"timeout": "timed-out"}.get(r1, r1)
         row = {"network": onnx_path.name, "property": prop.name, "vnnlib1": v1, "vnnlib1_s": round(t1, 2),
                "vnnlib2": v2, "vnnlib2_s": round(t2, 2), "agree": v1 == v2,
                "conflict": {v1, v2} == {"sat", "unsat"}}

@@ -10,7 +10,8 @@ for ``sat``, the assignment of every declared variable (command-line format of 5
 only.  Exit status: 0 with an answer; 2 with one line on stderr for bad input, including the
 standard's mandatory errors (a missing or unnecessary ``--network``, element types that differ from
 the model's, element types nncertify cannot analyse soundly); 1 for an internal error.  The time limit
-is enforced by a watchdog: when it expires, ``timed-out`` is printed and the process exits at once.
+is enforced by :func:`console_main` (the script), which runs ``verify`` in a forked worker and prints
+``timed-out`` when the limit expires; :func:`main` (in-process use) has a watchdog thread instead.
 
 ``supports`` answers the mandatory capabilities from the same tables the solver enforces
 (:data:`CAPABILITIES`).
@@ -192,5 +193,94 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _peek_timeout(argv: list[str]) -> float | None:
+    for i, a in enumerate(argv):
+        val = argv[i + 1] if a == "--timeout" and i + 1 < len(argv) else (a.split("=", 1)[1] if a.startswith("--timeout=")
+                                                                           else None)
+        if val is not None:
+            try:
+                t = float(val)
+            except ValueError:
+                return None
+            return t if t > 0 else None
+    return None
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """The ``nncertify-solver`` script.  ``verify`` runs in a forked child while this process -- which
+    never imports torch -- keeps the clock: loading torch holds the interpreter lock for seconds, so a
+    watchdog thread in the working process could answer late.  At the limit the child is killed and
+    ``timed-out`` printed; otherwise the child's stdout is passed on unchanged and its exit status
+    returned.  Without ``fork`` (or for other commands) this is :func:`main`."""
+    import select
+    import signal
+
+    t_start = time.monotonic()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    timeout = _peek_timeout(argv) if argv[:1] == ["verify"] else None
+    if timeout is None or not hasattr(os, "fork"):
+        return main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: its stdout is the pipe
+        code = 1
+        try:
+            os.close(r)
+            os.dup2(w, 1)
+            os.close(w)
+            code = main(argv)
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(w)
+
+    def stop(signum, frame):  # the harness stops us: stop the worker too
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    deadline = t_start + timeout
+    chunks: list[bytes] = []
+    done = False
+    while not done:
+        left = deadline - time.monotonic()
+        if chunks:  # the answer has started: let the worker finish writing it
+            left = max(left, 2.0)
+        if left <= 0:
+            break
+        ready, _, _ = select.select([r], [], [], left)
+        if not ready:
+            break
+        data = os.read(r, 1 << 16)
+        if not data:
+            done = True
+        else:
+            chunks.append(data)
+    if done:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        sys.stdout.buffer.write(b"".join(chunks))
+        sys.stdout.flush()
+        return code if code >= 0 else 1
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+    if chunks:
+        sys.stdout.buffer.write(b"".join(chunks))
+    else:
+        sys.stdout.write("timed-out\n")
+        _err(f"nncertify-solver: time limit of {timeout:g} s reached")
+    sys.stdout.flush()
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())
