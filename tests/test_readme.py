@@ -8,7 +8,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_example_runs():
     text = README.read_text()
-    block = re.search(r"### From Python\s+```python\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"### From Python\n.*?```python\n(.*?)```", text, re.S).group(1)
     block = block.replace("bab_timeout=10", "bab_timeout=2")
     ns: dict = {}
     exec(compile(block, "README.md", "exec"), ns)
