@@ -437,7 +437,8 @@ def counterexample_dir(out: Path) -> Path:
     return out.with_name(out.name + ".counterexamples")
 
 
-def _ce_name(inst: Instance) -> str:
+def counterexample_name(inst: Instance) -> str:
+    """The witness file of an instance inside :func:`counterexample_dir`: NET__PROP.txt."""
     stem = lambda s: Path(s).name.replace(".gz", "").replace(".onnx", "").replace(".vnnlib", "")  # noqa: E731
     return f"{stem(inst.onnx_rel)}__{stem(inst.vnnlib_rel)}.txt"
 
@@ -475,7 +476,7 @@ def run_benchmark(instances: list[Instance], out: str | Path, *, timeout_scale: 
             if rec["result"] == "sat":
                 d = counterexample_dir(out)
                 d.mkdir(exist_ok=True)
-                (d / _ce_name(inst)).write_text(rec["text"])
+                (d / counterexample_name(inst)).write_text(rec["text"])
             _append_row(out, row)
             done[inst.key] = row
             if on_result is not None:

@@ -61,6 +61,8 @@ class Verdict:
     domains: int = 0               # BaB domains visited
     reason: str = ""               # for unknown/timeout: why; for unsat: which method proved it
     spec_index: int | None = None  # which Specification of the Query was sat
+    spec_bounds: torch.Tensor | None = None  # (n_specs,) float64: certified lower bounds of
+    #   min over the box of max_k (C_k f(x) - d_k) per Specification (> 0: refuted; -inf: not bounded)
 
 
 # ---------------------------------------------------------------------- construction helpers
@@ -210,129 +212,25 @@ def working_dtype(net: Network, C64: torch.Tensor, dtype=None) -> torch.dtype:
     return dt
 
 
-# ---------------------------------------------------------------------- counterexample search
-def check_counterexample(net64: Network, batch: SpecBatch, x64: torch.Tensor):
-    """Exact float64 re-check of candidate points ``x64`` (``(G, S, *shape)``, one set per group).
-
-    Points are clamped into their group's box in float64 first.  Returns ``(hit, x, y)`` for the first
-    point found that satisfies some specification -- ``hit = (spec index, group, sample)`` -- or
-    ``(None, None, None)``."""
-    G, S = x64.shape[:2]
-    lo, hi = batch.lower.unsqueeze(1), batch.upper.unsqueeze(1)
-    x = torch.minimum(torch.maximum(x64.to(torch.float64), lo), hi)
-    with torch.no_grad():
-        y = net64(x.reshape(G * S, *x.shape[2:])).reshape(G, S, -1)
-    v = batch.violation(y)  # (G, S, n_specs)
-    ok = (v <= 0) & ((x >= lo) & (x <= hi)).flatten(2).all(2).unsqueeze(2)
-    for g, s, i in ok.nonzero()[:64].tolist():
-        # re-evaluate the point alone (a batched GEMM may round differently) and re-check its specification
-        xi = x[g, s].clone()
-        with torch.no_grad():
-            yi = net64(xi.unsqueeze(0))[0]
-        sp = batch.owner[g] == i
-        if bool((batch.C[g][sp] @ yi.flatten() <= batch.d[g][sp]).all()):
-            return (i, g, s), xi, yi
-    return None, None, None
-
-
-def pgd_search(net: Network, batch: SpecBatch, *, steps: int = 50, restarts: int = 10, seed: int = 0,
-               dtype=None, deadline: float = math.inf, starts: torch.Tensor | None = None):
-    """Projected signed-gradient descent on ``min_spec max_row (C_k f(x) - d_k)`` inside every group's box,
-    ``restarts`` random starts per group (plus the box centre and ``starts`` ``(G, S0, *shape)`` if
-    given).  Returns the candidate points ``(G, R, *shape)`` in float64 (best iterate per start); they
-    are *not* checked -- use :func:`check_counterexample`."""
-    dt = dtype or net.dtype
-    G = batch.lower.shape[0]
-    shape = tuple(batch.lower.shape[1:])
-    lo64, hi64 = batch.lower, batch.upper
-    lo, hi = lo64.to(dt), hi64.to(dt)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    R = max(int(restarts), 0)
-    t = torch.rand((G, R, *shape), generator=gen, dtype=torch.float64).to(lo64.device)
-    pts = [((lo64 + hi64) / 2).unsqueeze(1), lo64.unsqueeze(1) + t * (hi64 - lo64).unsqueeze(1)]
-    if starts is not None:
-        pts.append(starts.to(torch.float64))
-    x0 = torch.cat(pts, 1)
-    S = x0.shape[1]
-    module = (net if net.dtype == dt else net.to(dtype=dt)).to_module(requires_grad=False)
-    lo_e, hi_e = lo.unsqueeze(1), hi.unsqueeze(1)
-    width = (hi_e - lo_e)
-    x = torch.minimum(torch.maximum(x0.to(dt), lo_e), hi_e)
-    best_x = x.detach().clone()
-    best_v = torch.full((G, S), math.inf, dtype=dt, device=x.device)
-    for it in range(int(steps) + 1):
-        x = x.detach().requires_grad_(True)
-        y = module(x.reshape(G * S, *shape)).reshape(G, S, -1)
-        v = batch.violation(y)  # (G, S, n_specs) in dt
-        obj = v.amin(2)  # best specification per point
-        with torch.no_grad():
-            better = obj < best_v
-            best_v = torch.where(better, obj.detach(), best_v)
-            best_x = torch.where(better.reshape(G, S, *([1] * len(shape))), x.detach(), best_x)
-        if it == steps or time.monotonic() > deadline or bool((best_v <= 0).any()):
-            break
-        g, = torch.autograd.grad(obj.sum(), x)
-        step = width * (0.25 * (0.97 ** it) if it < steps else 0.0)
-        with torch.no_grad():
-            x = torch.minimum(torch.maximum(x - step * g.sign(), lo_e), hi_e)
-    return best_x.to(torch.float64)
-
-
 # ---------------------------------------------------------------------- the verifier
 def verify_query(net: Network, query: Query, *, timeout: float, device=None, **opts) -> Verdict:
     """Decide a :class:`Query` on ``net``: ``sat`` (with a float64-checked counterexample), ``unsat``
-    (every specification refuted by certified bounds), ``unknown`` or ``timeout``.
+    (every specification refuted by certified bounds, on the whole box or on every domain of a complete
+    branch-and-bound split of it), ``unknown`` or ``timeout``.
 
-    Options (all optional): ``dtype`` (working dtype of the bounds, default the network's; promoted to
-    float64 when ``C`` is not exact in it), ``pgd_steps`` (50), ``pgd_restarts`` (10), ``alpha_iters``
-    (50), ``seed`` (0), ``methods`` (``("crown", "alpha-crown")``), ``bab`` (True: run
-    branch-and-bound on what the bounds leave open, when available).
+    Pipeline: PGD attack (restarts) -> CROWN -> α-CROWN (per specification row) -> branch-and-bound on
+    what is still open (input splitting when the input has at most ``input_split_max`` values, else
+    β-CROWN activation splitting), with PGD restarts during the search.  See relax/bab/complete.py for
+    the options (``dtype``, ``pgd_steps``, ``pgd_restarts``, ``alpha_iters``, ``seed``, ``bab``,
+    ``input_split``, ``batch``, ``memory_budget``, ``progress``, ...).
     """
     t0 = time.monotonic()
     if not isinstance(net, Network):
         raise InvalidArgumentError(f"net must be a models.Network, got {type(net).__name__}")
-    if not (timeout > 0):
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise InvalidArgumentError(f"timeout must be > 0 seconds, got {timeout!r}")
     check_query(net, query)
     if device is not None:
         net = net.to(device=device)
-    dev = net.device
-    deadline = t0 + float(timeout)
-    batch = SpecBatch.build(query.specs, device=dev)
-    net64 = net if net.dtype == torch.float64 else net.to(dtype=torch.float64)
-    seed = int(opts.get("seed", 0))
-
-    def done(status, reason="", hit=None, x=None, y=None, domains=0):
-        return Verdict(status, x, y, time.monotonic() - t0, domains, reason, None if hit is None else hit[0])
-
-    # 1. the box centres and a PGD attack
-    cand = pgd_search(net, batch, steps=int(opts.get("pgd_steps", 50)), restarts=int(opts.get("pgd_restarts", 10)),
-                      seed=seed, dtype=opts.get("dtype"), deadline=deadline)
-    hit, x, y = check_counterexample(net64, batch, cand)
-    if hit is not None:
-        return done("sat", "pgd", hit, x, y)
-    if time.monotonic() > deadline:
-        return done("timeout", "time budget exhausted during the attack")
-
-    # 2. certified bounds: CROWN, then alpha-CROWN for what is still open
-    from .engine import compute_bounds
-    from .sets import Box
-
-    dt = working_dtype(net, batch.C, opts.get("dtype"))
-    lo, hi = outward_box(batch.lower, batch.upper, dt)
-    refuted = torch.zeros(batch.n_specs, dtype=torch.bool, device=dev)
-    proved_by = ""
-    for method in opts.get("methods", ("crown", "alpha-crown")):
-        if time.monotonic() > deadline:
-            return done("timeout", f"time budget exhausted before {method}")
-        res = compute_bounds(net, Box(lo, hi), method=method, C=batch.C.to(dt), bound_upper=False, dtype=dt,
-                             alpha_iters=int(opts.get("alpha_iters", 50)))
-        refuted |= batch.refuted(res.lower)
-        proved_by = method
-        if bool(refuted.all()):
-            return done("unsat", proved_by)
-    if time.monotonic() > deadline:
-        return done("timeout", "time budget exhausted")
-    open_specs = int((~refuted).sum())
-    return done("unknown", f"{open_specs} of {batch.n_specs} specifications not refuted by "
-                           f"{'/'.join(opts.get('methods', ('crown', 'alpha-crown')))} and no counterexample found")
+    from .bab.complete import solve_query
+    return solve_query(net, query, timeout=float(timeout), start=t0, **opts)

@@ -303,9 +303,11 @@ def test_cli_vnnlib_sat_unsat_and_bad_input(tiny, capsys):
 def test_cli_vnncomp_benchmark_resumes(tiny, capsys):
     # no final newline (as VNN-COMP 2021's mnistfc csv), \r\n, a .gz property found for a .vnnlib row
     (tiny / "instances.csv").write_bytes(b"tiny.onnx,unsat.vnnlib,60\r\ntiny.onnx,sat.vnnlib,60\n"
-                                         b"tiny.onnx,or.vnnlib,60")
+                                         b"tiny.onnx,or.vnnlib,60\ntiny.onnx,broken.vnnlib,60")
+    (tiny / "broken.vnnlib").write_text(HEAD + BOX + "(assert (<= Y_0 1)\n")
     (tiny / "gz.csv").write_text("tiny.onnx,sat.vnnlib.gz,60\n")
-    assert [i.vnnlib.name for i in read_instances(tiny / "instances.csv")] == ["unsat.vnnlib", "sat.vnnlib", "or.vnnlib"]
+    assert [i.vnnlib.name for i in read_instances(tiny / "instances.csv")] == ["unsat.vnnlib", "sat.vnnlib", "or.vnnlib",
+                                                                             "broken.vnnlib"]
     out = tiny / "res" / "results.csv"
     r = certify_inproc(capsys, "vnncomp", tiny / "instances.csv", "--out", out, "--limit", "2", "--timeout-scale", "0.5")
     assert r.returncode == 0, r.stderr
@@ -315,13 +317,16 @@ def test_cli_vnncomp_benchmark_resumes(tiny, capsys):
     assert "2/2 instances run: unsat 1, sat 1" in r.stdout and "solved 2" in r.stdout
     ce = (out.parent / "results.csv.counterexamples" / "tiny__sat.txt").read_text()
     assert ce.startswith("sat\n((X_0 ")
-    # resume: the two finished rows are kept, only the third runs; a torn last line is cut off
+    # resume: the two finished rows are kept, only the last two run; a torn last line is cut off; a broken
+    # property is an 'error' row (with the one-line reason) and the exit code is 1, the run goes on
     with out.open("a") as f:
         f.write("tiny.onnx,or.vnn")
     r = certify_inproc(capsys, "vnncomp", tiny / "instances.csv", "--out", out)
+    assert r.returncode == 1
     rows2 = list(csv.DictReader(out.open()))
-    assert rows2[:2] == rows and [x["result"] for x in rows2] == ["unsat", "sat", "sat"]
-    assert "3/3 instances run" in r.stdout
+    assert rows2[:2] == rows and [x["result"] for x in rows2] == ["unsat", "sat", "sat", "error"]
+    assert "broken.vnnlib:9: unbalanced '('" in rows2[3]["reason"]
+    assert "4/4 instances run" in r.stdout and "error 1" in r.stdout
     for bad, words in (("tiny.onnx,unsat.vnnlib\n", ["bad.csv:1", "onnx,vnnlib,timeout"]),
                        ("tiny.onnx,nothere.vnnlib,5\n", ["bad.csv:1", "nothere.vnnlib", "does not exist"]),
                        ("tiny.onnx,unsat.vnnlib,-3\n", ["bad.csv:1", "positive"])):
@@ -330,3 +335,32 @@ def test_cli_vnncomp_benchmark_resumes(tiny, capsys):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
         for w in words:
             assert w in r.stderr, r.stderr
+
+
+def test_worker_is_killed_past_its_hard_limit(tiny):
+    from nncertify.certify.vnn import _Worker
+    w = _Worker(1)
+    try:
+        rec = w.run({"onnx": str(tiny / "tiny.onnx"), "vnnlib": str(tiny / "sat.vnnlib"), "timeout": 60}, hard_limit=0.3)
+    finally:
+        w.stop()
+    assert rec["result"] == "timeout" and "killed" in rec["reason"]
+
+
+def test_acasxu_instances_end_to_end(shared_data, tmp_path):
+    """Two ACAS Xu instances through the whole path: 1_9/P4 is violated (VNN-COMP 2021: P4 has 3
+    violated networks) -- its written witness must lie in the box and violate P4 in a fresh onnxruntime
+    session; 2_9/P3 holds -- our answer must not be sat."""
+    root = shared_data / "vnncomp2021" / "acasxu"
+    onnx_path = root / "ACASXU_run2a_1_9_batch_2000.onnx"
+    r = run_instance(onnx_path, root / "prop_4.vnnlib", timeout=60)
+    assert r.result == "sat", r.reason
+    word, vals = parse_result(r.text())
+    x = np.array([vals[f"X_{i}"] for i in range(5)])
+    spec = read_vnnlib(root / "prop_4.vnnlib")
+    y = ort_eval(onnx_path, x)
+    assert np.array_equal(y, [vals[f"Y_{j}"] for j in range(5)])
+    assert any((d.lower <= x).all() and (x <= d.upper).all() and (d.C @ y <= d.d).all() for d in spec.disjuncts)
+    assert x[2] == 0.0  # P4 pins X_2 to 0: the degenerate box is kept exactly
+    r = run_instance(root / "ACASXU_run2a_2_9_batch_2000.onnx", root / "prop_3.vnnlib", timeout=60)
+    assert r.result in ("unsat", "unknown", "timeout"), r.reason

@@ -1,0 +1,14 @@
+"""nncertify.relax.bab: one branch-and-bound framework and the searches built on it.
+
+* :mod:`.store` -- the domain store (best-first heap, memory budget);
+* :mod:`.search` -- the search loop (:func:`branch_and_bound`: branching policy + bounding callback,
+  time/memory budgets, anytime bound, progress callback);
+* :mod:`.beta_crown` -- β-CROWN bounds on activation-split domains and BaBSR branching;
+* :mod:`.input_split` -- CROWN bounds on input boxes and input-space branching (low-dimensional inputs);
+* :mod:`.attack` -- counterexample search (PGD with restarts) and its float64 re-check.
+"""
+
+from .search import BaBOutcome, BaBProgress, BranchingPolicy, branch_and_bound
+from .store import DomainStore
+
+__all__ = ["branch_and_bound", "BaBOutcome", "BaBProgress", "BranchingPolicy", "DomainStore"]
