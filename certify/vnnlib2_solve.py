@@ -312,8 +312,8 @@ def solve(query_path, networks: dict[str, str | Path], timeout: float, *, log=la
 
     # points for the inputs outside the analysis, and the clauses the engine can take
     def full_z(spec_i: int, x_sel: np.ndarray | None) -> np.ndarray:
-        s = tr.query.specs[spec_i]
-        z = np.array([_point(a, b) for a, b in zip(s.lower.tolist(), s.upper.tolist())], dtype=np.float64)
+        lo_in, hi_in = tr.inner[spec_i]
+        z = np.array([_point(a, b) for a, b in zip(lo_in.tolist(), hi_in.tolist())], dtype=np.float64)
         if x_sel is not None and len(sel):
             z[sel] = x_sel
         return z
@@ -411,7 +411,14 @@ def solve(query_path, networks: dict[str, str | Path], timeout: float, *, log=la
         return result("timed-out", "time limit reached while loading")
     verdict = verify_query(net, query, timeout=left, **(engine_opts or {}))
     log(f"engine: {verdict.status} ({verdict.reason}; {verdict.time_s:.2f} s, {verdict.domains} domains)")
-    verdict = recheck(net, query, verdict, runtime)
+    # re-check inside the box rounded *inward* (the engine's box is rounded outward: a corner of it can lie
+    # outside the exact decimal box), at a point the float32 inputs represent when the box holds one
+    inner = Query([Specification(tr.inner[i][0][sel].reshape(shape), tr.inner[i][1][sel].reshape(shape), C, d)
+                   for i, (_, _, C, d) in zip(engine_of, engine_specs)], doc.source)
+    checked = recheck(net, inner, verdict, runtime)
+    if verdict.status == "sat" and checked.status != "sat":  # no float32 point works: a float64 one (real semantics)
+        checked = recheck(net, inner, verdict, _AnyFloat(runtime))
+    verdict = checked
     if verdict.status == "sat":
         i = engine_of[verdict.spec_index]
         x = verdict.counterexample.reshape(-1).double().cpu().numpy()
@@ -434,6 +441,19 @@ def solve(query_path, networks: dict[str, str | Path], timeout: float, *, log=la
     if verdict.status == "timeout":
         return result("timed-out", verdict.reason)
     return result("unknown", verdict.reason)
+
+
+class _AnyFloat:
+    """``runtime`` for :func:`certify.vnn.recheck` without the move to a float32-representable point."""
+
+    dtype = np.float64
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.path = runtime.path
+
+    def __call__(self, x):
+        return self.runtime(x)
 
 
 def _embed(x: np.ndarray, sel: np.ndarray, n: int) -> np.ndarray:

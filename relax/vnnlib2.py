@@ -397,6 +397,8 @@ class Translation:
     outputs: list[tuple[str, int]]
     clauses: list[list[Atom]]
     dropped: int = 0
+    inner: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per spec: the box rounded
+    # *inward* (float64 points inside the exact box; where a witness must lie)
 
     @property
     def n_inputs(self) -> int:
@@ -428,7 +430,7 @@ def to_query(doc: VNNLib2) -> Translation:
                   key=lambda v: (order[v[0]], v[1]))
     col = {v: j for j, v in enumerate(used)}
     M = len(used)
-    specs, kept, dropped = [], [], 0
+    specs, kept, dropped, inner = [], [], 0, []
     box_of: dict[int, tuple] = {}  # id(atom) -> (entry, is_upper, exact bound, outward float): clauses share atoms
     for clause in doc.clauses:
         lo: dict[int, tuple[float, Fraction]] = {}
@@ -479,11 +481,17 @@ def to_query(doc: VNNLib2) -> Translation:
             lower[torch.tensor(list(lo), dtype=torch.long)] = torch.tensor([v[0] for v in lo.values()], dtype=torch.float64)
         if hi:
             upper[torch.tensor(list(hi), dtype=torch.long)] = torch.tensor([v[0] for v in hi.values()], dtype=torch.float64)
+        lower_in, upper_in = lower.clone(), upper.clone()
+        for k, (f, b) in lo.items():
+            lower_in[k] = round_up(b)
+        for k, (f, b) in hi.items():
+            upper_in[k] = round_down(b)
         C = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), M)
         d = torch.tensor(rhs, dtype=torch.float64).reshape(len(rows))
         specs.append(Specification(lower, upper, C, d))
+        inner.append((lower_in, upper_in))
         kept.append(clause)
-    return Translation(Query(specs, doc.source), inputs, used, kept, dropped)
+    return Translation(Query(specs, doc.source), inputs, used, kept, dropped, inner)
 
 
 def clause_holds(clause: list[Atom], value) -> tuple[bool, str]:

@@ -438,3 +438,18 @@ def test_single_input_coupled_rows_and_input_only_queries(tmp_path, capsys, mlp)
     rc, out, err = _solve(capsys, tmp_path, DECL1 + "(assert (>= X[0,0] 0.0)) (assert (<= X[0,0] 1.0))"
                           "(assert (>= Y[0,0] 1000.0))", {"f": mlp})
     assert (rc, out) == (0, "unknown\n") and "unbounded" in err
+
+
+def test_witness_lies_in_the_exact_decimal_box(tmp_path, capsys):
+    """0.029999999329447746 is just below float32(0.03): the outward-rounded box's corner is outside the
+    decimal box; the witness must be moved inside (regression: this answered unknown on MNIST-FC prop_14)."""
+    from fractions import Fraction
+
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1)]
+    path = save_model(tmp_path / "lin.onnx", nodes, {"W": np.array([[1.0, 1.0]]), "b": np.array([0.0])}, [1, 2], [1, 1])
+    decl = "(declare-network f (declare-input X real [1,2]) (declare-output Y real [1,1]))\n"
+    box = "".join(f"(assert (>= X[0,{i}] 0.0)) (assert (<= X[0,{i}] 0.029999999329447746))" for i in range(2))
+    rc, out, err = _solve(capsys, tmp_path, decl + box + "(assert (>= Y[0,0] 0.05999999865889548))", {"f": path})
+    assert rc == 0 and out.startswith("sat\n"), err
+    x = [Fraction(v) for v in out.splitlines()[2:4]]
+    assert all(0 <= v <= Fraction("0.029999999329447746") for v in x) and sum(x) >= Fraction("0.05999999865889548")

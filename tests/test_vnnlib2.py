@@ -314,3 +314,14 @@ def test_vnncomp2021_properties_translate_like_vnnlib_1(shared_data):
         tr = to_query(parse_vnnlib2(convert_file(path, shape, n_out), path.name))
         assert tr.n_inputs == int(np.prod(shape))
         _same_query(q1, tr, shape, n_out)
+
+
+def test_inner_box_is_inside_the_exact_box():
+    tr = to_query(q("(assert (>= X[0,0] 0.1)) (assert (<= X[0,0] 0.3)) (assert (== X[0,1] 0.5))"
+                    "(assert (<= X[0,2] 1.0)) (assert (<= Y[0,0] 0.0))"))
+    lo, hi = tr.inner[0]
+    assert lo[0].item() == up("0.1") and hi[0].item() == down("0.3")      # inward
+    assert lo[1].item() == hi[1].item() == 0.5                              # exact: the same
+    assert lo[2].item() == -INF and hi[2].item() == 1.0
+    s = tr.query.specs[0]
+    assert s.lower[0].item() == down("0.1") and s.upper[0].item() == up("0.3")  # the engine's box: outward
