@@ -1,0 +1,101 @@
+"""VNN-LIB 2.0 vs 1.0 on the VNN-COMP 2021 ACAS Xu and MNIST-FC properties (issue #21).
+
+Every property (ACAS Xu prop_1..prop_10, MNIST-FC's 30) is rewritten in VNN-LIB 2.0 by
+tests/vnnlib2_convert.py and decided on one network twice, with the same time limit:
+
+* 1.0 path: ``python -m nncertify vnnlib NET PROP --timeout S`` (the 1.0 reader, our importer,
+  ``relax.spec.verify_query``);
+* 2.0 path: ``nncertify-solver verify`` in a separate process (the standard's parser, the composite ONNX
+  graph, the same engine).  Both run as separate processes: both wall times include start-up.
+
+Writes bench/results/vnnlib2_vnncomp2021.json and .md: per instance both verdicts and times; the
+summary counts agreements.  A disagreement where both answers are decisive (sat vs unsat) would be a
+soundness bug in one path; ``unknown``/``timeout`` against a decisive answer is a difference in search.
+
+Usage: .venv/bin/python bench/vnnlib2_vnncomp2021.py [--timeout S] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from vnnlib2_convert import convert_file  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "vnncomp2021"
+OUT = ROOT / "bench" / "results"
+
+
+def instances(quick: bool):
+    acas = DATA / "acasxu"
+    # one network per property, as the VNN-COMP 2021 instance list pairs them (props 5-10) or 1_1 (props 1-4)
+    pairs = {1: "1_1", 2: "2_1", 3: "1_1", 4: "1_1", 5: "1_1", 6: "1_1", 7: "1_9", 8: "2_9", 9: "3_3", 10: "4_5"}
+    out = [(acas / f"ACASXU_run2a_{net}_batch_2000.onnx", acas / f"prop_{p}.vnnlib", (1, 1, 1, 5), 5)
+           for p, net in pairs.items()]
+    mn = DATA / "mnistfc"
+    for p in sorted(mn.glob("prop_*.vnnlib")):
+        out.append((mn / "mnist-net_256x2.onnx", p, (1, 784, 1), 10))
+    return out[:6] + out[10:14] if quick else out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    tmp = OUT / "vnnlib2_tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for onnx_path, prop, shape, n_out in instances(args.quick):
+        t = time.monotonic()
+        p1 = subprocess.run([sys.executable, "-m", "nncertify", "vnnlib", str(onnx_path), str(prop), "--timeout",
+                             str(args.timeout)], capture_output=True, text=True, timeout=args.timeout + 120)
+        t1 = time.monotonic() - t
+        r1 = p1.stdout.splitlines()[0] if p1.stdout else f"error (rc {p1.returncode}: {p1.stderr.strip()[-200:]})"
+        q = tmp / (prop.stem + ".vnnlib")
+        q.write_text(convert_file(prop, shape, n_out, "net"))
+        t = time.monotonic()  # a separate process: the solver's watchdog exits the process at the time limit
+        p = subprocess.run([sys.executable, "-c", "import sys; from nncertify.certify.solver_cli import console_main; "
+                            "sys.exit(console_main())", "verify", str(q), "--network", f"net={onnx_path}",
+                            "--timeout", str(args.timeout)], capture_output=True, text=True,
+                           timeout=args.timeout + 120)
+        t2 = time.monotonic() - t
+        v2 = p.stdout.splitlines()[0] if p.stdout else f"error (rc {p.returncode}: {p.stderr.strip()[-200:]})"
+        v1 = {"timeout": "timed-out"}.get(r1, r1)
+        row = {"network": onnx_path.name, "property": prop.name, "vnnlib1": v1, "vnnlib1_s": round(t1, 2),
+               "vnnlib2": v2, "vnnlib2_s": round(t2, 2), "agree": v1 == v2,
+               "conflict": {v1, v2} == {"sat", "unsat"}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+    summary = {"instances": len(rows), "agree": sum(r["agree"] for r in rows),
+               "conflicts": sum(r["conflict"] for r in rows),
+               "decided_1": sum(r["vnnlib1"] in ("sat", "unsat") for r in rows),
+               "decided_2": sum(r["vnnlib2"] in ("sat", "unsat") for r in rows),
+               "timeout_s": args.timeout, "machine": platform.platform(), "note": "shared 2-core machine, under load"}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "vnnlib2_vnncomp2021.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    md = ["# VNN-LIB 2.0 (nncertify-solver) vs 1.0 (certify vnnlib) on VNN-COMP 2021", "",
+          f"{summary['agree']}/{summary['instances']} verdicts agree, {summary['conflicts']} sat/unsat conflicts; "
+          f"decided: 1.0 {summary['decided_1']}, 2.0 {summary['decided_2']} (timeout {args.timeout:g} s each, "
+          f"{summary['note']}).", "",
+          "| network | property | 1.0 | s | 2.0 | s |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['network']} | {r['property']} | {r['vnnlib1']} | {r['vnnlib1_s']} | {r['vnnlib2']} | "
+           f"{r['vnnlib2_s']} |" for r in rows]
+    (OUT / "vnnlib2_vnncomp2021.md").write_text("\n".join(md) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
