@@ -222,6 +222,7 @@ def main():
     ap.add_argument("--work", default="/tmp/vnncomp_work")
     ap.add_argument("--attack-restarts", type=int, default=20)
     args = ap.parse_args()
+    torch.set_num_threads(1)  # the checks are many small ops: one thread is much faster on a shared machine
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: the VNN-COMP 2021 benchmarks are needed")
     OUT.mkdir(parents=True, exist_ok=True)
