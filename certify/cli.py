@@ -136,7 +136,10 @@ def global_(model: str = ModelArg, norm: str = typer.Option("2", "--norm", help=
 def robustness(model: str = ModelArg, eps: float = typer.Option(..., "--eps", help="perturbation radius"),
                data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
                norm: str = typer.Option("inf", "--norm", help="inf, 2 or 1"),
-               method: str = typer.Option("crown", "--method", help="ibp, crown or alpha-crown"),
+               method: str = typer.Option("crown", "--method", help="ibp, crown, alpha-crown or bab (complete: "
+                                                                    "CROWN -> alpha-CROWN -> branch-and-bound)"),
+               timeout: float = typer.Option(60.0, "--timeout", help="--method bab: seconds per sample for the "
+                                                                      "branch-and-bound"),
                limit: int = typer.Option(100, "--limit", help="use the first N samples"),
                clip: Optional[str] = typer.Option("0,1", "--clip", help="data domain lo,hi ('none' to disable)"),
                radius: bool = typer.Option(True, "--radius/--no-radius", help="also certify per-sample radii"),
@@ -148,8 +151,27 @@ def robustness(model: str = ModelArg, eps: float = typer.Option(..., "--eps", he
     X, y = resolve_data(data, lm.network, labels, limit)
     if y is None:
         raise InvalidArgumentError("robustness needs labels: a labelled --data file or --labels FILE")
-    _emit(task_robustness(lm, X, y, eps=eps, norm=norm, method=method, clip=parse_clip(clip), radius=radius),
-          json_path)
+    prog = _bab_progress() if method == "bab" and sys.stderr.isatty() else None
+    cert = task_robustness(lm, X, y, eps=eps, norm=norm, method=method, clip=parse_clip(clip), radius=radius,
+                           timeout=timeout, progress=prog)
+    if prog is not None:
+        sys.stderr.write("\r\033[K")
+    _emit(cert, json_path)
+
+
+def _bab_progress():
+    """A one-line live status of the branch-and-bound (sample, specification, open domains, bound, time)."""
+    import time
+    last = [0.0]
+
+    def cb(sample, spec, p):
+        now = time.monotonic()
+        if now - last[0] >= 0.2:
+            last[0] = now
+            sys.stderr.write(f"\r\033[K  BaB sample {sample}, class spec {spec}: {p.domains_left} open domains, "
+                             f"certified bound {p.best_bound:.4g}, {p.visited} visited, {p.elapsed:.1f} s")
+            sys.stderr.flush()
+    return cb
 
 
 @app.command()

@@ -84,6 +84,11 @@ class SampleVerdict(_Strict):
     status: Literal["verified", "falsified", "unknown"]
     margin_lower: float | None = None
     certified_radius: float | None = None
+    decided_by: str | None = Field(None, description="crown, alpha-crown, bab (branch-and-bound proof), pgd or "
+                                                     "bab-attack (counterexample), bab (unknown: budget spent)")
+    time_s: float | None = Field(None, description="branch-and-bound time of this sample (method bab)")
+    domains: int | None = Field(None, description="branch-and-bound domains visited (method bab)")
+    reason: str | None = Field(None, description="why a sample stayed unknown (method bab)")
 
 
 class RobustnessResult(_Strict):

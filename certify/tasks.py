@@ -213,30 +213,42 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
 
 
 def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0, 1.0), radius: bool = True,
-                    radius_iters: int = 8) -> Certificate:
+                    radius_iters: int = 8, timeout: float = 60.0, progress=None) -> Certificate:
     from ..relax import verify_robustness
     eps = check_eps(eps)
     norm = parse_norm(norm)
-    if method not in ("ibp", "crown", "alpha-crown"):
-        raise InvalidArgumentError(f"--method {method!r}: use ibp, crown or alpha-crown")
+    if method not in ("ibp", "crown", "alpha-crown", "bab"):
+        raise InvalidArgumentError(f"--method {method!r}: use ibp, crown, alpha-crown or bab")
+    if method == "bab" and norm != "inf":
+        raise InvalidArgumentError(f"--method bab supports --norm inf only, got --norm {norm}")
+    if method == "bab" and not (timeout > 0 and math.isfinite(timeout)):
+        raise InvalidArgumentError(f"--timeout must be a positive number of seconds per sample, got {timeout}")
     net = lm.network
     t0 = time.perf_counter()
     with torch.no_grad():
         clean = (net(X).argmax(1) == y)
-    res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip)
+    extra = dict(timeout=timeout, progress=progress) if method == "bab" else {}
+    res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip, **extra)
     statuses = list(res.status)
+    det = getattr(res, "details", {}) or {}
     margins = res.margin_lower.min(dim=1).values if res.margin_lower.dim() == 2 else res.margin_lower
     radii = certified_radii(net, X, y, norm, clip, iters=radius_iters, hi=2 * eps) if radius else None
     samples = [SampleVerdict(index=i, label=int(y[i]), status=statuses[i],
                              margin_lower=float(margins[i]) if math.isfinite(float(margins[i])) else None,
-                             certified_radius=float(radii[i]) if radii is not None else None)
+                             certified_radius=float(radii[i]) if radii is not None else None,
+                             decided_by=det.get(i, {}).get("method") or None, time_s=det.get(i, {}).get("time_s"),
+                             domains=det.get(i, {}).get("domains"),
+                             reason=det.get(i, {}).get("reason") if statuses[i] == "unknown" else None)
                for i in range(len(statuses))]
     n = len(samples)
     result = RobustnessResult(norm=norm, eps=eps, samples=samples, verified=statuses.count("verified"),
                               falsified=statuses.count("falsified"), unknown=statuses.count("unknown"),
                               clean_accuracy=float(clean.float().mean()), verified_accuracy=statuses.count("verified") / n)
+    params = {"eps": eps, "norm": norm, "method": method, "clip": clip, "samples": n}
+    if method == "bab":
+        params["timeout_per_sample_s"] = timeout
     return make_certificate(status="certified", method=f"robustness/{method}", result=result, model=model_ref(lm),
-                            parameters={"eps": eps, "norm": norm, "method": method, "clip": clip, "samples": n},
+                            parameters=params,
                             total_s=time.perf_counter() - t0,
                             notes=["'verified' is proven (sound bounds); 'falsified' has a real counterexample "
                                    "re-checked in float64; certified_radius is the largest eps verified by CROWN "

@@ -26,10 +26,19 @@ chunk_elems=2**25, intersect_ibp=True, skip_stable=True, fixed_preact=None) -> B
 ``Box.sample(n)``, ``Ball.sample(n)``: points of the set (interior and boundary/vertices) for tests.
 ``verify_robustness(net, x, labels, eps, norm="inf", method="crown", clip=None, pgd_steps=20, ...)``
     per-sample ``"verified" | "falsified" | "unknown"`` with the margins' lower bounds (relax.verify).
+    ``method="bab"``: complete verification (CROWN -> alpha-CROWN -> beta-CROWN branch-and-bound per
+    sample still unknown, ``timeout`` seconds each; l_inf).
+``Specification(lower, upper, C, d)``, ``Query(specs, source)``, ``Verdict`` (relax.spec)
+    a VNN-LIB-style query: is there ``x`` in the box with ``C f(x) <= d``?  (a Query is a disjunction).
+``verify_query(net, query, *, timeout, device=None, **opts) -> Verdict``
+    ``"sat"`` (counterexample re-checked in float64) / ``"unsat"`` (proof) / ``"unknown"`` / ``"timeout"``:
+    PGD -> CROWN -> alpha-CROWN -> branch-and-bound (relax/bab: input splitting for <= 16 inputs,
+    beta-CROWN activation splitting otherwise).
 ``relax.auto_lirpa_adapter.cross_check(net, lower, upper, method)``: optional comparison with auto_LiRPA.
 
 Modules: sets.py (input sets), affine.py / activations.py / piecewise.py (one handler table per
-relaxation family), lowering.py (Network -> lowered nodes), engine.py (the traversal), verify.py.
+relaxation family), lowering.py (Network -> lowered nodes), engine.py (the traversal), verify.py,
+spec.py (queries and verdicts), bab/ (the branch-and-bound framework and the searches on it).
 
 Every bound is sound for all inputs in the set (see relax/engine.py for the floating-point policy:
 IBP in float64 rounded outward, CROWN widened by a rounding margin, CROWN intersected with IBP).
@@ -43,11 +52,14 @@ from .engine import BoundResult, compute_bounds
 from .sets import Ball, Box
 
 __all__ = ["Box", "Ball", "compute_bounds", "BoundResult", "verify_robustness", "VerificationResult",
-           "margin_spec"]
+           "margin_spec", "Specification", "Query", "Verdict", "verify_query"]
 
 
 def __getattr__(name):  # lazy: verify imports the attack code
     if name in ("verify_robustness", "VerificationResult", "margin_spec"):
         from . import verify
         return getattr(verify, name)
+    if name in ("Specification", "Query", "Verdict", "verify_query"):
+        from . import spec
+        return getattr(spec, name)
     raise AttributeError(name)

@@ -61,6 +61,8 @@ class Verdict:
     domains: int = 0               # BaB domains visited
     reason: str = ""               # for unknown/timeout: why; for unsat: which method proved it
     spec_index: int | None = None  # which Specification of the Query was sat
+    spec_bounds: torch.Tensor | None = None  # (n_specs,) float64: certified lower bounds of
+    #   min over the box of max_k (C_k f(x) - d_k) per Specification (> 0: refuted; -inf: not bounded)
 
 
 # ---------------------------------------------------------------------- construction helpers

@@ -51,6 +51,7 @@ class VerificationResult:
     method: str = "crown"
     eps: float | torch.Tensor = 0.0
     norm: float = math.inf
+    details: dict[int, dict] = field(default_factory=dict)  # method="bab": per sample how it was decided
 
     def counts(self) -> dict[str, int]:
         return {k: self.status.count(k) for k in ("verified", "falsified", "unknown")}
@@ -150,12 +151,24 @@ def pgd_attack(net: Network, x0, labels, eps, p, clip, steps: int = 20, restarts
 
 def verify_robustness(net: Network, x: torch.Tensor, labels, eps, norm="inf", method: str = "crown", clip=None,
                       pgd_steps: int = 20, pgd_restarts: int = 1, alpha_iters: int = 20, dtype=None,
-                      seed: int = 0) -> VerificationResult:
+                      seed: int = 0, timeout: float = 60.0, progress=None, bab_options: dict | None = None
+                      ) -> VerificationResult:
     """Per-sample ``"verified" | "falsified" | "unknown"`` for the lp ball of radius ``eps`` around ``x``.
 
     ``clip = (lo, hi)``: the data domain (floats or tensors broadcastable to ``x``); ``x`` must lie in it.
     ``pgd_steps = 0`` disables the attack (then only misclassified clean points are falsified).
+
+    ``method="bab"`` (complete verification, l_inf only): CROWN then alpha-CROWN on the whole batch, then
+    for every sample still unknown :func:`relax.spec.verify_query` (attack, beta-CROWN branch-and-bound)
+    with a budget of ``timeout`` seconds per sample; its verdicts are mapped unsat -> verified,
+    sat -> falsified (counterexample re-checked in float64), unknown/timeout -> unknown.  The margins
+    of BaB-verified samples are raised to the search's certified bounds.  ``details[b]`` records how
+    each sample was decided (method, time, domains, reason).  ``progress(b, spec_index, BaBProgress)``
+    is called after every domain batch; ``bab_options``: extra options of ``verify_query``.
     """
+    if str(method).strip().lower() == "bab":
+        return _verify_bab(net, x, labels, eps, norm, clip, pgd_steps, pgd_restarts, alpha_iters, dtype, seed,
+                           timeout, progress, bab_options or {})
     if not isinstance(net, Network):
         raise InvalidArgumentError(f"net must be a models.Network, got {type(net).__name__}")
     p = _norm_p(norm)
@@ -217,3 +230,59 @@ def verify_robustness(net: Network, x: torch.Tensor, labels, eps, norm="inf", me
         if status[b] == "verified" and float(clean_m[b]) < 0:  # pragma: no cover - would be a soundness bug
             raise AssertionError(f"sample {b}: verified but misclassified at the center (soundness bug)")
     return VerificationResult(status, lower, others, cex, cex_m, res.method, eps, p)
+
+
+def _verify_bab(net, x, labels, eps, norm, clip, pgd_steps, pgd_restarts, alpha_iters, dtype, seed, timeout,
+                progress, opts) -> VerificationResult:
+    """``method="bab"``: alpha-CROWN on the batch, then complete search per sample still unknown."""
+    from .spec import robustness_query, verify_query
+
+    if _norm_p(norm) != math.inf:
+        raise InvalidArgumentError(f"method='bab' supports norm='inf' only, got norm={norm!r}")
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise InvalidArgumentError(f"timeout must be > 0 seconds per sample, got {timeout!r}")
+    eps_list = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)
+    res = verify_robustness(net, x, labels, eps, norm=norm, method="crown", clip=clip, pgd_steps=pgd_steps,
+                            pgd_restarts=pgd_restarts, dtype=dtype, seed=seed)
+    details = {b: dict(method="crown" if s == "verified" else ("pgd" if s == "falsified" else ""))
+               for b, s in enumerate(res.status)}
+    todo = [b for b, s in enumerate(res.status) if s == "unknown"]
+    if todo:
+        idx = torch.tensor(todo, device=x.device)
+        sub_clip = None if clip is None else tuple(torch.broadcast_to(torch.as_tensor(c, dtype=x.dtype, device=x.device),
+                                                                      x.shape)[idx] for c in clip)
+        sub_eps = eps_list[idx.cpu()] if eps_list.numel() > 1 else eps
+        r2 = verify_robustness(net, x[idx], torch.as_tensor(labels, device=x.device).reshape(-1)[idx], sub_eps,
+                               norm=norm, method="alpha-crown", clip=sub_clip, pgd_steps=0, alpha_iters=alpha_iters,
+                               dtype=dtype, seed=seed)
+        for k, b in enumerate(todo):
+            res.margin_lower[b] = torch.maximum(res.margin_lower[b], r2.margin_lower[k].to(res.margin_lower.dtype))
+            if r2.status[k] == "verified":
+                res.status[b] = "verified"
+                details[b] = dict(method="alpha-crown")
+    labels_t = torch.as_tensor(labels).reshape(-1)
+    K = int(math.prod(net.output_shape))
+    for b in [b for b, s in enumerate(res.status) if s == "unknown"]:
+        e = float(eps_list[b] if eps_list.numel() > 1 else eps_list[0])
+        cl = None if clip is None else tuple(torch.broadcast_to(torch.as_tensor(c, dtype=torch.float64), x[b].shape)
+                                             for c in clip)
+        q = robustness_query(x[b], int(labels_t[b]), e, K, clip=cl, source=f"sample {b}")
+        cb = None if progress is None else (lambda i, p, b=b: progress(b, i, p))
+        v = verify_query(net, q, timeout=timeout, seed=seed, progress=cb, **opts)
+        details[b] = dict(method="bab" if v.status == "unsat" else ("bab-attack" if v.status == "sat" else "bab"),
+                          status=v.status, time_s=round(v.time_s, 4), domains=v.domains, reason=v.reason)
+        if v.status == "unsat":
+            res.status[b] = "verified"
+            res.margin_lower[b] = torch.maximum(res.margin_lower[b], v.spec_bounds.to(res.margin_lower.dtype))
+        elif v.status == "sat":
+            res.status[b] = "falsified"
+            res.counterexamples[b] = v.counterexample
+            out = v.output.flatten()
+            y_b = int(labels_t[b])
+            others = torch.cat([out[:y_b], out[y_b + 1:]])
+            res.counterexample_margins[b] = float(out[y_b] - others.max())
+        else:
+            res.margin_lower[b] = torch.maximum(res.margin_lower[b], v.spec_bounds.to(res.margin_lower.dtype))
+    res.method = "bab"
+    res.details = details
+    return res

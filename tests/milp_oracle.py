@@ -21,7 +21,12 @@ from nncertify.models import chain_stages
 
 def spec_min(net, lower, upper, C, d, time_limit: float = 60.0) -> float:
     net64 = net.to(dtype=torch.float64)
-    stages = chain_stages(net64)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # parameter-free nodes (flatten) take the default dtype in affine_matrix
+    try:
+        stages = chain_stages(net64)
+    finally:
+        torch.set_default_dtype(old)
     lo = lower.double().flatten().numpy()
     hi = upper.double().flatten().numpy()
     # variables: x (n0), then per affine stage its outputs z, per activation its outputs y and deltas

@@ -31,7 +31,8 @@ from .search import BaBProgress, branch_and_bound
 
 DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts=10, alpha_iters=50, alpha_lr=0.1, seed=0, bab=True,
                 input_split="auto", input_split_max=16, batch=None, memory_budget=2e9, bab_iters=20,
-                lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every=5.0, max_domains=None, threads=1)
+                lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every=5.0, max_domains=None, threads=1,
+                interm_iters=20, interm_lr=0.25)
 
 
 def solve_query(net: Network, query: Query, *, timeout: float, start: float | None = None, **opts) -> Verdict:
@@ -61,11 +62,13 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     for input splitting, 64 for activation splitting), ``memory_budget`` (bytes of open domains, 2e9),
     ``bab_iters``/``lr_alpha``/``lr_beta`` (β-CROWN per batch: 20 Adam steps, 0.1/0.05),
     ``attack_every`` (seconds between PGD restarts during the search, 5), ``max_domains``,
+    ``interm_iters``/``interm_lr`` (alpha-CROWN on the intermediate bounds before the search, 20/0.25),
     ``progress(spec_index, BaBProgress)``: called after every domain batch; ``threads`` (CPU threads, 1).
     """
     bad = sorted(set(opts) - set(DEFAULTS))
     if bad:
-        raise InvalidArgumentError(f"verify_query: unknown option(s) {', '.join(bad)}; known: {', '.join(sorted(DEFAULTS))}")
+        raise InvalidArgumentError(f"verify_query: unknown option(s) {', '.join(bad)}; "
+                                   f"known: {', '.join(sorted(DEFAULTS))}")
     o = {**DEFAULTS, **opts}
     t0 = time.monotonic() if start is None else start
     deadline = t0 + timeout
@@ -75,8 +78,10 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     seed = int(o["seed"])
     visited = 0
 
+    sb = torch.full((batch.n_specs,), -math.inf, dtype=torch.float64)
+
     def done(status, reason="", hit=None, x=None, y=None):
-        return Verdict(status, x, y, time.monotonic() - t0, visited, reason, hit)
+        return Verdict(status, x, y, time.monotonic() - t0, visited, reason, hit, sb.clone())
 
     # 1. attack
     cand = pgd_search(net, batch, steps=int(o["pgd_steps"]), restarts=int(o["pgd_restarts"]), seed=seed,
@@ -107,6 +112,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                 isp = InputSplit(net, lo64, hi64, Cg[sel], dg[sel], dt, net64=net64)
                 r = isp.root()
                 visited += 1
+                sb[i] = r.key
                 if r.key > 0:
                     refuted[i] = True
                     how[i] = "crown"
@@ -118,25 +124,38 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
         B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
         lower, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, 0, 0.1, 0.0)  # CROWN
-        ok = (lower[0].double() > dg)
-        for i in specs_g:
-            if bool(ok[own == i].any()):
-                refuted[i] = True
-                how[i] = "crown"
-        if not bool(refuted[specs_g].all()) and int(o["alpha_iters"]) > 0 and time.monotonic() < deadline:
-            lower2, a, b, sc = bc.bound(S0, a, B0, int(o["alpha_iters"]), float(o["alpha_lr"]), 0.0)
-            lower = torch.maximum(lower, lower2)
+
+        def mark(lower, name):
             ok = (lower[0].double() > dg)
             for i in specs_g:
                 if not refuted[i] and bool(ok[own == i].any()):
                     refuted[i] = True
-                    how[i] = "alpha-crown"
+                    how[i] = name
+
+        mark(lower, "crown")
+        if not bool(refuted[specs_g].all()) and int(o["alpha_iters"]) > 0 and time.monotonic() < deadline:
+            lower2, a, b, sc = bc.bound(S0, a, B0, int(o["alpha_iters"]), float(o["alpha_lr"]), 0.0)
+            lower = torch.maximum(lower, lower2)
+            mark(lower, "alpha-crown")
+        if (not bool(refuted[specs_g].all()) and o["bab"] and int(o["interm_iters"]) > 0
+                and time.monotonic() < deadline):
+            # before the search: alpha-CROWN on the intermediate bounds, then alpha-CROWN on the rows again
+            bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]), root_lr=float(o["alpha_lr"]),
+                           pre=bc.pre0, interm_iters=int(o["interm_iters"]), interm_lr=float(o["interm_lr"]),
+                           deadline=deadline)
+            S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
+            B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
+            lower2, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, int(o["alpha_iters"]),
+                                        float(o["alpha_lr"]), 0.0)
+            lower = torch.maximum(lower, lower2)
+            mark(lower, "alpha-crown")
         visited += 1
         for i in specs_g:
-            if refuted[i]:
-                continue
             sel = own == i
             key = float((lower[0][sel].double() - dg[sel]).amax())
+            sb[i] = key
+            if refuted[i]:
+                continue
             roots[i] = (key, ("relu", bc, sel, lower[0][sel], a[0][sel]))
     if bool(refuted.all()):
         return done("unsat", "alpha-crown" if "alpha-crown" in how.values() else "crown")
@@ -171,8 +190,9 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
             prog = (lambda p, i=i: o["progress"](i, p))
         if kind == "input":
             _, isp, root = roots[i][1]
-            outc = branch_and_bound([root], InputSplitPolicy(isp), box_bounder(isp), timeout=deadline - time.monotonic(),
-                                    batch=int(o["batch"] or 512), memory_budget=float(o["memory_budget"]),
+            outc = branch_and_bound([root], InputSplitPolicy(isp, int(o["batch"] or 512)), box_bounder(isp),
+                                    timeout=deadline - time.monotonic(), batch=int(o["batch"] or 512),
+                                    memory_budget=float(o["memory_budget"]),
                                     max_domains=o["max_domains"], progress=prog, between=between)
         else:
             _, bc_g, sel, low, alpha = roots[i][1]
@@ -188,6 +208,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                                     batch=int(o["batch"] or 64), memory_budget=float(o["memory_budget"]),
                                     max_domains=o["max_domains"], progress=prog, between=between)
         visited += outc.visited
+        sb[i] = max(float(sb[i]), outc.best_bound)
         if outc.status == "witness":
             xx, yy = outc.witness
             return done("sat", f"counterexample found during {kind}-split branch-and-bound", i, xx, yy)

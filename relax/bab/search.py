@@ -18,9 +18,10 @@ bounded together (vectorized over domains); children with ``key > 0`` are closed
 * ``"timeout"``: the time budget ran out; ``"unknown"``: the memory budget would be exceeded, a
   domain could not be split further, or ``max_domains`` was reached.
 
-The anytime bound ``min(key)`` over open (and unsplittable) domains is a certified lower bound of
-``q - threshold`` over the whole root set at every moment (children cover their parents); it is
-reported through the ``progress`` callback after every batch and in :class:`BaBOutcome`.
+The anytime bound ``min(key)`` over open (and unsplittable) domains *and closed ones* is a certified
+lower bound of ``q - threshold`` over the whole root set at every moment (children cover their
+parents); it is reported through the ``progress`` callback after every batch and in
+:class:`BaBOutcome` (when proved it is the smallest key of the closed domains, ``> 0``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class BaBProgress:
 @dataclass
 class BaBOutcome:
     status: str             # "proved" | "witness" | "timeout" | "unknown"
-    best_bound: float       # certified anytime lower bound (+inf when proved)
+    best_bound: float       # certified anytime lower bound of q - threshold (> 0 when proved)
     visited: int
     elapsed: float
     reason: str = ""
@@ -75,16 +76,16 @@ def branch_and_bound(roots: list, policy: BranchingPolicy, bound: Callable[[list
     store = DomainStore(memory_budget)
     stuck: list = []  # open domains the policy cannot split: they keep the anytime bound down
     visited = len(roots)
+    closed = [min([d.key for d in roots if d.key > 0], default=math.inf)]
     if not store.push([d for d in roots if not d.key > 0]):
         return BaBOutcome("unknown", min(d.key for d in roots), visited, time.monotonic() - t0,
                           "memory budget exceeded by the root domains", open_domains=len(roots))
 
     def best():
-        return min([store.min_key()] + [d.key for d in stuck])
+        return min([store.min_key(), closed[0]] + [d.key for d in stuck])
 
     def out(status, reason="", witness=None):
-        return BaBOutcome(status, best() if status != "proved" else math.inf, visited, time.monotonic() - t0,
-                          reason, witness, len(store) + len(stuck))
+        return BaBOutcome(status, best(), visited, time.monotonic() - t0, reason, witness, len(store) + len(stuck))
 
     while len(store):
         if time.monotonic() > deadline:
@@ -105,6 +106,7 @@ def branch_and_bound(roots: list, policy: BranchingPolicy, bound: Callable[[list
             if witness is not None:
                 return out("witness", "counterexample found during the search", witness)
             open_kids = [c for c in children if not c.key > 0]
+            closed[0] = min([closed[0]] + [c.key for c in children if c.key > 0])
             if not store.push(open_kids):
                 store.push(parents)  # the parents' bounds stay valid: keep the anytime bound honest
                 return out("unknown", f"memory budget of {memory_budget / 1e6:.0f} MB for open domains exceeded")

@@ -64,7 +64,7 @@ def run_bab_shells(net, chain, xl, xu, seeds, norm, root: LipschitzResult, timeo
     bound of the running one, the root bound of a pending one), capped by the box's root bound.  The
     result is exact when every shell closed and the max is attained (a witness gradient).
     """
-    from .api import backward_bounds, certified
+    from .bounds import backward_bounds, certified
     from .bab import _run_bab
     from .norms import row_dual_upper
     t0 = time.perf_counter()

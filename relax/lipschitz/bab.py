@@ -179,7 +179,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     ``ball``: for an l2 / l1 ball region searched over its bounding box, the
     :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
     """
-    from .api import certified
+    from .bounds import certified
     t0 = time.perf_counter()
     if poly_iters is None:
         poly_iters = POLY_ITERS if chain.in_dim <= POLY_MAX_INPUT else 0

@@ -284,7 +284,7 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
     included, attack excluded); ``max_domains``: boxes bounded in total (root included); ``batch``:
     boxes split per step; ``chunk``: boxes per bounding call (bounds memory and keeps CPU tensors
     small); ``enum_max``: vertex enumeration up to that many unstable switches (0: off)."""
-    from .api import certified
+    from .bounds import certified
     if branching not in BRANCHING:
         raise InvalidArgumentError(f"bab_options['branching'] must be one of {BRANCHING}, got {branching!r}")
     if not (timeout > 0 and math.isfinite(timeout)):
@@ -484,7 +484,7 @@ def input_bab(net, input_set, norm: str, c, method: str, forward: str, timeout: 
     seeds and the per-box bounder (CROWN on the chain backward graph, or on the reversed DAG of a
     residual network) and runs :func:`run_input_bab` with ``options`` (= ``bab_options``).  ``net``
     is the float64 network."""
-    from .api import _seeds, input_box
+    from .bounds import _seeds, input_box
     if method not in MODES:
         raise InvalidArgumentError(f"method must be one of {MODES} for input branch-and-bound, got {method!r}")
     if forward not in FORWARD_METHODS:

@@ -1,0 +1,186 @@
+"""Complete verification (attack -> CROWN -> alpha-CROWN -> beta-CROWN BaB) on the ERAN MNIST networks.
+
+Writes bench/results/complete_verification.json and .md: per network and image the verdict
+(verified / falsified / unknown-or-timeout), the time, the domains visited, and the summary counts and
+median time side by side with the published rows (first 1000 images there) and the `alpha-crown` baseline.
+
+Settings (ERAN / alpha,beta-CROWN): 6x100 and 9x100 at l_inf eps = 0.026 on unnormalized pixels; ConvSmall at
+eps = 0.12 in pixel units with the normalization (mean 0.1307, std 0.3081) in front; boxes clipped to [0, 1].
+Misclassified images count as falsified (the clean image is a counterexample).
+
+Usage: python bench/complete_verification.py [--nets 6x100,9x100,convsmall] [--images 0:100] [--timeout 60]
+       [--threads 1] [--out NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nncertify import models  # noqa: E402
+from nncertify.models.layers import Normalize  # noqa: E402
+from nncertify.relax.spec import robustness_query, verify_query  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "mnist"
+OUT = ROOT / "bench" / "results"
+
+ABCROWN_CPU = {  # alpha,beta-CROWN (8250d5f) on this project's 2-core CPU machine type, 60 s per image, MIP refinement
+    # off (no Gurobi licence), reference note section 5: (images, verified, falsified, unknown, median s)
+    "6x100": ("0-29", 9, 4, 17, 61), "9x100": ("0-25", 5, 3, 18, 62), "convsmall": ("0-29", 20, 8, 2, 8.6)}
+
+PUBLISHED = {  # verified % on the first 1000 images (reference note section 5)
+    "6x100": dict(eps=0.026, deeppoly=16.0, prima=51.0, beta_crown=68.6, upper=84.2, alpha_crown_100=22, alpha_crown_30=7),
+    "9x100": dict(eps=0.026, deeppoly=18.2, prima=42.8, beta_crown=57.3, upper=82.0, alpha_crown_100=19, alpha_crown_30=3),
+    "convsmall": dict(eps=0.12, deeppoly=15.8, prima=59.8, beta_crown=71.6, upper=74.6, alpha_crown_100=21, alpha_crown_30=8),
+}
+
+
+def _state_dict(path):
+    d = torch.load(path, weights_only=True, map_location="cpu")
+    sd = d["state_dict"] if isinstance(d, dict) and "state_dict" in d else d
+    return sd[0] if isinstance(sd, list) else sd
+
+
+def eran_net(name: str):
+    if name in ("6x100", "9x100"):
+        hidden = 5 if name == "6x100" else 8
+        widths = [784] + [100] * hidden + [10]
+        mods = [nn.Flatten()]
+        for a, b in zip(widths[:-1], widths[1:]):
+            mods += [nn.Linear(a, b), nn.ReLU()]
+        m = nn.Sequential(*mods[:-1])
+        m.load_state_dict(_state_dict(DATA / f"mnist_{name.replace('x', '_')}_nat.pth"))
+        return models.from_module(m.eval(), (1, 28, 28), name=name)
+    body = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(800, 100), nn.ReLU(), nn.Linear(100, 10))
+    body.load_state_dict(_state_dict(DATA / "mnist_conv_small_nat.pth"))
+    m = nn.Sequential(Normalize([0.1307], [0.3081]), body)
+    return models.from_module(m.eval(), (1, 28, 28), name="convsmall")
+
+
+def run(nets, lo, hi, timeout, threads):
+    X = torch.as_tensor(np.load(DATA / "X_eran.npy")).float()
+    y = torch.as_tensor(np.load(DATA / "y_eran.npy")).long()
+    rows = {}
+    for name in nets:
+        net = eran_net(name)
+        eps = PUBLISHED[name]["eps"]
+        res = []
+        for i in range(lo, hi):
+            t = time.monotonic()
+            with torch.no_grad():
+                pred = int(net(X[i:i + 1]).argmax())
+            if pred != int(y[i]):
+                res.append(dict(image=i, status="falsified", reason="misclassified", time_s=0.0, domains=0))
+            else:
+                q = robustness_query(X[i], int(y[i]), eps, 10, clip=(0.0, 1.0), source=f"{name}#{i}")
+                v = verify_query(net, q, timeout=timeout, threads=threads)
+                st = {"unsat": "verified", "sat": "falsified"}.get(v.status, v.status)
+                res.append(dict(image=i, status=st, reason=v.reason, time_s=round(time.monotonic() - t, 3),
+                                domains=v.domains))
+            r = res[-1]
+            print(f"{name} #{i}: {r['status']:<9} {r['time_s']:7.2f} s {r['domains']:7d} domains  {r['reason'][:90]}",
+                  flush=True)
+        rows[name] = res
+    return rows
+
+
+def summary(rows, timeout):
+    out = {}
+    for name, res in rows.items():
+        c = {k: sum(r["status"] == k for r in res) for k in ("verified", "falsified", "unknown", "timeout")}
+        solved = [r["time_s"] for r in res if r["status"] in ("verified", "falsified") and r["reason"] != "misclassified"]
+        out[name] = dict(n=len(res), **c, median_s_all=statistics.median([r["time_s"] for r in res]) if res else None,
+                         median_s_solved=statistics.median(solved) if solved else None, timeout_s=timeout)
+    return out
+
+
+def _git_head() -> str:
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
+
+
+def write(rows, summ, args, wall, loads=None):
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = dict(machine=f"{platform.machine()} {os.cpu_count()} logical CPUs (shared with ~5 other jobs), "
+                        f"torch {torch.__version__}, {args.threads} thread(s)",
+                load=os.getloadavg() if loads is None else max(loads, key=lambda l: l[0]), images=args.images,
+                timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                code=_git_head())
+    name = args.out or "complete_verification"
+    (OUT / f"{name}.json").write_text(json.dumps(dict(meta=meta, summary=summ, rows=rows), indent=1))
+    lines = [f"# Complete verification on the ERAN MNIST networks ({meta['date']})", "",
+             f"Machine: {meta['machine']}; load average (1/5/15 min) {tuple(round(x, 1) for x in meta['load'])} "
+             f"on its 2 cores, i.e. each run got a fraction of one core: times are wall times under that load. "
+             f"Images {args.images} of the ERAN test set, per-image budget {args.timeout:g} s "
+             f"(attack -> CROWN -> alpha-CROWN -> beta-CROWN BaB). Published rows: first 1000 images, their hardware "
+             f"(β-CROWN: one GPU; PRIMA: GPU + 20 CPUs).", "",
+             "| net (eps) | images | verified | falsified | unknown/timeout | median s (all) | DeepPoly % | PRIMA % | "
+             "β-CROWN % | PGD upper % | alpha-crown (100 img) | alpha-crown (30 img) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n, s in summ.items():
+        p = PUBLISHED[n]
+        lines.append(f"| {n} ({p['eps']}) | {s['n']} | {s['verified']} | {s['falsified']} | "
+                     f"{s['unknown'] + s['timeout']} | {s['median_s_all']:.2f} | {p['deeppoly']} | {p['prima']} | "
+                     f"{p['beta_crown']} | {p['upper']} | {p['alpha_crown_100']} | {p['alpha_crown_30']} |")
+    lines += ["", "Same kind of 2-core CPU machine, α,β-CROWN 8250d5f (pure β-CROWN BaB, MIP refinement off: no Gurobi "
+              "licence), 60 s per image, from ../shared/reference/complete_verification.md §5:", "",
+              "| net | images | verified | falsified | unknown | median s |", "|---|---|---|---|---|---|"]
+    for n in summ:
+        if n in ABCROWN_CPU:
+            im, v, f, u, med = ABCROWN_CPU[n]
+            lines.append(f"| {n} | {im} | {v} | {f} | {u} | {med} |")
+    lines += ["", "Per image: `bench/results/" + name + ".json` (commit of each run in `meta`)."]
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nets", default="6x100,9x100,convsmall")
+    ap.add_argument("--images", default="0:100")
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="")
+    ap.add_argument("--merge", default="", help="comma-separated result JSON files (of earlier runs) to combine "
+                                                "into --out instead of running")
+    args = ap.parse_args()
+    if args.merge:
+        rows, metas = {}, []
+        for f in args.merge.split(","):
+            d = json.loads(Path(f).read_text())
+            rows.update(d["rows"])
+            metas.append(d["meta"])
+        args.images = "; ".join(sorted({m["images"] for m in metas}))
+        args.timeout = max(m["timeout_s"] for m in metas)
+        write(rows, summary(rows, args.timeout), args, sum(m["wall_s"] for m in metas),
+              loads=[m["load"] for m in metas])
+        return
+    if not DATA.exists():
+        sys.exit(f"{DATA} not found")
+    a, b = (int(t) for t in args.images.split(":"))
+    t0 = time.monotonic()
+    rows = run(args.nets.split(","), a, b, args.timeout, args.threads)
+    summ = summary(rows, args.timeout)
+    write(rows, summ, args, time.monotonic() - t0)
+    print(json.dumps(summ, indent=1))
+
+
+if __name__ == "__main__":
+    main()
