@@ -17,46 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ..models.errors import DataLoadError, InvalidArgumentError, ModelLoadError
+from ..models.errors import DataLoadError, InvalidArgumentError, ModelLoadError, NNCertifyError
 
 from .records import (Certificate, GameResult, LipschitzResult, RobustnessResult, SampleVerdict, StepRadiusResult,
                       make_certificate, model_ref)
 
-NORMS = {"inf": "inf", "linf": "inf", "2": "2", "l2": "2", "1": "1", "l1": "1"}
-
-
-def parse_norm(norm, allowed=("inf", "2", "1")) -> str:
-    key = str(norm).lower().replace("ℓ", "l")
-    if key in ("infinity", "math.inf", "float('inf')"):
-        key = "inf"
-    if key not in NORMS or NORMS[key] not in allowed:
-        raise InvalidArgumentError(f"norm {norm!r}: use one of {', '.join(allowed)}")
-    return NORMS[key]
-
-
-def check_eps(eps: float, name: str = "--eps") -> float:
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {eps!r}") from None
-    if not math.isfinite(eps) or eps <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive finite number, got {eps}")
-    return eps
-
-
-def parse_clip(clip) -> tuple[float, float] | None:
-    if clip is None or (isinstance(clip, str) and clip.lower() in ("none", "")):
-        return None
-    if isinstance(clip, str):
-        try:
-            lo, hi = (float(v) for v in clip.split(","))
-        except ValueError:
-            raise InvalidArgumentError(f"--clip {clip!r}: expected lo,hi") from None
-    else:
-        lo, hi = clip
-    if not lo < hi:
-        raise InvalidArgumentError(f"--clip: need lo < hi, got {lo}, {hi}")
-    return float(lo), float(hi)
+from .params import check_eps, check_method, parse_clip, parse_norm  # noqa: F401  (re-exported)
 
 
 # ------------------------------------------------------------------------------------------ resolution
@@ -128,7 +94,7 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=None, low
         sdp_val = max(r.certified_value for r in rows) if ok else None
         raw = max(r.raw_value for r in rows)
         by_method[f"LipSDP ({rows[0].method}, certified)"] = sdp_val
-        by_method[f"LipSDP ({rows[0].method}, raw solver value)"] = raw if math.isfinite(raw) else None
+        by_method[f"LipSDP ({rows[0].method}): solver value, unverified"] = raw if math.isfinite(raw) else None
         solver_used = rows[0].solver
         if ok and sdp_val is not None and (upper is None or sdp_val < upper):
             upper = sdp_val
@@ -217,8 +183,7 @@ def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0,
     from ..relax import verify_robustness
     eps = check_eps(eps)
     norm = parse_norm(norm)
-    if method not in ("ibp", "crown", "alpha-crown"):
-        raise InvalidArgumentError(f"--method {method!r}: use ibp, crown or alpha-crown")
+    check_method(method)
     net = lm.network
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -359,6 +324,17 @@ def toy_game():
     return QuadraticGame([[1.0, 10.0], [0.05, 1.0]], dims=[1, 1]), None
 
 
+def _check_game(factory: str, game, region) -> None:
+    """The factory's result must be a game (and an optional region): one line naming what it returned."""
+    from .games import Ball, Box, Game
+    if not isinstance(game, Game):
+        raise InvalidArgumentError(f"game factory {factory}: returned {type(game).__name__}, not a game "
+                                   f"(nncertify.certify.games.Game / QuadraticGame, or (game, region))")
+    if region is not None and not isinstance(region, (Box, Ball)):
+        raise InvalidArgumentError(f"game factory {factory}: the region is a {type(region).__name__}, not a "
+                                   f"nncertify.certify.games Box or Ball")
+
+
 def task_game(factory: str, mode: str = "certified") -> Certificate:
     from .games import certify_game
     if mode not in ("certified", "estimate"):
@@ -371,8 +347,15 @@ def task_game(factory: str, mode: str = "certified") -> Certificate:
             raise InvalidArgumentError(f"{factory!r}: expected MODULE:FACTORY (or 'toy')")
         from ..models.factory import import_callable
         f = import_callable(factory, "game factory", InvalidArgumentError)
-        out = f()
-        game, region = out if isinstance(out, tuple) else (out, None)
+        try:
+            out = f()
+        except NNCertifyError:
+            raise
+        except Exception as exc:  # the user's factory failed: bad input, not our bug
+            msg = " ".join(str(exc).split())[:200]
+            raise InvalidArgumentError(f"game factory {factory}: raised {type(exc).__name__}: {msg}") from None
+        game, region = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+        _check_game(factory, game, region)
     cert = certify_game(game, region, mode=mode)
     d = cert.to_dict()
     result = GameResult(players=cert.n_players, weights=d.get("weights"), margin=d.get("margin"), rate=d.get("rate"),
@@ -420,8 +403,8 @@ def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print)
     def add(name, cert):
         certs.append(cert)
         cert.save(out / "certificates" / f"{name}.json")
-        from .report import _headline
-        what, res = _headline(cert)
+        from .verdict import describe
+        what, res = describe(cert)
         echo(f"[{cert.status:>9}] {what}: {res}")
 
     add("global_l2", task_global(lm, norm="2"))

@@ -62,13 +62,13 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
 def test_timeouts_are_recorded(tmp_path):
     units = expand_plan({**PLAN, "models": ["digits_relu_mlp"], "timeout": 0.05})[:1]
     counts = run_batch(units, tmp_path / "r.jsonl", workers=1, progress=False)
-    assert counts == {"timeout": 1}
+    assert counts == {"timeout": 1, "proven": 0}
 
 
 def test_errors_are_recorded_not_raised(tmp_path):
     units = expand_plan({**PLAN, "models": ["no_such_model.pt"]})[:1]
     counts = run_batch(units, tmp_path / "r.jsonl", workers=1, progress=False)
-    assert counts == {"error": 1}
+    assert counts == {"error": 1, "proven": 0}
     rec = next(iter(read_done(tmp_path / "r.jsonl").values()))
     assert "no such file" in rec["error"]
 
@@ -77,7 +77,7 @@ def test_dask_engine_on_loopback(tmp_path):
     pytest.importorskip("distributed")
     units = expand_plan(PLAN)[:2]
     counts = run_batch(units, tmp_path / "r.jsonl", engine="dask", workers=1, progress=False)
-    assert counts == {"certified": 2}
+    assert counts == {"certified": 2, "proven": 2}
     # resume with dask: nothing left to do, nothing duplicated
     counts = run_batch(units, tmp_path / "r.jsonl", engine="dask", workers=1, progress=False)
-    assert counts == {"certified": 2} and len(_ids(tmp_path / "r.jsonl")) == 2
+    assert counts == {"certified": 2, "proven": 2} and len(_ids(tmp_path / "r.jsonl")) == 2
