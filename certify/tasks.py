@@ -23,6 +23,9 @@ from .records import (Certificate, GameResult, LipschitzResult, RobustnessResult
                       make_certificate, model_ref)
 
 from .params import check_eps, check_method, parse_clip, parse_norm  # noqa: F401  (re-exported)
+from .progress import bar as progress_bar
+
+RADIUS_CHUNK = 50  # min samples per certified-radius bisection (progress granularity; results do not depend on it)
 
 
 # ------------------------------------------------------------------------------------------ resolution
@@ -72,20 +75,27 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=None, low
     def budget_left():  # time_limit: a hard wall-clock budget for all SDP solves together
         return None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
 
+    if norm == "inf" and method != "product" and q is None:
+        raise InvalidArgumentError("--norm inf needs a network with a flat output vector")
+    n_sdp = 0 if method == "product" else (1 if norm == "2" else q)
+    bar = progress_bar(total=n_sdp + 2, desc="global: product of norms", unit="phase")
+    naive = _product_bound(net, norm)
+    bar.update(1)
     if method == "product":
         rows = None
     elif norm == "2":
+        bar.set_description_str(f"global: LipSDP solve ({solver})")
         rows = [sdp.lipschitz_bound(net, norm=2, method=method, solver=solver_arg, time_budget=budget_left())]
+        bar.update(1)
     else:
-        if q is None:
-            raise InvalidArgumentError("--norm inf needs a network with a flat output vector")
         rows = []
         for i in range(q):
+            bar.set_description_str(f"global: LipSDP solve ({solver}), output {i + 1}/{q}")
             c = torch.zeros(q, dtype=torch.float64)
             c[i] = 1.0
             rows.append(sdp.lipschitz_bound(net, norm="inf", method=method, solver=solver_arg, c=c,
                                             time_budget=budget_left()))
-    naive = _product_bound(net, norm)
+            bar.update(1)
     by_method = {"product of norms": naive}
     upper = naive
     solver_used = None
@@ -101,12 +111,15 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=None, low
         if not ok:
             notes.append("no SDP certificate (the product of norms is reported): " + "; ".join(r.message for r in rows if not r.certified))
     lower = None
+    bar.set_description_str("global: sampled lower estimate")
     try:
         est = sdp.sampled_lower_bound(net, norm=2 if norm == "2" else "inf", n=lower_samples,
                                       c=None if norm == "2" else _best_output_c(net))
         lower = est.value
     except Exception as exc:  # an estimate is optional
         notes.append(f"no sampled lower estimate ({type(exc).__name__})")
+    bar.update(1)
+    bar.close()
     if norm == "inf":
         notes.append("l_inf input: bound on max_i |f_i(x) - f_i(y)| / ||x - y||_inf (max over outputs)")
     result = LipschitzResult(scope="global", norm=norm, upper=upper, lower=lower, by_method=by_method)
@@ -157,9 +170,22 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
         c[output] = 1.0
     center = x.reshape(1, *net.input_shape).to(torch.float64)
     region = Ball(center, eps, p={"inf": math.inf, "2": 2, "1": 1}[norm], clip=parse_clip(clip))
-    res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout,
-                          bab=bab if bab_timeout > 0 else "activation",
-                          attack_options={"steps": 30, "n_samples": 256, "n_starts": 8})
+    bar = progress_bar(total=bab_timeout, desc="local Lipschitz: branch-and-bound", unit="s",
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} s {postfix}") \
+        if bab_timeout > 0 else None
+
+    def show(elapsed: float, upper: float, lower: float) -> None:  # the anytime bounds of the BaB
+        bar.set_postfix_str(f"upper {upper:.6g} ≥ L ≥ {lower:.6g} (gap {upper - lower:.3g})", refresh=False)
+        bar.update(max(0.0, min(elapsed, bab_timeout) - bar.n))
+
+    try:
+        res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout,
+                              bab=bab if bab_timeout > 0 else "activation",
+                              attack_options={"steps": 30, "n_samples": 256, "n_starts": 8},
+                              bab_options={"progress": show} if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     status = "certified" if res.status != "failed" and math.isfinite(res.upper) else "failed"
     by_method = {f"bound propagation ({res.method})": res.upper}
     naive = _product_bound(net, norm)
@@ -188,15 +214,25 @@ def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0,
     t0 = time.perf_counter()
     with torch.no_grad():
         clean = (net(X).argmax(1) == y)
-    res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip)
-    statuses = list(res.status)
-    margins = res.margin_lower.min(dim=1).values if res.margin_lower.dim() == 2 else res.margin_lower
-    radii = certified_radii(net, X, y, norm, clip, iters=radius_iters, hi=2 * eps) if radius else None
+    n = X.shape[0]
+    with progress_bar(total=n, desc=f"robustness ε={eps:g}: bounds + PGD", unit="sample") as bar:
+        res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip)
+        statuses = list(res.status)
+        margins = res.margin_lower.min(dim=1).values if res.margin_lower.dim() == 2 else res.margin_lower
+        bar.update(n)
+        radii = None
+        if radius:  # per-sample bisection: chunks give the same radii as one batch (no randomness)
+            bar.reset(total=n)
+            bar.set_description_str(f"robustness ε={eps:g}: certified radii")
+            parts, k = [], max(RADIUS_CHUNK, -(-n // 5))  # at most 5 chunks: few calls, still vectorized
+            for s in range(0, n, k):
+                parts.append(certified_radii(net, X[s:s + k], y[s:s + k], norm, clip, iters=radius_iters, hi=2 * eps))
+                bar.update(parts[-1].shape[0])
+            radii = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
     samples = [SampleVerdict(index=i, label=int(y[i]), status=statuses[i],
                              margin_lower=float(margins[i]) if math.isfinite(float(margins[i])) else None,
                              certified_radius=float(radii[i]) if radii is not None else None)
                for i in range(len(statuses))]
-    n = len(samples)
     result = RobustnessResult(norm=norm, eps=eps, samples=samples, verified=statuses.count("verified"),
                               falsified=statuses.count("falsified"), unknown=statuses.count("unknown"),
                               clean_accuracy=float(clean.float().mean()), verified_accuracy=statuses.count("verified") / n)
