@@ -21,7 +21,7 @@ before appending.  With ``retries=N`` a unit that errs or times out is run again
 its last attempt is recorded (with the earlier reasons in ``"retried"``).
 
 Process lifecycle (no worker outlives its parent, ``kill -9`` included): every unit runs in a fresh
-spawned process that puts itself in its own process group, asks the kernel for SIGKILL when its
+process (forked from a fork server that has torch and the methods preloaded) that puts itself in its own process group, asks the kernel for SIGKILL when its
 parent dies (``prctl(PR_SET_PDEATHSIG)`` on Linux) and forks a small watchdog that holds the read end
 of a *lifeline* pipe whose write end only the parent holds.  When the parent dies (any signal) the
 pipe reaches EOF and the watchdog kills the unit's whole process group (solver children included);
@@ -268,7 +268,7 @@ def _watchdog(lifeline, worker_pid: int, pgid: int) -> None:
         os._exit(0)
 
 
-def guard_process(lifeline, parent_pid: int, close_in_watchdog=()) -> None:
+def guard_process(lifeline, parent_pid: int | None = None, close_in_watchdog=()) -> None:
     """Make this (freshly spawned) unit process die with its parent, descendants included.
 
     ``close_in_watchdog``: connections the watchdog must not keep open (the result pipe: its EOF tells
@@ -277,9 +277,9 @@ def guard_process(lifeline, parent_pid: int, close_in_watchdog=()) -> None:
         os.setpgid(0, 0)  # own process group: the watchdog and a timeout kill reach every descendant
     except OSError:
         pass
-    _pdeathsig()
-    if os.getppid() != parent_pid:  # the parent died before we could ask
-        os._exit(1)
+    _pdeathsig()  # our direct parent: the batch process, or its fork server (which dies with it)
+    if (parent_pid is not None and os.getppid() != parent_pid) or lifeline.poll(0):
+        os._exit(1)  # the parent died before we could ask
     if hasattr(os, "fork"):
         me = os.getpid()
         if os.fork() == 0:
@@ -328,14 +328,32 @@ def _child(unit: dict, conn, lifeline, parent_pid: int) -> None:
     conn.close()
 
 
+PRELOAD = ["nncertify.certify.tasks", "nncertify.relax", "nncertify.sdp"]
+
+
+def unit_context():
+    """Where unit processes come from: a fork server with torch and the methods preloaded (a unit starts
+    in milliseconds instead of re-importing torch), or fresh interpreters where fork is unavailable."""
+    try:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    except ValueError:
+        return mp.get_context("spawn")
+
+
 class _Unit:
-    """One running unit process (local engine, or inside a Dask worker)."""
+    """One running unit process (local engine, or inside a Dask worker).
+
+    Not a daemon process: a unit may start its own children (the SDP time budget does), and its
+    lifetime is bound to ours by :func:`guard_process` instead."""
 
     def __init__(self, ctx, unit: dict):
         self.unit, self.t0 = unit, time.perf_counter()
         self.conn, child = ctx.Pipe(duplex=False)
         life_r, self.life_w = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_child, args=(unit, child, life_r, os.getpid()), daemon=True,
+        parent = os.getpid() if ctx.get_start_method() == "spawn" else None
+        self.proc = ctx.Process(target=_child, args=(unit, child, life_r, parent), daemon=False,
                                 name=f"certify-unit-{unit['id']}")
         self.proc.start()
         child.close()
@@ -361,10 +379,14 @@ class _Unit:
             rec = _record(u, "timeout", self.t0, error=f"timed out: exceeded the unit timeout of {timeout:g} s "
                                                       "(the unit process and its children were killed)")
         if rec is not None:
-            self.close()
+            self.close(graceful=rec["status"] not in ("timeout", "error"))
         return rec
 
-    def close(self) -> None:
+    def close(self, graceful: bool = False) -> None:
+        """End the unit process: after a result, give it a moment to exit cleanly (its own children and
+        semaphores), then kill whatever is left of its process group."""
+        if graceful:
+            self.proc.join(timeout=5)
         _kill_group(self.proc)
         self.proc.join(timeout=5)
         for c in (self.conn, self.life_w):
@@ -376,7 +398,7 @@ class _Unit:
 
 def _run_local(units: list[dict], workers: int, on_result: Callable[[dict], bool]) -> None:
     """``on_result(rec)`` returns True when the unit must run again (a retry)."""
-    ctx = mp.get_context("spawn")
+    ctx = unit_context()
     pending = list(units)
     running: list[_Unit] = []
     try:
