@@ -251,16 +251,34 @@ def _pdeathsig(sig: int = signal.SIGKILL) -> bool:
         return False
 
 
-def _watchdog(lifeline, worker_pid: int, pgid: int) -> None:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _watchdog(lifeline, worker_pid: int, pgid: int, owner: int | None, server: int | None) -> None:
     """In a forked child of the unit process: wait for the parent's death (lifeline EOF) or the unit
-    process's end, then SIGKILL the unit's whole process group (this watchdog included)."""
+    process's end, then SIGKILL the unit's whole process group (this watchdog included).  When the
+    owner (the batch process) is dead, its fork server ``server`` (the unit's parent) is killed too."""
+    parent_gone = False
     try:
         while True:
             if lifeline.poll(0.2):  # the parent never writes: readable means EOF, the parent is gone
+                parent_gone = True
                 break
             if os.getppid() != worker_pid:  # the unit process is gone (parent-pid poll)
                 break
     except (OSError, EOFError):
+        parent_gone = True
+    try:
+        if parent_gone and server is not None and owner is not None and not _pid_alive(owner):
+            os.kill(server, signal.SIGKILL)  # an orphaned fork server would otherwise linger for seconds
+    except OSError:
         pass
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -268,7 +286,7 @@ def _watchdog(lifeline, worker_pid: int, pgid: int) -> None:
         os._exit(0)
 
 
-def guard_process(lifeline, parent_pid: int | None = None, close_in_watchdog=()) -> None:
+def guard_process(lifeline, parent_pid: int | None = None, close_in_watchdog=(), owner: int | None = None) -> None:
     """Make this (freshly spawned) unit process die with its parent, descendants included.
 
     ``close_in_watchdog``: connections the watchdog must not keep open (the result pipe: its EOF tells
@@ -281,11 +299,11 @@ def guard_process(lifeline, parent_pid: int | None = None, close_in_watchdog=())
     if (parent_pid is not None and os.getppid() != parent_pid) or lifeline.poll(0):
         os._exit(1)  # the parent died before we could ask
     if hasattr(os, "fork"):
-        me = os.getpid()
+        me, server = os.getpid(), (os.getppid() if parent_pid is None else None)
         if os.fork() == 0:
             for c in close_in_watchdog:
                 c.close()
-            _watchdog(lifeline, me, os.getpgrp())
+            _watchdog(lifeline, me, os.getpgrp(), owner, server)
     lifeline.close()
 
 
@@ -322,13 +340,13 @@ def _execute(unit: dict) -> dict:
                        traceback=traceback.format_exc(limit=5))
 
 
-def _child(unit: dict, conn, lifeline, parent_pid: int) -> None:
-    guard_process(lifeline, parent_pid, close_in_watchdog=(conn,))
+def _child(unit: dict, conn, lifeline, parent_pid: int | None, owner: int) -> None:
+    guard_process(lifeline, parent_pid, close_in_watchdog=(conn,), owner=owner)
     conn.send(_execute(unit))
     conn.close()
 
 
-PRELOAD = ["nncertify.certify.tasks", "nncertify.relax", "nncertify.sdp"]
+PRELOAD = ["nncertify.certify._forkserver_guard", "nncertify.certify.tasks", "nncertify.relax", "nncertify.sdp"]
 
 
 def unit_context():
@@ -353,7 +371,7 @@ class _Unit:
         self.conn, child = ctx.Pipe(duplex=False)
         life_r, self.life_w = ctx.Pipe(duplex=False)
         parent = os.getpid() if ctx.get_start_method() == "spawn" else None
-        self.proc = ctx.Process(target=_child, args=(unit, child, life_r, parent), daemon=False,
+        self.proc = ctx.Process(target=_child, args=(unit, child, life_r, parent, os.getpid()), daemon=False,
                                 name=f"certify-unit-{unit['id']}")
         self.proc.start()
         child.close()

@@ -303,8 +303,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = 130
     except _click_classes("Exit") as e:
         code = e.exit_code
-    except _click_classes("ClickException") as e:
-        e.show()
+    except _click_classes("ClickException") as e:  # usage: one line, like every other bad input
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # plain `certify`: the help
+            typer.echo(ctx.get_help())
+            sys.exit(EXIT_OK)
+        where = ctx.command_path if ctx is not None and getattr(ctx, "command_path", None) else "certify"
+        typer.echo(f"error: {' '.join(e.format_message().split())} (see '{where} --help')", err=True)
         code = EXIT_BAD_INPUT
     except MemoryError:
         typer.echo("error: out of memory (the problem is too large for this machine; reduce it)", err=True)
