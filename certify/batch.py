@@ -466,7 +466,7 @@ def _run_dask(units: list[dict], workers: int, scheduler: str | None, on_result:
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
     else:
         try:
