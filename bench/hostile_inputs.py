@@ -247,7 +247,7 @@ def _more_inputs(d: Path, good, arch) -> list[tuple[str, list[str]]]:
         ("arg: --index not a number", ["lipschitz", m, "--index", "two"]),
         ("arg: unknown command", ["frobnicate", m]),
         ("arg: missing model", ["global"]),
-        ("arg: --json into a missing folder", ["game", "toy", "--json", str(d / "no" / "such" / "dir" / "c.json")]),
+        ("arg: --json where no file can be written", ["game", "toy", "--json", "/proc/nncertify/c.json"]),
         ("arg: demo --samples 0", ["demo", "--samples", "0", "--out", str(d / "demo")]),
         ("arg: demo unknown zoo model", ["demo", "--model", "nope", "--out", str(d / "demo")]),
         ("game: factory raises", ["game", f"{d / 'games.py'}:raises"]),

@@ -76,14 +76,15 @@ def _emit(cert, json_path: Optional[Path]) -> None:
     if json_path is not None and str(json_path) == "-":
         typer.echo(cert.to_json())
     else:
-        typer.echo(headline(cert))
-        for note in cert.notes:
-            typer.echo(f"  note: {note}")
-        if json_path is not None:
+        if json_path is not None:  # first, so that a path that cannot be written is the only line shown
             try:
                 cert.save(json_path)
             except OSError as exc:
                 raise InvalidArgumentError(f"--json {json_path}: cannot write ({exc.strerror or exc})") from None
+        typer.echo(headline(cert))
+        for note in cert.notes:
+            typer.echo(f"  note: {note}")
+        if json_path is not None:
             typer.echo(f"certificate written to {json_path}")
     raise typer.Exit(exit_code(cert))
 
@@ -136,9 +137,12 @@ def lipschitz(model: str = ModelArg, eps: float = typer.Option(0.01, "--eps", he
               arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
               json_path: Optional[Path] = JsonOpt):
     """Certified LOCAL Lipschitz constant over the region around one input (bound propagation + BaB)."""
-    from .params import check_eps, check_timeout, parse_norm
+    from .params import BAB_KINDS, check_choice, check_eps, check_timeout, parse_norm
     from .tasks import resolve_data, task_lipschitz
     check_eps(eps), parse_norm(norm), check_timeout(bab_timeout, "--bab-timeout", allow_zero=True)
+    check_choice(bab, BAB_KINDS, "--bab")
+    if bab != "auto" and bab_timeout == 0:
+        raise InvalidArgumentError(f"--bab {bab} needs --bab-timeout > 0 (seconds of branch-and-bound)")
     if index < 0:
         raise InvalidArgumentError(f"--index {index}: must be >= 0")
     lm = _load(model, arch, input_shape, trust_pickle)

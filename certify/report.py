@@ -109,7 +109,7 @@ def _sections(certs: list[Certificate]) -> list[dict]:
                 table.append([_model_name(c), c.result.scope, c.result.norm, m, _fmt(v),
                               UNVERIFIED if raw else c.status])
                 if v is not None and v > 0 and not raw and c.status == "certified":
-                    labels.append(f"{c.result.scope} ℓ{c.result.norm}: {m}")
+                    labels.append(f"{_model_name(c)} {c.result.scope} ℓ{c.result.norm}: {m}")
                     vals.append(v)
                     lows.append(c.result.lower)
             if c.result.lower is not None:
