@@ -41,7 +41,7 @@ def test_readme_commands_run_as_shown(tmp_path):
     import subprocess
     import sys
     cmds = readme_commands()
-    assert len(cmds) >= 12 and any(c.startswith("certify batch examples/batch_plan.json") for c in cmds)
+    assert len(cmds) >= 11 and any(c.startswith("certify batch examples/batch_plan.json") for c in cmds)
     (tmp_path / "examples").symlink_to(README.parent / "examples")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for cmd in cmds:
