@@ -188,7 +188,7 @@ def _sections(certs: list[Certificate]) -> list[dict]:
 
 
 def _model_name(c: Certificate) -> str:
-    return c.model.name if c.model and c.model.name else "?"
+    return c.model.name if c.model and c.model.name else "(unnamed model)"
 
 
 # ------------------------------------------------------------------------------------------ inputs
