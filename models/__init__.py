@@ -9,6 +9,8 @@ if not __name__.startswith("nncertify."):  # the source folder imported as a top
                       f"(found as {__name__!r} via {__file__})")
 
 import importlib as _importlib
+import sys as _sys
+import types as _types
 
 from .errors import (DataLoadError, InvalidArgumentError, ModelLoadError, NNCertifyError, ShapeMismatchError,
                      UnsupportedOperationError, UntrustedPickleError)
@@ -29,6 +31,19 @@ __all__ = [
     "NNCertifyError", "ModelLoadError", "UntrustedPickleError", "UnsupportedOperationError", "ShapeMismatchError",
     "InvalidArgumentError", "DataLoadError",
 ]
+
+
+class _Package(_types.ModuleType):
+    """``nncertify.models.load`` is the *function* (as it always was), although ``load.py`` is also a
+    submodule: the import system's ``setattr(package, "load", <submodule>)`` is ignored."""
+
+    def __setattr__(self, name, value):
+        if name == "load" and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

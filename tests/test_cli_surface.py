@@ -260,3 +260,13 @@ def test_report_imports_no_torch_or_solvers(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert not mods & {"torch", "cvxpy", "clarabel", "scs", "dask", "distributed", "onnx"}
     assert {"matplotlib", "jinja2"} <= mods
+
+
+def test_lazy_models_package_keeps_its_names():
+    """``nncertify.models`` imports lazily (start-up without torch) but its names stay what they were:
+    ``models.load`` is the loader function even after the submodule ``models/load.py`` was imported."""
+    import nncertify.models.load  # noqa: F401  (the submodule)
+    from nncertify import models
+    assert callable(models.load) and models.load.__name__ == "load"
+    assert models.load_model.__name__ == "load_model" and models.Network.__name__ == "Network"
+    assert "digits_relu_mlp" in models.zoo.available()
