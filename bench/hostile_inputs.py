@@ -3,8 +3,9 @@ what happened (exit code, the one line shown, whether a traceback leaked, whethe
 
     python bench/hostile_inputs.py          # writes bench/results/hostile_inputs.md and .json
 
-A row passes when: exit code is 2 (bad input), stderr is exactly one line, no traceback, and the
-marker file that a malicious pickle would create does not exist.
+A row passes when: exit code is 2 (bad input), stderr is exactly one line (usage errors included),
+nothing on stdout, no traceback, and the marker file that a malicious pickle would create does not
+exist.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+JOBS = 2
 
 
 class Evil:
@@ -92,7 +94,8 @@ def make_inputs(d: Path, marker: Path) -> list[tuple[str, list[str]]]:
     (d / "plan_garbage.json").write_text("{{{")
     g = str(d / "good.pt")
     m = "digits_relu_mlp"
-    return [
+    more = _more_inputs(d, good, arch)
+    return [*more,
         ("model: missing file", ["global", str(d / "nope.pt")]),
         *[(f"model: truncated {n}", ["global", str(d / f"trunc_{n}"), *arch]) for n in
           ("good.pt", "good.safetensors", "good.onnx", "good.pt2")],
@@ -136,6 +139,164 @@ def make_inputs(d: Path, marker: Path) -> list[tuple[str, list[str]]]:
         ("batch: garbage plan", ["batch", str(d / "plan_garbage.json")]),
         ("game: missing factory", ["game", "no_such_mod_xyz:f"]),
         ("report: not a certificate", ["report", g]),
+    ]
+
+
+def _plan(d: Path, name: str, plan) -> str:
+    p = d / f"plan_{name}.json"
+    p.write_text(plan if isinstance(plan, str) else json.dumps(plan))
+    return str(p)
+
+
+def _more_inputs(d: Path, good, arch) -> list[tuple[str, list[str]]]:
+    """The cases of issue #20 (point 7: inspect/--input-shape/.pt2 NaN; point 3: batch plans, game
+    factories) and what comes next: usage errors, every option's range, reports, outputs."""
+    m = "digits_relu_mlp"
+    g = str(d / "good.pt")
+    nan = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    with torch.no_grad():
+        nan[0].weight[0, 0] = float("nan")
+    torch.export.save(torch.export.export(nan, (torch.zeros(2, 64),)), str(d / "nan.pt2"))
+    inf_buf = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    with torch.no_grad():
+        inf_buf[1].running_var[2] = float("inf")
+    torch.export.save(torch.export.export(inf_buf, (torch.zeros(2, 64),)), str(d / "inf_buffer.pt2"))
+    (d / "empty.pt").write_bytes(b"")
+    (d / "empty.onnx").write_bytes(b"")
+    (d / "list.json").write_text("[]")
+    (d / "noshape.json").write_text(json.dumps({"layers": [{"type": "Linear", "in_features": 64, "out_features": 10}]}))
+    (d / "badlayer.json").write_text(json.dumps({"input_shape": [64], "layers": [{"type": "Frobnicate"}]}))
+    (d / "adir").mkdir()
+    (d / "games.py").write_text(
+        "from nncertify.certify.games import QuadraticGame\n"
+        "def raises():\n    raise ValueError('factory exploded')\n"
+        "def number():\n    return 42\n"
+        "def bad_region():\n    return QuadraticGame([[1.0, 10.0], [0.05, 1.0]], dims=[1, 1]), 'everywhere'\n"
+        "def needs_arg(x):\n    return x\n"
+        "not_callable = 3\n")
+    (d / "syntax_error.py").write_text("def f(:\n")
+    np.save(d / "data_inf.npy", np.full((4, 64), np.inf, np.float32))
+    np.save(d / "data_3d.npy", np.zeros((4, 8, 8), np.float32))
+    np.save(d / "labels_short.npy", np.zeros(2, np.int64))
+    np.save(d / "labels_float.npy", np.full(4, 0.5))
+    np.save(d / "x4.npy", np.zeros((4, 64), np.float32))
+    np.savez(d / "data_noarrays.npz")
+    (d / "data_text.csv").write_text("a,b,c\nx,y,z\n")
+    (d / "data_empty.csv").write_text("")
+    (d / "cert_bad.json").write_text(json.dumps({"status": "certified"}))
+    (d / "cert_garbage.json").write_text("not json")
+    (d / "results_empty.jsonl").write_text("")
+    (d / "results_garbage.jsonl").write_text("{{{\n")
+    (d / "plan_binary.json").write_bytes(os.urandom(300))
+    ok_task = {"task": "robustness", "eps": 0.01}
+    P = lambda name, **kw: _plan(d, name, {"models": [m], "tasks": [ok_task], "samples": 4, "chunk": 4, **kw})
+    T = lambda name, *tasks, **kw: _plan(d, name, {"models": [m], "tasks": list(tasks), "samples": 4, **kw})
+    return [
+        ("inspect: --arch with a wrong --input-shape", ["inspect", g, *arch, "--input-shape", "3,5"]),
+        ("inspect: --input-shape 1,x,3", ["inspect", g, *arch, "--input-shape", "1,x,3"]),
+        ("inspect: --input-shape 0,64", ["inspect", g, *arch, "--input-shape", "0,64"]),
+        ("inspect: --input-shape -64", ["inspect", g, *arch, "--input-shape", "-64"]),
+        ("inspect: --input-shape empty", ["inspect", g, *arch, "--input-shape", ""]),
+        ("inspect: --input-shape 64,,", ["inspect", g, *arch, "--input-shape", "64,,"]),
+        ("model: .pt2 with a NaN weight", ["inspect", str(d / "nan.pt2")]),
+        ("model: .pt2 with an Inf buffer", ["global", str(d / "inf_buffer.pt2")]),
+        ("model: empty .pt", ["global", str(d / "empty.pt"), *arch]),
+        ("model: empty .onnx", ["global", str(d / "empty.onnx")]),
+        ("model: JSON list, not an object", ["global", str(d / "list.json")]),
+        ("model: JSON spec without input_shape", ["global", str(d / "noshape.json")]),
+        ("model: JSON spec with an unknown layer", ["global", str(d / "badlayer.json")]),
+        ("model: a directory", ["global", str(d / "adir")]),
+        ("model: arch file with a syntax error", ["global", g, "--arch", f"{d / 'syntax_error.py'}:f"]),
+        ("model: arch without ':'", ["global", g, "--arch", "nomodule"]),
+        ("model: arch factory not callable", ["global", g, "--arch", f"{d / 'games.py'}:not_callable"]),
+        ("data: Inf", ["robustness", m, "--eps", "0.01", "--data", str(d / "data_inf.npy")]),
+        ("data: 3-d array for a flat model", ["robustness", m, "--eps", "0.01", "--data", str(d / "data_3d.npy")]),
+        ("data: labels file too short", ["robustness", m, "--eps", "0.01", "--data", str(d / "x4.npy"),
+                                         "--labels", str(d / "labels_short.npy")]),
+        ("data: labels not integers", ["robustness", m, "--eps", "0.01", "--data", str(d / "x4.npy"),
+                                       "--labels", str(d / "labels_float.npy")]),
+        ("data: labels file missing", ["robustness", m, "--eps", "0.01", "--data", str(d / "x4.npy"),
+                                       "--labels", str(d / "nolabels.npy")]),
+        ("data: inputs without labels", ["robustness", m, "--eps", "0.01", "--data", str(d / "x4.npy")]),
+        ("data: .npz without arrays", ["steps", m, "--data", str(d / "data_noarrays.npz")]),
+        ("data: CSV of text", ["steps", m, "--data", str(d / "data_text.csv")]),
+        ("data: empty CSV", ["steps", m, "--data", str(d / "data_empty.csv")]),
+        ("data: a directory", ["steps", m, "--data", str(d / "adir")]),
+        ("arg: --limit 0", ["robustness", m, "--eps", "0.01", "--limit", "0"]),
+        ("arg: --limit -3", ["steps", m, "--limit", "-3"]),
+        ("arg: --clip reversed", ["robustness", m, "--eps", "0.01", "--clip", "1,0"]),
+        ("arg: --clip not numbers", ["robustness", m, "--eps", "0.01", "--clip", "a,b"]),
+        ("arg: --clip three values", ["robustness", m, "--eps", "0.01", "--clip", "0,1,2"]),
+        ("arg: --clip nan", ["robustness", m, "--eps", "0.01", "--clip", "nan,1"]),
+        ("arg: --eps not a number", ["robustness", m, "--eps", "abc"]),
+        ("arg: --eps missing", ["robustness", m]),
+        ("arg: --eps -inf", ["lipschitz", m, "--eps", "-inf"]),
+        ("arg: --method empty", ["robustness", m, "--eps", "0.01", "--method", ""]),
+        ("arg: --norm 1 for global", ["global", m, "--norm", "1"]),
+        ("arg: --norm empty", ["lipschitz", m, "--norm", ""]),
+        ("arg: --time-limit 0", ["global", m, "--time-limit", "0"]),
+        ("arg: --time-limit -5", ["global", m, "--time-limit", "-5"]),
+        ("arg: --time-limit nan", ["global", m, "--time-limit", "nan"]),
+        ("arg: global --method nonsense", ["global", m, "--method", "magic"]),
+        ("arg: --bab nonsense", ["lipschitz", m, "--bab", "sideways", "--bab-timeout", "1"]),
+        ("arg: --bab input without a timeout", ["lipschitz", m, "--bab", "input"]),
+        ("arg: --bab-timeout nan", ["lipschitz", m, "--bab-timeout", "nan"]),
+        ("arg: --output out of range", ["lipschitz", m, "--output", "99"]),
+        ("arg: --output negative", ["lipschitz", m, "--output", "-1"]),
+        ("arg: --index negative", ["lipschitz", m, "--index", "-1"]),
+        ("arg: --index not a number", ["lipschitz", m, "--index", "two"]),
+        ("arg: unknown command", ["frobnicate", m]),
+        ("arg: missing model", ["global"]),
+        ("arg: --json where no file can be written", ["game", "toy", "--json", "/proc/nncertify/c.json"]),
+        ("arg: demo --samples 0", ["demo", "--samples", "0", "--out", str(d / "demo")]),
+        ("arg: demo unknown zoo model", ["demo", "--model", "nope", "--out", str(d / "demo")]),
+        ("game: factory raises", ["game", f"{d / 'games.py'}:raises"]),
+        ("game: factory returns a non-game", ["game", f"{d / 'games.py'}:number"]),
+        ("game: factory returns a bad region", ["game", f"{d / 'games.py'}:bad_region"]),
+        ("game: factory needs an argument", ["game", f"{d / 'games.py'}:needs_arg"]),
+        ("game: factory name missing", ["game", f"{d / 'games.py'}:nothing_here"]),
+        ("game: not MODULE:FACTORY", ["game", "justaname"]),
+        ("game: factory file missing", ["game", f"{d / 'nofile.py'}:f"]),
+        ("game: --mode nonsense", ["game", "toy", "--mode", "guess"]),
+        ("report: certificate missing", ["report", str(d / "nothing.json")]),
+        ("report: certificate fails the schema", ["report", str(d / "cert_bad.json")]),
+        ("report: certificate not JSON", ["report", str(d / "cert_garbage.json")]),
+        ("report: empty batch results", ["report", str(d / "results_empty.jsonl")]),
+        ("report: garbage batch results", ["report", str(d / "results_garbage.jsonl")]),
+        ("report: batch results missing", ["report", str(d / "nothing.jsonl")]),
+        ("batch: misspelt model", ["batch", _plan(d, "misspelt", {"models": ["digits_relu_mpl"], "tasks": [ok_task]})]),
+        ("batch: model file broken", ["batch", _plan(d, "broken_model", {"models": [str(d / "random.pt")], "tasks": [ok_task]})]),
+        ("batch: model with NaN weights", ["batch", _plan(d, "nan_model", {"models": [str(d / "nan.pt2")], "tasks": [ok_task]})]),
+        ("batch: unknown task", ["batch", T("unknown_task", {"task": "dance"})]),
+        ("batch: task missing", ["batch", T("task_missing", {"eps": 0.1})]),
+        ("batch: unknown parameter", ["batch", T("unknown_param", {"task": "robustness", "epsilon": 0.1})]),
+        ("batch: negative eps", ["batch", T("neg_eps", {"task": "robustness", "eps": -0.1})]),
+        ("batch: bad eps in a list", ["batch", T("bad_eps_list", {"task": "robustness", "eps": [0.01, "big"]})]),
+        ("batch: empty eps list", ["batch", T("empty_list", {"task": "robustness", "eps": []})]),
+        ("batch: eps missing", ["batch", T("eps_missing", {"task": "robustness"})]),
+        ("batch: bad method", ["batch", T("bad_method", {"task": "robustness", "eps": 0.1, "method": "magic"})]),
+        ("batch: bad norm", ["batch", T("bad_norm", ok_task, {"task": "global", "norm": "7"})]),
+        ("batch: bad solver", ["batch", T("bad_solver", {"task": "global", "solver": "PIRATE"})]),
+        ("batch: negative time_limit", ["batch", T("neg_tl", {"task": "global", "time_limit": -5})]),
+        ("batch: bad bab kind", ["batch", T("bad_bab", {"task": "lipschitz", "eps": 0.1, "bab": "sideways"})]),
+        ("batch: negative index", ["batch", T("neg_index", {"task": "lipschitz", "index": -1})]),
+        ("batch: radius not a boolean", ["batch", T("radius_str", {"task": "robustness", "eps": 0.1, "radius": "yes"})]),
+        ("batch: steps with a parameter", ["batch", T("steps_param", {"task": "steps", "eps": 0.1})]),
+        ("batch: task not an object", ["batch", T("task_str", "robustness")]),
+        ("batch: unknown top-level field", ["batch", P("top_field", sample=10)]),
+        ("batch: samples 0", ["batch", P("samples0", samples=0)]),
+        ("batch: chunk not a number", ["batch", P("chunk_str", chunk="ten")]),
+        ("batch: timeout 0", ["batch", P("timeout0", timeout=0)]),
+        ("batch: timeout negative", ["batch", P("timeout_neg", timeout=-3)]),
+        ("batch: data file missing", ["batch", P("data_missing", data="nothing.npy")]),
+        ("batch: models not a list", ["batch", _plan(d, "models_str", {"models": m, "tasks": [ok_task]})]),
+        ("batch: model not a string", ["batch", _plan(d, "models_num", {"models": [3], "tasks": [ok_task]})]),
+        ("batch: plan is a list", ["batch", _plan(d, "list", "[1, 2]")]),
+        ("batch: plan is binary", ["batch", str(d / "plan_binary.json")]),
+        ("batch: plan is a directory", ["batch", str(d / "adir")]),
+        ("batch: --engine nonsense", ["batch", P("ok_engine"), "--engine", "cloud"]),
+        ("batch: --workers 0", ["batch", P("ok_workers"), "--workers", "0"]),
+        ("batch: --retries -1", ["batch", P("ok_retries"), "--retries", "-1"]),
     ]
 
 
@@ -232,20 +393,26 @@ def run_cli_cases() -> list[dict]:
         d = Path(tmp)
         marker = d / "PWNED"
         cases = make_inputs(d, marker)
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        for what, args in cases:
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+
+        def one(case):
+            what, args = case
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, "-m", "nncertify", *args], capture_output=True, text=True,
-                               timeout=600, env=env, cwd=ROOT)
+                               timeout=600, env=env, cwd=d)
             err = [l for l in r.stderr.strip().splitlines() if l.strip()]
-            usage = r.stderr.startswith("Usage:")
             line = err[-1] if err else ""
-            ok = (r.returncode == 2 and (len(err) == 1 or usage) and "Traceback" not in r.stderr
+            ok = (r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr and not r.stdout.strip()
                   and not marker.exists())
-            rows.append({"input": what, "exit": r.returncode, "message": line.replace(str(d), "<tmp>"),
-                         "traceback": "Traceback" in r.stderr, "code_executed": marker.exists(),
-                         "seconds": round(time.perf_counter() - t0, 2), "pass": ok})
-            print(("PASS " if ok else "FAIL ") + what + ": " + rows[-1]["message"][:120], flush=True)
+            row = {"input": what, "exit": r.returncode, "message": line.replace(str(d), "<tmp>"),
+                   "lines": len(err), "traceback": "Traceback" in r.stderr, "code_executed": marker.exists(),
+                   "seconds": round(time.perf_counter() - t0, 2), "pass": ok}
+            print(("PASS " if ok else "FAIL ") + what + ": " + row["message"][:120], flush=True)
+            return row
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(JOBS) as pool:  # subprocesses: 2 at a time on the 2-core machine
+            rows = list(pool.map(one, cases))
     return rows
 
 
@@ -261,8 +428,9 @@ def write(rows: list[dict], limits: list[dict]) -> None:
                                                         indent=1) + "\n")
     md = ["# Hostile and broken inputs", "",
           f"`python bench/hostile_inputs.py` on {hw['cores']} cores ({hw['processor']}), Python {hw['python']}, "
-          f"torch {hw['torch']}. A row passes when the CLI exits with 2, prints one line naming the problem, leaks "
-          "no traceback and runs no foreign code (a malicious pickle would create a marker file).", "",
+          f"torch {hw['torch']}. A row passes when the CLI exits with 2, prints exactly one line (stderr; usage errors "
+          "included, nothing on stdout) naming the problem, leaks no traceback and runs no foreign code (a malicious "
+          "pickle would create a marker file).", "",
           f"**{sum(r['pass'] for r in rows)} / {len(rows)} pass.**", "",
           "| input | exit | message | traceback | code ran | pass |", "|---|---|---|---|---|---|"]
     for r in rows:

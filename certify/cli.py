@@ -1,14 +1,20 @@
 """The ``certify`` command line.
 
-Exit codes: 0 success; 1 ran, but nothing could be certified (a ``failed`` certificate);
-2 bad input or usage (one line on stderr naming what is wrong); 4 internal error (a bug: please
-report it; ``--debug`` shows the traceback).
+Exit codes (:mod:`.verdict`): 0 something was certified; 1 ran, but nothing could be certified (a
+``failed`` certificate, a robustness run with no verified sample, a batch with failed units); 2 bad
+input or usage (one line on stderr naming what is wrong); 4 internal error (a bug: please report
+it).  ``--debug`` adds the traceback to errors and keeps every exit code; ``--quiet`` hides
+progress bars (they are shown only on a terminal anyway).  Both are accepted anywhere on the line.
+
+Adding a command: define a function decorated with ``@app.command()`` below, import what it needs
+*inside* the function (start-up stays torch-free), raise :class:`InvalidArgumentError` (or any
+``NNCertifyError``) for bad input, and end with ``_emit(certificate, json_path)``, which prints the
+headline, writes ``--json`` and exits with the certificate's exit code.  Shared options are the
+``*Opt`` objects below.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,15 +22,16 @@ from typing import List, Optional
 import typer
 
 from ..models.errors import InvalidArgumentError, NNCertifyError
+from .verdict import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NOT_CERTIFIED, EXIT_OK
 
-EXIT_OK, EXIT_NOT_CERTIFIED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 4
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Certify neural networks: sound Lipschitz bounds, robustness certificates and safe "
                        "training step sizes. MODEL is a file (.json spec, .safetensors, .pt/.pth, .pt2, "
-                       "TorchScript, .onnx, .mat) or a zoo name such as digits_relu_mlp (see `certify zoo`).")
+                       "TorchScript, .onnx, .mat) or a zoo name such as digits_relu_mlp (see `certify zoo`). "
+                       "Exit codes: 0 certified, 1 nothing could be certified, 2 bad input, 4 internal error.")
 
-_DEBUG = {"on": False}
+GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet"}
+_FLAGS = {"debug": False, "quiet": False}
 
 def _print_version(value: bool) -> None:
     if value:
@@ -44,42 +51,66 @@ ArchOpt = typer.Option(None, "--arch", help="architecture for bare weights: pkg.
                                             "or an architecture .json")
 ShapeOpt = typer.Option(None, "--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file lacks it)")
 TrustOpt = typer.Option(False, "--trust-pickle", help="allow unpickling a full nn.Module (runs code from the file)")
-JsonOpt = typer.Option(None, "--json", help="write the certificate (JSON) to this file")
+JsonOpt = typer.Option(None, "--json", help="write the certificate (JSON) to this file ('-': to stdout, instead "
+                                            "of the headline)")
 DataOpt = typer.Option(None, "--data", help="inputs: .npy/.npz/.pt/.csv (default: the zoo's digits test split)")
 LabelsOpt = typer.Option(None, "--labels", help="labels file (.npy) when --data holds inputs only")
 
 
-def _shape(s: Optional[str]):
+@app.callback()
+def _global_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks with errors (any position)"),
+                    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (any position)")):
+    """(Global flags are taken out of the command line by main(); listed here for --help.)"""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def parse_shape(s: Optional[str]):
+    """``--input-shape``: positive integers separated by ',' or 'x' (``1,28,28``, ``1x28x28``)."""
     if s is None:
         return None
+    parts = s.replace("x", ",").replace("X", ",").split(",")
     try:
-        dims = tuple(int(v) for v in s.replace("x", ",").split(",") if v.strip())
+        dims = tuple(int(v) for v in parts)
     except ValueError:
-        raise InvalidArgumentError(f"--input-shape {s!r}: expected integers like 1,28,28") from None
+        raise InvalidArgumentError(f"--input-shape {s!r}: expected positive integers like 1,28,28") from None
     if not dims or any(d <= 0 for d in dims):
-        raise InvalidArgumentError(f"--input-shape {s!r}: dimensions must be positive")
+        raise InvalidArgumentError(f"--input-shape {s!r}: dimensions must be positive integers")
     return dims
 
 
 def _load(model, arch, input_shape, trust_pickle, require_network: bool = True):
     from .tasks import resolve_model
-    return resolve_model(model, arch=arch, input_shape=_shape(input_shape), trust_pickle=trust_pickle,
+    return resolve_model(model, arch=arch, input_shape=parse_shape(input_shape), trust_pickle=trust_pickle,
                          require_network=require_network)
 
 
 def _emit(cert, json_path: Optional[Path]) -> None:
-    from .report import _headline
-    what, res = _headline(cert)
-    typer.echo(f"{what}: {cert.status.upper()}  {res}  [{cert.method}, {cert.timing.total_s:.2f} s]")
-    for note in cert.notes:
-        typer.echo(f"  note: {note}")
-    if json_path is not None:
-        cert.save(json_path)
-        typer.echo(f"certificate written to {json_path}")
-    if cert.status == "failed":
-        raise typer.Exit(EXIT_NOT_CERTIFIED)
+    """Print the headline (what was proven), write ``--json``, exit with the certificate's code."""
+    from .verdict import exit_code, headline
+    if json_path is not None and str(json_path) == "-":
+        typer.echo(cert.to_json())
+    else:
+        if json_path is not None:  # first, so that a path that cannot be written is the only line shown
+            try:
+                cert.save(json_path)
+            except OSError as exc:
+                raise InvalidArgumentError(f"--json {json_path}: cannot write ({exc.strerror or exc})") from None
+        typer.echo(headline(cert))
+        for note in cert.notes:
+            typer.echo(f"  note: {note}")
+        if json_path is not None:
+            typer.echo(f"certificate written to {json_path}")
+    raise typer.Exit(exit_code(cert))
 
 
+def _positive(value, name: str, integer: bool = False):
+    import math
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ commands
 @app.command()
 def zoo():
     """List the models shipped with the package (trained on scikit-learn digits)."""
@@ -105,8 +136,10 @@ def demo(out: Path = typer.Option(Path("reports/demo"), "--out", help="output fo
          time_limit: Optional[float] = typer.Option(None, "--time-limit", help="budget (s) of each long part: the "
                                                                              "global SDP and the local Lipschitz run")):
     """Certify a shipped zoo model end to end and write certificates and a report under --out."""
+    from .params import check_time_limit
     from .tasks import run_demo
-    paths = run_demo(out, model=model, samples=samples, echo=typer.echo, time_limit=time_limit)
+    _positive(samples, "--samples", integer=True)
+    paths = run_demo(out, model=model, samples=samples, echo=typer.echo, time_limit=check_time_limit(time_limit))
     typer.echo(f"report: {paths['html']}  and  {paths['markdown']}")
 
 
@@ -129,11 +162,19 @@ def lipschitz(model: str = ModelArg, eps: float = typer.Option(0.01, "--eps", he
     """Certified LOCAL Lipschitz constant over the region around one input (bound propagation + BaB)."""
     import time
     started = time.perf_counter()  # --time-limit counts from here: loading the model and data included
-    from .tasks import check_time_limit, parse_clip, resolve_data, task_lipschitz
-    time_limit, clip_box = check_time_limit(time_limit), parse_clip(clip)  # bad values: one line before any work
+    from .params import BAB_KINDS, check_choice, check_eps, check_time_limit, check_timeout, parse_clip, parse_norm
+    from .tasks import resolve_data, task_lipschitz
+    # bad values: one line before any work
+    time_limit, clip_box = check_time_limit(time_limit), parse_clip(clip)
+    check_eps(eps), parse_norm(norm), check_timeout(bab_timeout, "--bab-timeout", allow_zero=True)
+    check_choice(bab, BAB_KINDS, "--bab")
+    if bab != "auto" and bab_timeout == 0:
+        raise InvalidArgumentError(f"--bab {bab} needs --bab-timeout > 0 (seconds of branch-and-bound)")
+    if index < 0:
+        raise InvalidArgumentError(f"--index {index}: must be >= 0")
     lm = _load(model, arch, input_shape, trust_pickle)
     X, _ = resolve_data(data, lm.network, None, index + 1)
-    if index < 0 or index >= X.shape[0]:
+    if index >= X.shape[0]:
         raise InvalidArgumentError(f"--index {index}: the data has {X.shape[0]} samples")
     _emit(task_lipschitz(lm, X[index], eps=eps, norm=norm, bab_timeout=bab_timeout, output=output, index=index,
                          bab=bab, clip=clip_box, time_limit=time_limit, started=started),
@@ -152,7 +193,11 @@ def global_(model: str = ModelArg, norm: str = typer.Option("2", "--norm", help=
             arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
             json_path: Optional[Path] = JsonOpt):
     """Certified GLOBAL Lipschitz upper bound by LipSDP (verified) and the product of layer norms."""
+    from .params import check_timeout, parse_norm
     from .tasks import task_global
+    parse_norm(norm, ("2", "inf"))
+    if time_limit is not None:
+        check_timeout(time_limit, "--time-limit")
     lm = _load(model, arch, input_shape, trust_pickle)
     _emit(task_global(lm, norm=norm, solver=solver, method=method, time_limit=time_limit), json_path)
 
@@ -171,12 +216,16 @@ def robustness(model: str = ModelArg, eps: float = typer.Option(..., "--eps", he
                arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
                json_path: Optional[Path] = JsonOpt):
     """Per-sample robustness: verified / falsified (real counterexample) / unknown, and certified radii."""
-    from .tasks import parse_clip, resolve_data, task_robustness
+    from .params import check_eps, check_method, parse_clip, parse_norm
+    from .tasks import resolve_data, task_robustness
+    check_eps(eps), parse_norm(norm), check_method(method), parse_clip(clip)
+    _positive(limit, "--limit", integer=True)
     lm = _load(model, arch, input_shape, trust_pickle)
     X, y = resolve_data(data, lm.network, labels, limit)
     if y is None:
         raise InvalidArgumentError("robustness needs labels: a labelled --data file or --labels FILE")
-    prog = _bab_progress() if method == "bab" and sys.stderr.isatty() else None
+    from .progress import active
+    prog = _bab_progress() if method == "bab" and active() else None  # a terminal, not --quiet
     cert = task_robustness(lm, X, y, eps=eps, norm=norm, method=method, clip=parse_clip(clip), radius=radius,
                            timeout=timeout, progress=prog)
     if prog is not None:
@@ -206,6 +255,7 @@ def steps(model: str = ModelArg, data: Optional[Path] = DataOpt, labels: Optiona
           json_path: Optional[Path] = JsonOpt):
     """Softmax-ghost step radius rho_a along the gradient, and the largest safe SGD learning rate."""
     from .tasks import module_shapes, resolve_data, task_steps
+    _positive(limit, "--limit", integer=True)
     lm = _load(model, arch, input_shape, trust_pickle, require_network=False)  # attention models too
     X, y = resolve_data(data, module_shapes(lm), labels, limit)
     if y is None:
@@ -224,45 +274,42 @@ def game(factory: str = typer.Argument(..., help="MODULE:FACTORY returning a gam
 
 
 @app.command()
-def report(certificates: List[Path] = typer.Argument(..., help="certificate JSON files"),
+def report(certificates: List[Path] = typer.Argument(..., help="certificate JSON files and batch results (.jsonl)"),
            out: Path = typer.Option(Path("reports/report"), "--out", help="output folder"),
            title: str = typer.Option("nncertify report", "--title")):
-    """Render certificates (and batch JSONL results) into report.md and a self-contained report.html."""
-    from .records import Certificate, load_certificate
-    from .report import write_report
-    certs = []
-    for p in certificates:
-        if p.suffix == ".jsonl":
-            from .batch import read_done
-            if not p.exists():
-                raise InvalidArgumentError(f"{p}: no such file")
-            certs += [Certificate.model_validate(r["certificate"]) for r in read_done(p).values() if "certificate" in r]
-        else:
-            certs.append(load_certificate(p))
-    paths = write_report(certs, out, title=title)
+    """Render certificates and batch results (every unit: done, failed, timed out) into report.md and a
+    self-contained report.html."""
+    from .report import load_inputs, write_report
+    certs, failures = load_inputs(certificates)
+    paths = write_report(certs, out, title=title, failures=failures)
     typer.echo(f"report: {paths['html']}  and  {paths['markdown']}")
 
 
 @app.command()
-def batch(plan: Path = typer.Argument(..., help="plan JSON (models x tasks x samples; see docs)"),
+def batch(plan: Path = typer.Argument(..., help="plan JSON (models x tasks x samples; see certify/batch.py)"),
           out: Path = typer.Option(Path("reports/batch.jsonl"), "--out", help="results JSONL (resumable)"),
           engine: str = typer.Option("local", "--engine", help="local (process pool) or dask"),
-          workers: int = typer.Option(2, "--workers"),
+          workers: int = typer.Option(2, "--workers", help="units run at once"),
+          retries: int = typer.Option(0, "--retries", help="re-run a failed or timed-out unit up to N more times"),
           scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address "
                                                                             "(default: a loopback LocalCluster)")):
-    """Run a resumable batch of certification units; re-running skips finished units."""
-    from .batch import expand_plan, run_batch
-    try:
-        spec = json.loads(plan.read_text())
-    except FileNotFoundError:
-        raise InvalidArgumentError(f"{plan}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidArgumentError(f"{plan}: not valid JSON ({exc})") from None
-    units = expand_plan(spec, str(plan))
-    counts = run_batch(units, out, engine=engine, workers=workers, scheduler=scheduler)
-    typer.echo(f"{len(units)} units: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"  -> {out}")
-    if counts.get("error") or counts.get("timeout"):
-        raise typer.Exit(EXIT_NOT_CERTIFIED)
+    """Run a resumable batch of certification units; re-running skips finished units.
+
+    The whole plan is validated before any unit starts.  Exit 0 when every unit finished and at least
+    one certified something; 1 when a unit failed or timed out (each recorded with its reason)."""
+    from .batch import load_plan, run_batch
+    if engine not in ("local", "dask"):
+        raise InvalidArgumentError(f"--engine {engine!r}: use local or dask")
+    if workers < 1:
+        raise InvalidArgumentError(f"--workers must be >= 1, got {workers}")
+    if retries < 0:
+        raise InvalidArgumentError(f"--retries must be >= 0, got {retries}")
+    units = load_plan(plan)
+    counts = run_batch(units, out, engine=engine, workers=workers, scheduler=scheduler, retries=retries)
+    from .batch import summary_line
+    typer.echo(summary_line(counts, len(units), out))
+    bad = counts.get("error", 0) + counts.get("timeout", 0) + counts.get("missing", 0)
+    raise typer.Exit(EXIT_NOT_CERTIFIED if bad or not counts.get("proven") else EXIT_OK)
 
 
 @app.command()
@@ -304,44 +351,72 @@ def vnncomp(instances: Path = typer.Argument(..., metavar="INSTANCES.csv", help=
         raise typer.Exit(EXIT_NOT_CERTIFIED)
 
 
-def _is_usage_error(e: BaseException) -> bool:
-    """click's (or typer's bundled click's) usage errors: they know how to show themselves."""
-    import click
-    return isinstance(e, click.exceptions.ClickException) or (
-        hasattr(e, "show") and hasattr(e, "exit_code") and type(e).__name__ in (
-            "UsageError", "BadParameter", "NoSuchOption", "MissingParameter", "BadOptionUsage",
-            "BadArgumentUsage", "ClickException", "FileError"))
+# ------------------------------------------------------------------------------------------ entry point
+def _click_classes(name: str) -> tuple:
+    """``name`` (ClickException, Exit, Abort) from click and from typer's bundled copy of click: only the
+    copies already imported (an exception class that was never imported cannot have been raised)."""
+    mods = [sys.modules.get(m) for m in ("typer._click.exceptions", "click.exceptions")]
+    return tuple(getattr(m, name) for m in mods if m is not None and hasattr(m, name))
+
+
+def _take_global_flags(argv: list[str]) -> list[str]:
+    """Remove ``--debug`` / ``--quiet`` / ``-q`` wherever they stand (before a ``--``)."""
+    out, rest = [], False
+    for a in argv:
+        if not rest and a in GLOBAL_FLAGS:
+            _FLAGS[GLOBAL_FLAGS[a]] = True
+            continue
+        rest = rest or a == "--"
+        out.append(a)
+    return out
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    import click
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:
-        argv.remove("--debug")
-        _DEBUG["on"] = True
+    """The console script: runs the command, maps every outcome to the documented exit code."""
+    from . import progress
+    _FLAGS.update(debug=False, quiet=False)
+    argv = _take_global_flags(list(sys.argv[1:] if argv is None else argv))
+    json_stdout = any(a == "-" and i > 0 and argv[i - 1] == "--json" for i, a in enumerate(argv))
+    progress.configure(not _FLAGS["quiet"] and not json_stdout)
     command = typer.main.get_command(app)
     try:
         rc = command.main(args=argv, prog_name="certify", standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else EXIT_OK)
-    except SystemExit:
-        raise
+        code = rc if isinstance(rc, int) else EXIT_OK
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_INTERNAL)
     except NNCertifyError as e:
-        if _DEBUG["on"]:
-            raise
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        sys.exit(130)
-    except Exception as e:
-        if type(e).__name__ == "Exit" and hasattr(e, "exit_code"):
-            sys.exit(e.exit_code)
-        if _is_usage_error(e):
-            e.show()
-            sys.exit(EXIT_BAD_INPUT)
-        if _DEBUG["on"]:
-            raise
-        typer.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
-        sys.exit(EXIT_INTERNAL)
+        if _FLAGS["debug"]:
+            import traceback
+            traceback.print_exc()
+        msg = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
+        typer.echo(f"error: {msg}", err=True)
+        code = EXIT_BAD_INPUT
+    except (KeyboardInterrupt, *_click_classes("Abort")):
+        typer.echo("interrupted", err=True)
+        code = 130
+    except _click_classes("Exit") as e:
+        code = e.exit_code
+    except _click_classes("ClickException") as e:  # usage: one line, like every other bad input
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # plain `certify`: the help
+            typer.echo(ctx.get_help())
+            sys.exit(EXIT_OK)
+        where = ctx.command_path if ctx is not None and getattr(ctx, "command_path", None) else "certify"
+        typer.echo(f"error: {' '.join(e.format_message().split())} (see '{where} --help')", err=True)
+        code = EXIT_BAD_INPUT
+    except MemoryError:
+        typer.echo("error: out of memory (the problem is too large for this machine; reduce it)", err=True)
+        code = EXIT_BAD_INPUT
+    except Exception as e:  # a bug
+        if _FLAGS["debug"]:
+            import traceback
+            traceback.print_exc()
+        msg = " ".join(str(e).split())
+        typer.echo(f"internal error: {type(e).__name__}: {msg} (please report it; rerun with --debug for the "
+                   f"traceback)" if not _FLAGS["debug"] else f"internal error: {type(e).__name__}: {msg}", err=True)
+        code = EXIT_INTERNAL
+    sys.stdout.flush()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

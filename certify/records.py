@@ -173,17 +173,24 @@ def _nonfinite(obj) -> bool:
     return False
 
 
-def tool_info() -> ToolInfo:
-    import numpy
-    import torch
+def _dist_version(name: str) -> str | None:
+    """An installed distribution's version from its metadata (no import: cvxpy alone takes seconds)."""
+    import sys
+    mod = sys.modules.get(name)
+    if mod is not None and getattr(mod, "__version__", None):
+        return str(mod.__version__)
     try:
-        import cvxpy
-        cv = cvxpy.__version__
-    except Exception:  # cvxpy is a dependency, but a report should not die on it
-        cv = None
+        from importlib.metadata import version
+        return version(name)
+    except Exception:  # a report should not die on it
+        return None
+
+
+def tool_info() -> ToolInfo:
     from . import __version__
-    return ToolInfo(version=__version__, python=platform.python_version(), torch=torch.__version__,
-                    numpy=numpy.__version__, cvxpy=cv, platform=f"{platform.system()} {platform.machine()}")
+    return ToolInfo(version=__version__, python=platform.python_version(), torch=_dist_version("torch") or "unknown",
+                    numpy=_dist_version("numpy") or "unknown", cvxpy=_dist_version("cvxpy"),
+                    platform=f"{platform.system()} {platform.machine()}")
 
 
 def model_ref(loaded=None, network=None, name: str | None = None) -> ModelRef:

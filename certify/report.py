@@ -16,84 +16,74 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
+import json
 from pathlib import Path
 from typing import Iterable
 
-import jinja2
 
 from . import __version__
 from .records import Certificate
+from .verdict import describe as _headline
+from .verdict import fmt as _fmt
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
-def _fmt(x, digits: int = 4) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
-def _figure():
+def _figure(rows: int = 1, height: float = 3.6):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.2, 3.6), dpi=100)
-    return plt, fig, ax
+    fig, ax = plt.subplots(rows, 1, figsize=(7.2, height * rows), dpi=100, layout="constrained", squeeze=False)
+    return plt, fig, (ax[0, 0] if rows == 1 else list(ax[:, 0]))
 
 
 def _png(plt, fig) -> bytes:
+    """PNG of ``fig`` with every label inside the image (tight bounding box around all artists)."""
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return buf.getvalue()
 
 
-def _headline(c: Certificate) -> tuple[str, str]:
-    r = c.result
-    if r.kind == "lipschitz":
-        what = f"{r.scope} Lipschitz (ℓ{r.norm} input)"
-        res = f"L ≤ {_fmt(r.upper)}" if r.upper is not None else "no bound"
-        if r.lower is not None:
-            res += f"; L ≥ {_fmt(r.lower)} (estimate)"
-        return what, res
-    if r.kind == "robustness":
-        return (f"robustness ℓ{r.norm} ε={_fmt(r.eps)}",
-                f"verified {r.verified}/{len(r.samples)} ({100 * r.verified_accuracy:.1f}%), falsified {r.falsified}, "
-                f"unknown {r.unknown}")
-    if r.kind == "step_radius":
-        if r.trajectory:
-            rs = [t.get("r_applied") for t in r.trajectory if t.get("r_applied") is not None]
-            clipped = sum(1 for t in r.trajectory if (t.get("scale") or 1.0) < 1.0)
-            return "controlled training run", (f"{len(r.trajectory)} steps, {clipped} clipped to ρ_a, "
-                                               f"max applied r = {_fmt(max(rs) if rs else None)}")
-        return "safe step radius", f"ρ_a = {_fmt(r.radius)}; safe SGD lr ≤ {_fmt(r.safe_lr_sgd)}"
-    if r.kind == "game":
-        return f"SGN game certificate ({r.players} players)", (
-            f"margin {_fmt(r.margin)}, rate {_fmt(r.rate)}, Euler h ≤ {_fmt(r.euler_step)}" if r.margin is not None
-            else f"refused: {r.reason}")
-    return r.kind, ""
+UNVERIFIED = "solver value, unverified"
+
+
+def _unverified(method_name: str) -> bool:
+    """A by_method entry that is a raw solver value (never a certificate)."""
+    return "unverified" in method_name or "raw solver value" in method_name
 
 
 def _sections(certs: list[Certificate]) -> list[dict]:
     out = []
     rob = [c for c in certs if c.result.kind == "robustness"]
     if rob:
-        radii = [s.certified_radius for c in rob for s in c.result.samples if s.certified_radius is not None]
-        if radii:
-            plt, fig, ax = _figure()
-            ax.hist(radii, bins=30, color="#3a7")
-            ax.set_xlabel("certified radius")
-            ax.set_ylabel("samples")
+        groups: dict[str, dict[float, list[float]]] = {}
+        for c in rob:
+            rs = [x.certified_radius for x in c.result.samples if x.certified_radius is not None]
+            if rs:
+                groups.setdefault(_model_name(c), {}).setdefault(c.result.eps, []).extend(rs)
+        if groups:
+            plt, fig, axes = _figure(rows=len(groups), height=2.6)
+            axes = axes if isinstance(axes, list) else [axes]
+            total, medians = 0, []
+            for ax, (model, by_eps) in zip(axes, groups.items()):
+                hi = max(max(v) for v in by_eps.values()) or 1.0
+                for eps, rs in sorted(by_eps.items()):
+                    ax.hist(rs, bins=30, range=(0, hi), histtype="step", lw=1.6, label=f"ε = {_fmt(eps)} ({len(rs)})")
+                    total += len(rs)
+                    medians.append(f"{model} ε={_fmt(eps)}: {_fmt(sorted(rs)[len(rs) // 2])}")
+                ax.set_title(model, fontsize=9)
+                ax.set_xlabel("certified radius")
+                ax.set_ylabel("samples")
+                ax.legend(fontsize=8, title="run", title_fontsize=8)
             out.append(dict(id="radii", title="Certified radius distribution", image=_png(plt, fig),
-                            caption=f"{len(radii)} samples; certified radius = the largest ε at which CROWN verifies the "
-                                    f"sample (found by bisection; every reported radius is itself verified).",
-                            text=f"median certified radius {_fmt(sorted(radii)[len(radii) // 2])}"))
+                            caption=f"{total} sample radii, one panel per model and one histogram per ε of the run; "
+                                    f"certified radius = the largest ε at which CROWN verifies the sample (found by "
+                                    f"bisection; every reported radius is itself verified).",
+                            text="median certified radius: " + "; ".join(medians)))
         by_model: dict[str, list] = {}
         for c in rob:
-            by_model.setdefault(f"{c.model.name if c.model else '?'} ({c.method})", []).append(c)
+            by_model.setdefault(f"{_model_name(c)} ({c.method}, ℓ{c.result.norm})", []).append(c)
         plt, fig, ax = _figure()
         table = [["model / method", "ε", "verified", "falsified", "unknown", "verified accuracy"]]
         for label, cs in by_model.items():
@@ -137,13 +127,15 @@ def _sections(certs: list[Certificate]) -> list[dict]:
         labels, vals, lows = [], [], []
         for c in lips:
             for m, v in c.result.by_method.items():
-                table.append([c.model.name if c.model else "?", c.result.scope, c.result.norm, m, _fmt(v), c.status])
-                if v is not None and v > 0:
-                    labels.append(f"{c.result.scope} ℓ{c.result.norm}: {m}")
+                raw = _unverified(m)
+                table.append([_model_name(c), c.result.scope, c.result.norm, m, _fmt(v),
+                              UNVERIFIED if raw else c.status])
+                if v is not None and v > 0 and not raw and c.status == "certified":
+                    labels.append(f"{_model_name(c)} {c.result.scope} ℓ{c.result.norm}: {m}")
                     vals.append(v)
                     lows.append(c.result.lower)
             if c.result.lower is not None:
-                table.append([c.model.name if c.model else "?", c.result.scope, c.result.norm,
+                table.append([_model_name(c), c.result.scope, c.result.norm,
                               "lower bound (estimate: attack/sampling)", _fmt(c.result.lower), "estimate"])
         if vals:
             ax.barh(range(len(vals)), vals, color="#47a")
@@ -152,16 +144,17 @@ def _sections(certs: list[Certificate]) -> list[dict]:
             for i, lo in enumerate(lows):
                 if lo is not None and lo > 0:
                     ax.plot([lo, lo], [i - 0.4, i + 0.4], color="#c33", lw=2)
-            ax.set_xlabel("Lipschitz bound (log scale); red ticks: lower estimate of the same quantity")
+            ax.set_xlabel("certified Lipschitz upper bound (log scale)")
         out.append(dict(id="lipschitz", title="Lipschitz bounds by method", image=_png(plt, fig) if vals else None,
-                        table=table, caption="Each bar is a certified upper bound; it must never fall below its red tick (a lower estimate "
-                                "of the same constant, same norm and region)."))
+                        table=table, caption="Each bar is a certified upper bound (raw solver values are not drawn; the table labels "
+                                "them 'solver value, unverified'); red ticks: a lower estimate of the same constant (same "
+                                "norm and region), which no bar may fall below."))
     bab = [c for c in certs if c.result.kind == "lipschitz" and c.result.history]
     if bab:
         plt, fig, ax = _figure()
         for c in bab:
             h = c.result.history
-            ax.plot([r[0] for r in h], [r[1] for r in h], label=f"{c.model.name if c.model else ''} upper")
+            ax.plot([r[0] for r in h], [r[1] for r in h], label=f"{_model_name(c)} upper (certified)")
             ax.plot([r[0] for r in h], [r[2] for r in h], "--", label="lower (attack)")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("Lipschitz bound")
@@ -170,13 +163,16 @@ def _sections(certs: list[Certificate]) -> list[dict]:
                         caption="Anytime upper bound and attack lower bound during branch-and-bound."))
     glob = [c for c in certs if c.result.kind == "lipschitz" and c.result.scope == "global"]
     if glob:
-        table = [["model", "norm", *sorted({m for c in glob for m in c.result.by_method})]]
+        table = [["model", "norm", *sorted({m.replace("raw solver value", UNVERIFIED) for c in glob
+                                            for m in c.result.by_method})]]
         for c in glob:
-            table.append([c.model.name if c.model else "?", c.result.norm,
-                          *[_fmt(c.result.by_method.get(m)) for m in table[0][2:]]])
+            table.append([_model_name(c), c.result.norm,
+                          *[_fmt(c.result.by_method.get(m, c.result.by_method.get(m.replace(UNVERIFIED, "raw solver value"))))
+                            for m in table[0][2:]]])
         out.append(dict(id="sdp-vs-naive", title="SDP vs naive product bounds", table=table,
                         text="Global Lipschitz upper bounds: LipSDP (verified after multiplier repair) against the "
-                             "product of layer norms."))
+                             "product of layer norms. Columns marked 'solver value, unverified' are the SDP solver's "
+                             "raw optimum: no certificate, shown for comparison only."))
     steps = [c for c in certs if c.result.kind == "step_radius" and c.result.trajectory]
     if steps:
         plt, fig, ax = _figure()
@@ -213,16 +209,117 @@ def _sections(certs: list[Certificate]) -> list[dict]:
     return out
 
 
-def write_report(certificates: Iterable[Certificate], out_dir: str | Path, title: str = "nncertify report") -> dict:
-    """Write ``report.md`` (+ figures) and a self-contained ``report.html``; returns their paths."""
+def _model_name(c: Certificate) -> str:
+    return c.model.name if c.model and c.model.name else "(unnamed model)"
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def merge_chunks(certs: list[Certificate]) -> Certificate:
+    """One robustness certificate from the chunks of one batch run (same model, method, norm, ε).
+
+    ``certs`` must be disjoint sample chunks whose sample indices are already global.  Counts add up,
+    accuracies are sample-weighted, the status is ``failed`` if any chunk failed, times add up."""
+    first = certs[0]
+    samples = sorted((s for c in certs for s in c.result.samples), key=lambda s: s.index)
+    n = len(samples)
+    v = sum(c.result.verified for c in certs)
+    clean = [(c.result.clean_accuracy, len(c.result.samples)) for c in certs]
+    res = first.result.model_copy(update=dict(
+        samples=samples, verified=v, falsified=sum(c.result.falsified for c in certs),
+        unknown=sum(c.result.unknown for c in certs), verified_accuracy=v / n if n else 0.0,
+        clean_accuracy=(sum(a * k for a, k in clean) / n) if n and all(a is not None for a, _ in clean) else None))
+    status = "failed" if any(c.status == "failed" for c in certs) else first.status
+    timing = first.timing.model_copy(update=dict(total_s=sum(c.timing.total_s for c in certs)))
+    params = {**first.parameters, "samples": n, "chunks": len(certs)}
+    return first.model_copy(update=dict(result=res, status=status, timing=timing, parameters=params))
+
+
+def _unit_label(unit: dict) -> tuple[str, str]:
+    params = ", ".join(f"{k}={v}" for k, v in sorted((unit.get("params") or {}).items()))
+    where = f"samples {unit.get('start')}–{unit.get('stop')}" if "start" in unit else ""
+    return str(unit.get("model", "?")), f"{unit.get('task', '?')} ({params}{'; ' if params and where else ''}{where})"
+
+
+def from_batch_records(records: Iterable[dict], source: str = "batch") -> tuple[list[Certificate], list[dict]]:
+    """Certificates and failures of batch results: the chunks of one (model, task, parameters) run are
+    merged into one robustness certificate; errors and timeouts become failure rows with their reason."""
+    from ..models.errors import InvalidArgumentError
+    groups: dict[str, list[Certificate]] = {}
+    order: list[str] = []
+    failures = []
+    for rec in records:
+        unit = rec.get("unit") or {}
+        if "certificate" in rec:
+            try:
+                c = Certificate.model_validate(rec["certificate"])
+            except Exception as exc:
+                raise InvalidArgumentError(f"{source}: unit {rec.get('id')}: not a valid certificate "
+                                           f"({' '.join(str(exc).split())[:160]})") from None
+            if c.result.kind == "robustness" and "start" in unit:
+                off = int(unit["start"])
+                c = c.model_copy(update=dict(result=c.result.model_copy(update=dict(samples=[
+                    s.model_copy(update=dict(index=s.index + off)) for s in c.result.samples]))))
+                key = json.dumps([unit.get("model"), unit.get("task"), unit.get("params"), unit.get("data")],
+                                 sort_keys=True, default=str)
+            else:
+                key = f"unit:{rec.get('id')}:{len(order)}"
+            if key not in groups:
+                order.append(key)
+            groups.setdefault(key, []).append(c)
+        else:
+            model, what = _unit_label(unit)
+            failures.append(dict(model=model, what=what, status=rec.get("status", "error"),
+                                 reason=rec.get("error") or "no result recorded",
+                                 attempts=rec.get("attempts", 1), time=f"{float(rec.get('elapsed_s') or 0):.2f}"))
+    certs = [merge_chunks(groups[k]) if len(groups[k]) > 1 else groups[k][0] for k in order]
+    return certs, failures
+
+
+def load_inputs(paths: Iterable[str | Path]) -> tuple[list[Certificate], list[dict]]:
+    """Certificate files (``.json``) and batch results (``.jsonl``) -> ``(certificates, failures)``."""
+    from ..models.errors import InvalidArgumentError
+    from .records import load_certificate
+    certs, failures = [], []
+    for p in map(Path, paths):
+        if p.suffix == ".jsonl":
+            from .batch import read_done
+            if not p.is_file():
+                raise InvalidArgumentError(f"{p}: no such file")
+            c, f = from_batch_records(read_done(p).values(), str(p))
+            certs += c
+            failures += f
+        else:
+            certs.append(load_certificate(p))
+    if not certs and not failures:
+        raise InvalidArgumentError("nothing to report: the inputs hold no certificate and no batch record")
+    return certs, failures
+
+
+# ------------------------------------------------------------------------------------------ output
+def write_report(certificates: Iterable[Certificate], out_dir: str | Path, title: str = "nncertify report",
+                 failures: Iterable[dict] = ()) -> dict:
+    """Write ``report.md`` (+ figures) and a self-contained ``report.html``; returns their paths.
+
+    ``failures``: batch units that produced no certificate (``{model, what, status, reason, attempts,
+    time}``, see :func:`from_batch_records`); each gets a summary row with its reason."""
     certs = list(certificates)
+    failures = list(failures)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from ..models.errors import InvalidArgumentError
+        raise InvalidArgumentError(f"--out {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     rows = []
     for c in certs:
         what, res = _headline(c)
-        rows.append(dict(what=what, model=c.model.name if c.model else "–", method=c.method, status=c.status,
+        rows.append(dict(what=what, model=_model_name(c) if c.model else "–", method=c.method, status=c.status,
                          result=res, time=f"{c.timing.total_s:.2f}"))
+    for f in failures:
+        status = "timed out" if f["status"] == "timeout" else "error"
+        tries = f" (after {f['attempts']} attempts)" if f.get("attempts", 1) > 1 else ""
+        rows.append(dict(what=f["what"], model=f["model"], method="–", status=status,
+                         result=f"no result: {f['reason']}{tries}", time=f["time"]))
     sections = _sections(certs)
     md_sections = []
     for s in sections:
@@ -233,9 +330,10 @@ def write_report(certificates: Iterable[Certificate], out_dir: str | Path, title
             s2["image_file"] = fname
         md_sections.append(s2)
         s["image"] = base64.b64encode(s["image"]).decode() if s.get("image") else None
+    import jinja2
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]))
     ctx = dict(title=title, created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               version=__version__, rows=rows)
+               version=__version__, rows=rows, n_failed=len(failures))
     html = env.get_template("report.html.j2").render(sections=sections, **ctx)
     md = env.get_template("report.md.j2").render(sections=md_sections, **ctx)
     (out_dir / "report.html").write_text(html)

@@ -17,64 +17,17 @@ from pathlib import Path
 
 import torch
 
-from ..models.errors import DataLoadError, InvalidArgumentError, ModelLoadError
+from ..models.errors import DataLoadError, InvalidArgumentError, ModelLoadError, NNCertifyError
 
 from .records import (Certificate, GameResult, LipschitzResult, RobustnessResult, SampleVerdict, StepRadiusResult,
                       make_certificate, model_ref)
 
-NORMS = {"inf": "inf", "linf": "inf", "2": "2", "l2": "2", "1": "1", "l1": "1"}
+from .params import (check_eps, check_method, check_time_limit, check_timeout, parse_clip,  # noqa: F401
+                     parse_norm)  # (re-exported)
+from .progress import bar as progress_bar
 
+RADIUS_CHUNK = 50  # min samples per certified-radius bisection (progress granularity; results do not depend on it)
 
-def parse_norm(norm, allowed=("inf", "2", "1")) -> str:
-    key = str(norm).lower().replace("ℓ", "l")
-    if key in ("infinity", "math.inf", "float('inf')"):
-        key = "inf"
-    if key not in NORMS or NORMS[key] not in allowed:
-        raise InvalidArgumentError(f"norm {norm!r}: use one of {', '.join(allowed)}")
-    return NORMS[key]
-
-
-def check_eps(eps: float, name: str = "--eps") -> float:
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {eps!r}") from None
-    if not math.isfinite(eps) or eps <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive finite number, got {eps}")
-    return eps
-
-
-def parse_clip(clip) -> tuple[float, float] | None:
-    """``"lo,hi"`` (or a pair) -> ``(lo, hi)`` with ``lo < hi`` and neither NaN (an infinite end is a
-    half-open domain); ``None`` / ``"none"`` -> no clipping."""
-    if clip is None or (isinstance(clip, str) and clip.strip().lower() in ("none", "")):
-        return None
-    if isinstance(clip, str):
-        try:
-            lo, hi = (float(v) for v in clip.split(","))
-        except ValueError:
-            raise InvalidArgumentError(f"--clip {clip!r}: expected two numbers lo,hi (e.g. 0,1)") from None
-    else:
-        try:
-            lo, hi = (float(v) for v in clip)
-        except (TypeError, ValueError):
-            raise InvalidArgumentError(f"clip {clip!r}: expected a pair of numbers (lo, hi)") from None
-    if not lo < hi:  # also false for NaN
-        raise InvalidArgumentError(f"--clip: need lo < hi, got {lo}, {hi}")
-    return float(lo), float(hi)
-
-
-def check_time_limit(time_limit, name: str = "--time-limit") -> float | None:
-    """``None`` (no limit) or a positive finite number of seconds."""
-    if time_limit is None:
-        return None
-    try:
-        t = float(time_limit)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number of seconds, got {time_limit!r}") from None
-    if not (math.isfinite(t) and t > 0):
-        raise InvalidArgumentError(f"{name} must be a positive finite number of seconds, got {time_limit!r}")
-    return t
 
 
 # ------------------------------------------------------------------------------------------ resolution
@@ -148,20 +101,27 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=None, low
     def budget_left():  # time_limit: a hard wall-clock budget for all SDP solves together
         return None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
 
+    if norm == "inf" and method != "product" and q is None:
+        raise InvalidArgumentError("--norm inf needs a network with a flat output vector")
+    n_sdp = 0 if method == "product" else (1 if norm == "2" else q)
+    bar = progress_bar(total=n_sdp + 2, desc="global: product of norms", unit="phase")
+    naive = _product_bound(net, norm)
+    bar.update(1)
     if method == "product":
         rows = None
     elif norm == "2":
+        bar.set_description_str(f"global: LipSDP solve ({solver})")
         rows = [sdp.lipschitz_bound(net, norm=2, method=method, solver=solver_arg, time_budget=budget_left())]
+        bar.update(1)
     else:
-        if q is None:
-            raise InvalidArgumentError("--norm inf needs a network with a flat output vector")
         rows = []
         for i in range(q):
+            bar.set_description_str(f"global: LipSDP solve ({solver}), output {i + 1}/{q}")
             c = torch.zeros(q, dtype=torch.float64)
             c[i] = 1.0
             rows.append(sdp.lipschitz_bound(net, norm="inf", method=method, solver=solver_arg, c=c,
                                             time_budget=budget_left()))
-    naive = _product_bound(net, norm)
+            bar.update(1)
     by_method = {"product of norms": naive}
     upper = naive
     solver_used = None
@@ -170,19 +130,22 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=None, low
         sdp_val = max(r.certified_value for r in rows) if ok else None
         raw = max(r.raw_value for r in rows)
         by_method[f"LipSDP ({rows[0].method}, certified)"] = sdp_val
-        by_method[f"LipSDP ({rows[0].method}, raw solver value)"] = raw if math.isfinite(raw) else None
+        by_method[f"LipSDP ({rows[0].method}): solver value, unverified"] = raw if math.isfinite(raw) else None
         solver_used = rows[0].solver
         if ok and sdp_val is not None and (upper is None or sdp_val < upper):
             upper = sdp_val
         if not ok:
             notes.append("no SDP certificate (the product of norms is reported): " + "; ".join(r.message for r in rows if not r.certified))
     lower = None
+    bar.set_description_str("global: sampled lower estimate")
     try:
         est = sdp.sampled_lower_bound(net, norm=2 if norm == "2" else "inf", n=lower_samples,
                                       c=None if norm == "2" else _best_output_c(net))
         lower = est.value
     except Exception as exc:  # an estimate is optional
         notes.append(f"no sampled lower estimate ({type(exc).__name__})")
+    bar.update(1)
+    bar.close()
     if norm == "inf":
         notes.append("l_inf input: bound on max_i |f_i(x) - f_i(y)| / ||x - y||_inf (max over outputs)")
     result = LipschitzResult(scope="global", norm=norm, upper=upper, lower=lower, by_method=by_method)
@@ -249,10 +212,24 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
         c[output] = 1.0
     center = x.reshape(1, *net.input_shape).to(torch.float64)
     region = Ball(center, eps, p={"inf": math.inf, "2": 2, "1": 1}[norm], clip=parse_clip(clip))
-    res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout,
-                          bab=bab if bab_timeout > 0 else "activation",
-                          attack_options={"steps": 30, "n_samples": 256, "n_starts": 8},
-                          time_limit=None if time_limit is None else max(time_limit - (time.perf_counter() - t0), 1e-3))
+    bar = progress_bar(total=bab_timeout, desc="local Lipschitz: branch-and-bound", unit="s",
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} s {postfix}") \
+        if bab_timeout > 0 else None
+
+    def show(elapsed: float, upper: float, lower: float) -> None:  # the anytime bounds of the BaB
+        bar.set_postfix_str(f"upper {upper:.6g} ≥ L ≥ {lower:.6g} (gap {upper - lower:.3g})", refresh=False)
+        bar.update(max(0.0, min(elapsed, bab_timeout) - bar.n))
+
+    try:
+        res = local_lipschitz(net, region, norm=norm, c=c, bab_timeout=bab_timeout,
+                              bab=bab if bab_timeout > 0 else "activation",
+                              attack_options={"steps": 30, "n_samples": 256, "n_starts": 8},
+                              bab_options={"progress": show} if bar is not None else None,
+                              time_limit=None if time_limit is None
+                              else max(time_limit - (time.perf_counter() - t0), 1e-3))
+    finally:
+        if bar is not None:
+            bar.close()
     status = "certified" if res.status != "failed" and math.isfinite(res.upper) else "failed"
     by_method = {f"bound propagation ({res.method})": res.upper}
     notes = [f"BaB status: {res.status}"] if bab_timeout > 0 else []
@@ -282,22 +259,32 @@ def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0,
     from ..relax import verify_robustness
     eps = check_eps(eps)
     norm = parse_norm(norm)
-    if method not in ("ibp", "crown", "alpha-crown", "bab"):
-        raise InvalidArgumentError(f"--method {method!r}: use ibp, crown, alpha-crown or bab")
+    check_method(method)
     if method == "bab" and norm != "inf":
         raise InvalidArgumentError(f"--method bab supports --norm inf only, got --norm {norm}")
-    if method == "bab" and not (timeout > 0 and math.isfinite(timeout)):
-        raise InvalidArgumentError(f"--timeout must be a positive number of seconds per sample, got {timeout}")
+    if method == "bab":
+        check_timeout(timeout, "--timeout")
     net = lm.network
     t0 = time.perf_counter()
     with torch.no_grad():
         clean = (net(X).argmax(1) == y)
+    n = X.shape[0]
     extra = dict(timeout=timeout, progress=progress) if method == "bab" else {}
-    res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip, **extra)
-    statuses = list(res.status)
-    det = getattr(res, "details", {}) or {}
-    margins = res.margin_lower.min(dim=1).values if res.margin_lower.dim() == 2 else res.margin_lower
-    radii = certified_radii(net, X, y, norm, clip, iters=radius_iters, hi=2 * eps) if radius else None
+    with progress_bar(total=n, desc=f"robustness ε={eps:g}: bounds + PGD", unit="sample") as bar:
+        res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip, **extra)
+        statuses = list(res.status)
+        det = getattr(res, "details", {}) or {}
+        margins = res.margin_lower.min(dim=1).values if res.margin_lower.dim() == 2 else res.margin_lower
+        bar.update(n)
+        radii = None
+        if radius:  # per-sample bisection: chunks give the same radii as one batch (no randomness)
+            bar.reset(total=n)
+            bar.set_description_str(f"robustness ε={eps:g}: certified radii")
+            parts, k = [], max(RADIUS_CHUNK, -(-n // 5))  # at most 5 chunks: few calls, still vectorized
+            for s in range(0, n, k):
+                parts.append(certified_radii(net, X[s:s + k], y[s:s + k], norm, clip, iters=radius_iters, hi=2 * eps))
+                bar.update(parts[-1].shape[0])
+            radii = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
     samples = [SampleVerdict(index=i, label=int(y[i]), status=statuses[i],
                              margin_lower=float(margins[i]) if math.isfinite(float(margins[i])) else None,
                              certified_radius=float(radii[i]) if radii is not None else None,
@@ -305,7 +292,6 @@ def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0,
                              domains=det.get(i, {}).get("domains"),
                              reason=det.get(i, {}).get("reason") if statuses[i] == "unknown" else None)
                for i in range(len(statuses))]
-    n = len(samples)
     result = RobustnessResult(norm=norm, eps=eps, samples=samples, verified=statuses.count("verified"),
                               falsified=statuses.count("falsified"), unknown=statuses.count("unknown"),
                               clean_accuracy=float(clean.float().mean()), verified_accuracy=statuses.count("verified") / n)
@@ -436,6 +422,17 @@ def toy_game():
     return QuadraticGame([[1.0, 10.0], [0.05, 1.0]], dims=[1, 1]), None
 
 
+def _check_game(factory: str, game, region) -> None:
+    """The factory's result must be a game (and an optional region): one line naming what it returned."""
+    from .games import Ball, Box, Game
+    if not isinstance(game, Game):
+        raise InvalidArgumentError(f"game factory {factory}: returned {type(game).__name__}, not a game "
+                                   f"(nncertify.certify.games.Game / QuadraticGame, or (game, region))")
+    if region is not None and not isinstance(region, (Box, Ball)):
+        raise InvalidArgumentError(f"game factory {factory}: the region is a {type(region).__name__}, not a "
+                                   f"nncertify.certify.games Box or Ball")
+
+
 def task_game(factory: str, mode: str = "certified") -> Certificate:
     from .games import certify_game
     if mode not in ("certified", "estimate"):
@@ -448,8 +445,15 @@ def task_game(factory: str, mode: str = "certified") -> Certificate:
             raise InvalidArgumentError(f"{factory!r}: expected MODULE:FACTORY (or 'toy')")
         from ..models.factory import import_callable
         f = import_callable(factory, "game factory", InvalidArgumentError)
-        out = f()
-        game, region = out if isinstance(out, tuple) else (out, None)
+        try:
+            out = f()
+        except NNCertifyError:
+            raise
+        except Exception as exc:  # the user's factory failed: bad input, not our bug
+            msg = " ".join(str(exc).split())[:200]
+            raise InvalidArgumentError(f"game factory {factory}: raised {type(exc).__name__}: {msg}") from None
+        game, region = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+        _check_game(factory, game, region)
     cert = certify_game(game, region, mode=mode)
     d = cert.to_dict()
     result = GameResult(players=cert.n_players, weights=d.get("weights"), margin=d.get("margin"), rate=d.get("rate"),
@@ -502,8 +506,8 @@ def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print,
     def add(name, cert):
         certs.append(cert)
         cert.save(out / "certificates" / f"{name}.json")
-        from .report import _headline
-        what, res = _headline(cert)
+        from .verdict import describe
+        what, res = describe(cert)
         echo(f"[{cert.status:>9}] {what}: {res}")
 
     add("global_l2", task_global(lm, norm="2", time_limit=time_limit))

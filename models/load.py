@@ -161,10 +161,17 @@ def _finish(net: Network, module: nn.Module, path: Path, fmt: str, meta: dict, c
 
 def check_equivalent(net: Network, module: nn.Module, source: str, samples: int = 8, seed: int = 0) -> None:
     """Raise :class:`ModelLoadError` unless ``net`` and ``module`` agree on random inputs."""
+    for what, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for pname, t in tensors:
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ModelLoadError(f"{source}: {what} {pname!r} contains NaN or Inf")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((samples, *net.input_shape), generator=g, dtype=net.dtype)
     with torch.no_grad():
         a, b = net(x), module(x)
+    if not torch.isfinite(b).all():
+        raise ModelLoadError(f"{source}: the model outputs NaN or Inf on random inputs (a weight or constant "
+                             f"holds NaN or Inf, or the model overflows)")
     if a.shape != b.shape:
         raise ModelLoadError(f"{source}: converted network outputs {tuple(a.shape)}, the module {tuple(b.shape)}")
     err = (a - b).abs().max().item()

@@ -91,13 +91,18 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...] | None = None, n
     gm = fx.GraphModule(module, graph)
     p = next(iter(module.parameters()), None)
     example = torch.zeros((2, *input_shape), dtype=p.dtype if p is not None else torch.get_default_dtype())
+    import contextlib
+    import io
     try:
-        ShapeProp(gm).propagate(example)
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback before raising
+            ShapeProp(gm).propagate(example)
     except NNCertifyError:
         raise
     except Exception as exc:
+        cause = exc.__cause__ or exc  # ShapeProp wraps the real error
         raise ShapeMismatchError(
-            f"{type(module).__name__}: running it on inputs of shape {input_shape} failed: {str(exc).splitlines()[0]}") from None
+            f"{type(module).__name__}: running it on inputs of shape {input_shape} failed ("
+            f"{(str(cause).splitlines() or [type(cause).__name__])[0]}); check --input-shape") from None
     with torch.no_grad():
         return _Converter(gm, input_shape, example.dtype).convert(name or type(module).__name__)
 

@@ -56,9 +56,13 @@ def _child(conn, net, kwargs) -> None:
         from .api import lipschitz_bound
         res = lipschitz_bound(net, **kwargs)
         conn.send(("ok", res))
+    except (BrokenPipeError, ConnectionResetError):  # the parent stopped waiting (budget over): no traceback
+        pass
     except BaseException as exc:  # report, never hang the parent
         try:
             conn.send(("error", exc))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         except Exception:
             conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
     finally:

@@ -1,5 +1,6 @@
 """Reports: Markdown + self-contained HTML, rendered in headless Chromium, showing the real numbers."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -77,3 +78,80 @@ def test_html_renders_in_headless_chromium(tmp_path):
     # the page has dark text pixels and light background: a real rendering
     hist = img.histogram()
     assert sum(hist[:100]) > 1000 and sum(hist[200:]) > 100000
+
+
+def _batch_records():
+    """Batch results as `certify batch` writes them: two chunks of one robustness run per model and ε,
+    a global unit, a timed-out unit and a failed unit."""
+    from nncertify.certify.records import ModelRef
+    recs = []
+    for model in ("net_a", "net_b"):
+        ref = ModelRef(name=model, path=model, format="zoo", sha256="0" * 64)
+        for eps in (0.01, 0.02):
+            for start in (0, 5):
+                nv = 4 if eps == 0.01 else 2
+                samples = [SampleVerdict(index=i, label=1, status="verified" if i < nv else "falsified",
+                                         margin_lower=0.1, certified_radius=(0.01 if model == "net_a" else 0.03) * (i + 1))
+                           for i in range(5)]
+                c = make_certificate(status="certified", method="robustness/crown", model=ref,
+                                     result=RobustnessResult(norm="inf", eps=eps, samples=samples, verified=nv,
+                                                             falsified=5 - nv, unknown=0, verified_accuracy=nv / 5))
+                unit = {"task": "robustness", "model": model, "params": {"eps": eps}, "data": "zoo:digits",
+                        "start": start, "stop": start + 5, "timeout": 60}
+                recs.append({"id": f"{model}{eps}{start}", "unit": unit, "status": "certified", "elapsed_s": 1.0,
+                             "certificate": json.loads(c.to_json())})
+    g = make_certificate(status="certified", method="global/lifted", result=LipschitzResult(
+        scope="global", norm="2", upper=46.881, lower=38.4,
+        by_method={"product of norms": 53.34, "LipSDP (lifted, certified)": 46.881,
+                   "LipSDP (lifted): solver value, unverified": 46.1}))
+    recs.append({"id": "g", "unit": {"task": "global", "model": "net_a", "params": {}, "start": 0, "stop": 10},
+                 "status": "certified", "elapsed_s": 3.0, "certificate": json.loads(g.to_json())})
+    recs.append({"id": "t", "unit": {"task": "global", "model": "net_b", "params": {"solver": "SCS"}, "start": 0,
+                                     "stop": 10}, "status": "timeout", "elapsed_s": 300.0, "attempts": 2,
+                 "error": "timed out: exceeded the unit timeout of 300 s"})
+    recs.append({"id": "e", "unit": {"task": "steps", "model": "broken.pt", "params": {}, "start": 0, "stop": 10},
+                 "status": "error", "elapsed_s": 0.5, "error": "broken.pt: not a readable PyTorch file"})
+    return recs
+
+
+def test_report_of_batch_results_shows_every_unit(tmp_path):
+    from nncertify.certify.report import from_batch_records
+    certs, failures = from_batch_records(_batch_records())
+    rob = [c for c in certs if c.result.kind == "robustness"]
+    assert len(rob) == 4  # one row per model and ε: the chunks are merged
+    for c in rob:
+        assert len(c.result.samples) == 10 and [s.index for s in c.result.samples] == list(range(10))
+        assert c.result.verified == (8 if c.result.eps == 0.01 else 4)
+        assert c.result.verified + c.result.falsified + c.result.unknown == 10
+    assert {f["status"] for f in failures} == {"timeout", "error"}
+    paths = write_report(certs, tmp_path, failures=failures)
+    html, md = paths["html"].read_text(), paths["markdown"].read_text()
+    for text in ("timed out", "exceeded the unit timeout of 300 s", "after 2 attempts", "broken.pt: not a readable",
+                 "verified 8/10", "verified 4/10"):
+        assert text in html and text in md, text
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert summary.count("| robustness ℓ") == 4 and summary.count("| timed out |") == 1 and summary.count("| error |") == 1
+    # raw solver values are labelled, never called certified
+    assert "solver value, unverified" in html
+    lip = md.split("## Lipschitz bounds by method")[1].split("\n## ")[0]
+    row = next(l for l in lip.splitlines() if "unverified" in l and "46.1" in l)
+    assert "| certified |" not in row
+    # radius histograms: one panel per model, one histogram per ε
+    assert "one panel per model and one histogram per ε" in html
+    assert "net_a ε=0.01" in html and "net_b ε=0.02" in html
+
+
+def test_figures_keep_their_labels_inside(tmp_path):
+    """Long tick labels (Lipschitz bars) must not be cut off: every figure's drawn content reaches
+    neither the left nor the right edge of the PNG (a tight bounding box with padding)."""
+    import numpy as np
+    from PIL import Image
+    from nncertify.certify.report import from_batch_records
+    certs, failures = from_batch_records(_batch_records())
+    write_report(certs + certificates(), tmp_path, failures=failures)
+    figs = sorted(tmp_path.glob("fig_*.png"))
+    assert len(figs) >= 5
+    for f in figs:
+        a = np.asarray(Image.open(f).convert("L"))
+        for edge in (a[:, :3], a[:, -3:], a[:3, :], a[-3:, :]):
+            assert edge.min() > 200, f"{f.name}: content touches the edge of the image"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..errors import ModelLoadError
 
 ZOO_DIR = Path(__file__).resolve().parent
@@ -40,8 +38,10 @@ def load_zoo(name: str = DEFAULT):
     return load_model(path(name))
 
 
-def digits(split: str = "test", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn digits as ``(X in [0,1] of shape (N, 64), y)``; a fixed stratified 75/25 split."""
+def digits(split: str = "test", dtype=None) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """scikit-learn digits as ``(X in [0,1] of shape (N, 64), y)``; a fixed stratified 75/25 split
+    (``dtype``: of ``X``, default float32)."""
+    import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     X, y = load_digits(return_X_y=True)
@@ -52,4 +52,4 @@ def digits(split: str = "test", dtype=torch.float32) -> tuple[torch.Tensor, torc
         X, y = Xte, yte
     else:
         raise ValueError("split must be 'train' or 'test'")
-    return torch.as_tensor(X, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
+    return torch.as_tensor(X, dtype=dtype or torch.float32), torch.as_tensor(y, dtype=torch.long)

@@ -178,7 +178,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
             lp_check: bool = False, balance: bool = False,
             lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False, abs_weight: float = 1.0,
             poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
-            ball=None) -> LipschitzResult:
+            ball=None, progress=None) -> LipschitzResult:
     """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds.
 
     Resource limits: ``timeout`` (wall seconds), ``max_domains`` (domains bounded in total) and
@@ -189,6 +189,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     ``POLY_ITERS`` for inputs of at most ``POLY_MAX_INPUT`` coordinates, else 0 -- the polytope pass
     holds (domains x neurons x inputs) tensors, which made MNIST 6x100 (784 inputs) ~5x slower per domain);
     ``log_every > 0``: print the anytime bounds to stderr every that many seconds (long offline runs).
+    ``progress``: None or a callable ``progress(elapsed_s, upper, lower)`` called with each anytime
+    bound (for progress displays; it must not raise).
     ``ball``: for an l2 / l1 ball region searched over its bounding box, the
     :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
     """
@@ -386,6 +388,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         # anytime upper bound, certified like the final one (outward margin), capped by the root bound
         history.append((time.perf_counter() - t0, min(root.upper, float(certified(torch.maximum(open_ub, closed_ub).max()))),
                         float(lb_seed.max())))
+        if progress is not None:
+            progress(*history[-1])
         if log_every > 0 and history[-1][0] - last_log >= log_every:
             last_log = history[-1][0]
             import sys

@@ -279,13 +279,14 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
                   timeout: float, attack: bool = True,
                   attack_options: dict | None = None, batch: int = 256, max_domains: int = 1_000_000,
                   rel_tol: float = 1e-4, branching: str = "auto", enum_max: int = 4, chunk: int = 256,
-                  kink_tol: float = 1e-9, deadline: float | None = None) -> LipschitzResult:
+                  kink_tol: float = 1e-9, deadline: float | None = None, progress=None) -> LipschitzResult:
     """Input-space BaB (see the module docstring).  ``timeout``: wall seconds for the search (root bound
     included, attack excluded); ``deadline``: a ``time.perf_counter()`` value the search (not the root
     bound, which is the certificate) also stops at, whatever is left of ``timeout`` after the attack
     (the caller's whole-run ``time_limit``); ``max_domains``: boxes bounded in total (root included); ``batch``:
     boxes split per step; ``chunk``: boxes per bounding call (bounds memory and keeps CPU tensors
-    small); ``enum_max``: vertex enumeration up to that many unstable switches (0: off)."""
+    small); ``enum_max``: vertex enumeration up to that many unstable switches (0: off); ``progress``:
+    None or ``progress(elapsed_s, upper, lower)``, called with each anytime bound."""
     from .bounds import certified
     if branching not in BRANCHING:
         raise InvalidArgumentError(f"bab_options['branching'] must be one of {BRANCHING}, got {branching!r}")
@@ -379,6 +380,8 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
     def record():  # every recorded upper bound stays valid: keep the running minimum
         up = min([current_upper()] + [h[1] for h in history[-1:]])
         history.append((time.perf_counter() - t0, up, float(lb_val)))
+        if progress is not None:
+            progress(*history[-1])
 
     stats["leaves"] += int(leaf.sum())
     close(leaf)
