@@ -169,7 +169,7 @@ def test_api_and_cli_from_a_project_with_its_own_models_relax_certify(tmp_path):
         assert z.returncode == 0 and "digits_relu_mlp" in z.stdout, z.stdout + z.stderr
     r = subprocess.run([sys.executable, "-m", "nncertify", "lipschitz", "digits_relu_mlp", "--eps", "0.01"],
                        cwd=proj, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0 and "CERTIFIED" in r.stdout.upper(), r.stdout + r.stderr
+    assert r.returncode == 0 and "(certified" in r.stdout, r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------------------------- the built wheel
