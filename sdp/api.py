@@ -77,10 +77,9 @@ def certify_sector(blocks_np, W_out, norm, mult) -> float | None:
 
 
 def _groups(h) -> np.ndarray:
-    n = h.W.shape[0]
-    if h.act == "maxmin":
-        return V._group_matrix(n, 2, h.attrs.get("layout", "pairs"))
-    return V._group_matrix(n, int(h.attrs.get("group_size", 2)), "pairs")
+    """(n, N) group indicator of a MaxMin/GroupSort layer (:func:`models.groups.activation_groups`:
+    channels at each pixel after a convolution, consecutive features after a linear layer)."""
+    return h.act_groups().indicator(torch.float64).numpy()
 
 
 def certify_nsr(Ws, Ms, W_out, norm, mult) -> float | None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..models.errors import InvalidArgumentError, UnsupportedOperationError
-from ..models.graph import AFFINE_OPS, Network, affine_matrix
+from ..models.graph import AFFINE_OPS, Network, Node, affine_matrix
+from ..models.groups import ActivationGroups, activation_groups
 
 SLOPE_RESTRICTED = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
 GROUP_ACTS = ("maxmin", "groupsort", "householder")
@@ -39,6 +40,18 @@ class Hidden:
     residual: bool = False
     W2: torch.Tensor | None = None  # residual branch output matrix (m, n) or None
     path: str = ""
+    groups: ActivationGroups | None = None  # MaxMin/GroupSort/Householder: flat-index groups of the node
+
+    def act_groups(self) -> ActivationGroups:
+        """The activation's groups (:func:`models.groups.activation_groups`: channels at each pixel after a
+        conv); a hand-made ``Hidden`` without them is a feature vector (consecutive groups)."""
+        if self.groups is not None:
+            if self.groups.n != self.W.shape[0]:
+                raise UnsupportedOperationError(f"layer {self.path}: {self.groups.n} grouped features, "
+                                                f"{self.W.shape[0]} pre-activations")
+            return self.groups
+        return activation_groups(Node(self.path or self.act, self.act, attrs=self.attrs, params=self.params,
+                                      path=self.path), (self.W.shape[0],))
 
     @property
     def n_in(self) -> int:
@@ -80,6 +93,10 @@ class LayerList:
                 s = 1.0 + s * (float(h.W2.abs().sum(1).max()) if h.W2 is not None else 1.0)
             p *= s
         return p * float(self.W_out.abs().sum(1).max())
+
+
+def _groups_of(node):
+    return activation_groups(node) if node.op in GROUP_ACTS else None
 
 
 def _dense(node, shape, dtype):
@@ -146,7 +163,7 @@ def extract(net: Network, c: torch.Tensor | None = None, dtype=torch.float64) ->
             if set(add.inputs) != {state, prev}:
                 raise UnsupportedOperationError(f"node {add.describe()}: residual add does not join state and branch")
             hidden.append(Hidden(W1, act.op, dict(act.attrs), {k: v.to(dtype) for k, v in act.params.items()},
-                                 residual=True, W2=W2, path=act.path or act.name))
+                                 residual=True, W2=W2, path=act.path or act.name, groups=_groups_of(act)))
             state = add.name
             i = j + 1
             continue
@@ -166,7 +183,7 @@ def extract(net: Network, c: torch.Tensor | None = None, dtype=torch.float64) ->
             if pend_W is None:
                 pend_W = torch.eye(numel(shapes[n.inputs[0]]), dtype=dtype, device=net.device)
             hidden.append(Hidden(pend_W, n.op, dict(n.attrs), {k: v.to(dtype) for k, v in n.params.items()},
-                                 path=n.path or n.name))
+                                 path=n.path or n.name, groups=_groups_of(n)))
             pend_W = None
             state = n.name
         i += 1
@@ -211,14 +228,6 @@ class SectorBlock:
         return self.C.shape[0]
 
 
-def _pairs(n: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if layout == "halves":
-        a = torch.arange(n // 2)
-        return a, a + n // 2
-    a = torch.arange(0, n, 2)
-    return a, a + 1
-
-
 def _comparators(W: torch.Tensor, a: torch.Tensor, b: torch.Tensor, big_first: bool):
     """Exact lifted form of (z_a, z_b) -> (max at a, min at b) [big_first] on the rows of z = W x."""
     n = W.shape[0]
@@ -254,8 +263,8 @@ def _lift_identity(h: Hidden) -> list[SectorBlock]:
 
 
 def _lift_maxmin(h: Hidden) -> list[SectorBlock]:
-    a, b = _pairs(h.W.shape[0], h.attrs.get("layout", "pairs"))
-    C, D, G = _comparators(h.W, a, b, True)
+    grp = h.act_groups()
+    C, D, G = _comparators(h.W, grp.index[:, 0], grp.index[:, 1], True)
     al, be = _relu_sector(C.shape[0], h.W)
     return [SectorBlock(C, D, G, al, be, h.path)]
 
@@ -268,12 +277,12 @@ def _lift_groupsort(h: Hidden) -> list[SectorBlock]:
         return _lift_identity(h)
     blocks = []
     W = h.W
+    idx = h.act_groups().index
     rounds = g if g > 2 else 1
-    for r in range(rounds):
-        start = torch.arange(0, n, g)
+    for r in range(rounds):  # odd-even transposition sort inside every group (g rounds)
         offs = torch.arange(r % 2, g - 1, 2)
-        a = (start[:, None] + offs[None, :]).reshape(-1)
-        C, D, G = _comparators(W, a, a + 1, desc)
+        a, b = idx[:, offs].reshape(-1), idx[:, offs + 1].reshape(-1)
+        C, D, G = _comparators(W, a, b, desc)
         al, be = _relu_sector(C.shape[0], W)
         blocks.append(SectorBlock(C, D, G, al, be, f"{h.path} (sort round {r + 1}/{rounds})"))
         W = torch.eye(n, dtype=h.W.dtype, device=h.W.device)
@@ -281,12 +290,10 @@ def _lift_groupsort(h: Hidden) -> list[SectorBlock]:
 
 
 def _lift_householder(h: Hidden) -> list[SectorBlock]:
-    v = h.params["v"].to(h.W.dtype)
-    groups, g = v.shape
-    n = h.W.shape[0]
-    V = torch.zeros(groups, n, dtype=h.W.dtype, device=h.W.device)
-    for j in range(groups):
-        V[j, j * g:(j + 1) * g] = v[j]
+    v = h.params["v"].to(h.W.dtype).to(h.W.device)  # as stored (any norm): z + 2 v relu(-v^T z) is exact
+    grp = h.act_groups()
+    V = grp.rows_matrix(grp.householder_v(v))  # (groups x pixels, n): v^T z of each group
+    groups = grp.count
     C = -(V @ h.W)
     al, be = _relu_sector(groups, h.W)
     return [SectorBlock(C, h.W.clone(), 2.0 * V.T, al, be, h.path)]
@@ -347,7 +354,7 @@ def pow2_normalize(layers: LayerList) -> tuple[LayerList, float]:
             s = float(torch.linalg.matrix_norm(h.W, 2))
             e = 0 if s == 0 else int(round(torch.log2(torch.tensor(s)).item()))
             f = 2.0 ** e
-            new.append(Hidden(h.W / f, h.act, h.attrs, h.params, False, None, h.path))
+            new.append(replace(h, W=h.W / f))
             scale *= f
         else:
             new.append(h)
