@@ -237,11 +237,14 @@ NNCertifyErrorTypes = (ShapeMismatchError, UnsupportedOperationError, ModelLoadE
 AFFINE_OPS = ("linear", "conv2d", "flatten", "reshape", "scale_shift", "avgpool2d")
 
 
-def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_matrix(node: Node, in_shape: tuple[int, ...], dtype: torch.dtype | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``(W, b)`` with ``vec(node(x)) = W vec(x) + b`` for an affine node.
 
     Built by pushing the identity through the op, so it is exact for every affine op kind; its
-    size is ``out_numel x in_numel`` (only use it where that fits in memory).
+    size is ``out_numel x in_numel`` (only use it where that fits in memory).  ``dtype``: the
+    network's dtype, used by parameter-free nodes (flatten, reshape, avg-pool) -- a node with
+    parameters uses theirs.
     """
     if node.op not in AFFINE_OPS:
         raise UnsupportedOperationError(f"node {node.describe()} is not affine")
@@ -250,7 +253,7 @@ def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, 
     for s in in_shape:
         n_in *= s
     p = next(iter(node.params.values()), None)
-    dtype = p.dtype if p is not None else torch.get_default_dtype()
+    dtype = p.dtype if p is not None else (dtype or torch.get_default_dtype())
     device = p.device if p is not None else None
     with torch.no_grad():
         zero = torch.zeros((1, *in_shape), dtype=dtype, device=device)
@@ -287,7 +290,7 @@ def chain_stages(net: Network) -> list[Stage]:
     prev_shape = net.input_shape
     for n in net.nodes[1:]:
         if n.op in AFFINE_OPS:
-            Wn, bn = affine_matrix(n, prev_shape)
+            Wn, bn = affine_matrix(n, prev_shape, net.dtype)
             if W is None:
                 W, b = Wn, bn
             else:

@@ -32,7 +32,7 @@ LINF_OK = ("relu", "leaky_relu", "maxmin", "groupsort", "identity")
 
 def norm2_up(W: np.ndarray) -> float:
     """Proven upper bound of ||W||_2 (0 for an empty matrix, inf if the proof fails)."""
-    if W.size == 0:
+    if W.size == 0 or not np.any(W):
         return 0.0
     a, b = (W, W.T) if W.shape[0] <= W.shape[1] else (W.T, W)
     r = V.certify_lmax(a @ b, V.product_error(a, b))
@@ -97,7 +97,7 @@ def fallback_bound(net, norm=2, c=None):
     """
     import time
 
-    from .api import _norm, lipschitz_bound
+    from .api import NUMERIC_ERRORS, _norm, lipschitz_bound
     from .certificate import SDPCertificate
 
     norm = _norm(norm)
@@ -106,7 +106,7 @@ def fallback_bound(net, norm=2, c=None):
     t_mp = time.perf_counter() - t0
     try:
         cf = lipschitz_bound(net, norm=norm, c=c, method="lifted", solver="FIRST_ORDER", first_order_iters=0)
-    except (UnsupportedOperationError, InvalidArgumentError, ValueError):
+    except (UnsupportedOperationError, InvalidArgumentError, ValueError, *NUMERIC_ERRORS):
         cf = None
     if cf is not None and cf.certified and cf.certified_value <= mp:
         cf.message = (cf.message + "; " if cf.message else "") + f"closed form won (certified MP {mp:.6g})"

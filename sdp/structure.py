@@ -18,8 +18,10 @@ and the end of a branch ``s -> affine -> activation [-> affine]``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from ..models.errors import InvalidArgumentError, UnsupportedOperationError
@@ -107,7 +109,7 @@ def _dense(node, shape, dtype):
         return node.params["weight"].detach().to(dtype)
     params = {k: (torch.zeros_like(v, dtype=dtype) if k in ("bias", "shift") else v.detach().to(dtype))
               for k, v in node.params.items()}
-    W, _ = affine_matrix(replace(node, params=params), shape)
+    W, _ = affine_matrix(replace(node, params=params), shape, dtype)
     return W.to(dtype)
 
 
@@ -338,27 +340,64 @@ def lift(layers: LayerList) -> list[SectorBlock]:
     return out
 
 
-def pow2_normalize(layers: LayerList) -> tuple[LayerList, float]:
+def _pow2_exponent(W: torch.Tensor) -> int:
+    """``e`` with ``2^e`` near ``||W||_2`` (0 for a zero matrix); from the float64 exponent, never via an
+    overflowing float (weights of any scale, also when the norm itself overflows float64)."""
+    amax = float(W.abs().max()) if W.numel() else 0.0
+    if amax == 0.0 or not math.isfinite(amax):
+        return 0
+    s = float(torch.linalg.matrix_norm(W.to(torch.float64) / math.ldexp(1.0, math.frexp(amax)[1]), 2))
+    return math.frexp(amax)[1] + (math.frexp(s)[1] if s > 0 and math.isfinite(s) else 0)
+
+
+def _exact_div(W: torch.Tensor, e: int) -> torch.Tensor | None:
+    """``W / 2^e`` when that is exact (no entry under/overflows), else None."""
+    if e == 0:
+        return W
+    V = torch.ldexp(W, torch.tensor(-e, dtype=torch.int32, device=W.device))
+    back = torch.ldexp(V, torch.tensor(e, dtype=torch.int32, device=W.device))
+    return V if torch.equal(back, W) and bool(torch.isfinite(V).all()) else None
+
+
+def pow2_normalize(layers: LayerList) -> tuple[LayerList, int]:
     """Divide every non-residual hidden W (and W_out) by a power of two near its spectral norm.
 
-    Exact in floating point (only exponents change) and exact for the Lipschitz constant when the
-    activations are positively homogeneous: L(original) = L(scaled) * scale, scale a power of two.
-    Residual blocks are left alone (x + phi(Wx) is not homogeneous in W alone).
+    Returns ``(scaled, E)``: ``L(original) = L(scaled) * 2^E``.  Exact in floating point (only exponents
+    change; a layer whose division would under- or overflow an entry is left unscaled) and exact for the
+    Lipschitz constant when the activations are positively homogeneous.  ``E`` is an integer so that no
+    float overflows for extreme weight scales (the caller scales the certified value up with
+    :func:`scale_up`).  Residual blocks are left alone (x + phi(Wx) is not homogeneous in W alone).
     """
     if any(h.act not in HOMOGENEOUS for h in layers.hidden):
-        return layers, 1.0
-    scale = 1.0
+        return layers, 0
+    E = 0
     new = []
     for h in layers.hidden:
         if not h.residual and h.act in HOMOGENEOUS:
-            s = float(torch.linalg.matrix_norm(h.W, 2))
-            e = 0 if s == 0 else int(round(torch.log2(torch.tensor(s)).item()))
-            f = 2.0 ** e
-            new.append(replace(h, W=h.W / f))
-            scale *= f
+            e = _pow2_exponent(h.W)
+            Wd = _exact_div(h.W, e)
+            if Wd is None:
+                e, Wd = 0, h.W
+            new.append(replace(h, W=Wd))
+            E += e
         else:
             new.append(h)
-    s = float(torch.linalg.matrix_norm(layers.W_out, 2))
-    e = 0 if s == 0 else int(round(torch.log2(torch.tensor(s)).item()))
-    f = 2.0 ** e
-    return LayerList(new, layers.W_out / f, layers.name), scale * f
+    e = _pow2_exponent(layers.W_out)
+    Wd = _exact_div(layers.W_out, e)
+    if Wd is None:
+        e, Wd = 0, layers.W_out
+    return LayerList(new, Wd, layers.name), E + e
+
+
+def scale_up(x: float, E: int) -> float:
+    """An upper bound of ``x * 2^E`` in float64 (``inf`` on overflow; the smallest subnormal, never 0,
+    when a positive ``x`` underflows)."""
+    if not (x > 0) or not math.isfinite(x):
+        return x
+    m, e = math.frexp(x)
+    if e + E > 1024:
+        return math.inf
+    if e + E < -1073:
+        return math.ldexp(1.0, -1074)
+    y = math.ldexp(x, E)
+    return y if math.ldexp(y, -E) >= x else float(np.nextafter(y, math.inf))

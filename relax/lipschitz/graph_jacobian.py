@@ -53,7 +53,7 @@ class GraphJacobian:
         self.affine, self.gates = {}, {}
         for n in self.nodes[1:]:
             if n.op in AFFINE_OPS:
-                W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape))
+                W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape), net.dtype)
                 self.affine[n.name] = (W.to(dtype), b.to(dtype))
             elif n.op in GATES:
                 numel = math.prod(n.shape)

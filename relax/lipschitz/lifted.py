@@ -73,7 +73,7 @@ def lifted_chain(net: Network, dtype: torch.dtype = torch.float64) -> DenseChain
     weights, biases, acts, gates = [], [], [], []
     for i, n in enumerate(nodes[1:], start=1):
         if n.op in AFFINE_OPS:
-            W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape))
+            W, b = affine_matrix(n, tuple(net[n.inputs[0]].shape), net.dtype)
             M, c = expr[n.inputs[0]]
             expr[n.name] = (W.to(dtype) @ M, W.to(dtype) @ c + b.to(dtype))
         elif n.op == "add":
