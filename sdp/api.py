@@ -128,6 +128,11 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
     if (solver is None or str(solver).lower() == "auto") and norm == "inf" and blocks and not per_layer \
             and not _solve.mosek_licensed() and (max(sizes, default=0) > _solve.CLARABEL_MAX_CONE or sum(sizes) > 150):
         fo = True  # l_inf: the cvxpy form has an n0-wide first cone (784 for MNIST); see sdp/linf.py
+    auto = solver is None or str(solver).lower() == "auto"
+    if auto and not fo and not per_layer and blocks and not _solve.fits(
+            "CLARABEL" if max(sizes, default=0) <= _solve.CLARABEL_MAX_CONE else "SCS", sizes) \
+            and not _solve.fits("SCS", sizes):
+        fo = True  # the cvxpy solve would not fit in memory: the first-order path forms no PSD cone
     if fo and norm == "inf" and not per_layer and blocks:
         from .linf import run_sector_linf
         return run_sector_linf(blocks_t, layers.W_out, iters, time_limit)
@@ -144,6 +149,8 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
         mult = {"lam": lams}
         return "FIRST_ORDER" if iters > 0 else "CLOSED_FORM", "done", rho, dt, mult, \
             (lambda m: certify_sector(blocks, W_out, 2, m))
+    if not auto:
+        _solve.memory_guard(str(solver).upper(), sizes)  # refuse before the cvxpy problem is even built
     built = build_sector(blocks, W_out, norm, per_layer=per_layer)
     s = _solve.choose_solver(solver, built.cone_sizes)
     res = _solve.run(built.problem, s, time_limit, eps)
@@ -203,7 +210,15 @@ def _run_nsr(layers: LayerList, norm, solver, time_limit, eps, iters, variant="S
         from .linf import run_nsr_l2  # same multiplicative first-order chain, l2 objective; proof: certify_nsr
         return run_nsr_l2(Ws, Ms, W_out, iters, time_limit, lambda m: certify_nsr(Ws, Ms, W_out, 2, m))
     built = build_nsr(Ws, Ms, W_out, norm)
-    s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
+    try:
+        s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
+    except _solve.SolverMemoryError:
+        if not (solver is None or str(solver).lower() == "auto"):
+            raise
+        from .linf import run_nsr_l2, run_nsr_linf  # route: no PSD cone is formed on the first-order path
+        if norm == "inf":
+            return run_nsr_linf(Ws, Ms, W_out, iters, time_limit)
+        return run_nsr_l2(Ws, Ms, W_out, iters, time_limit, lambda m: certify_nsr(Ws, Ms, W_out, 2, m))
     res = _solve.run(built.problem, s, time_limit, eps)
     mult = built.read()
     return s, res.status, res.raw_value, res.solve_time, mult, (lambda m: certify_nsr(Ws, Ms, W_out, norm, m))
