@@ -65,7 +65,11 @@ class DenseChain:
 
 
 def _evaluate_act(node: Node, z: torch.Tensor) -> torch.Tensor:
+    """The node's activation on flat pre-activations ``z`` (``(N, n)``): evaluated on the node's own shape
+    (grouped activations act on the channels at each pixel, not on consecutive flat entries)."""
     from ...models.ops import OPS
+    if node.shape and tuple(node.shape) != (z.shape[-1],):
+        return OPS[node.op].evaluate(node, z.reshape(-1, *node.shape)).reshape(z.shape)
     return OPS[node.op].evaluate(node, z)
 
 
