@@ -461,7 +461,7 @@ def random_conv_network(rng: np.random.Generator):
             bn.bias.normal_()
         layers.append(bn)
     layers.append(_conv_act(act, c1, rng))
-    if extra == "avgpool":
+    if extra == "avgpool" and min(nn.Sequential(*layers).eval()(torch.zeros(1, cin, H, W)).shape[2:]) >= 2:
         layers.append(nn.AvgPool2d(2, stride=1))
     probe = nn.Sequential(*layers).eval()
     h1, w1 = probe(torch.zeros(1, cin, H, W)).shape[2:]
