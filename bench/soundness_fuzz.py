@@ -601,7 +601,7 @@ def check_conv(t: Tally, fam: dict, rng: np.random.Generator, hand: bool = False
             # interior point on small nets; the first-order path (no cvxpy cone) on wide ones, as "auto" would
             solver = "FIRST_ORDER" if norm == "inf" or width > 40 or rng.random() < 0.3 else None
             try:
-                r = sdp.lipschitz_bound(net, norm=norm, method=method, solver=solver,
+                r = sdp.lipschitz_bound(net, norm=norm, method=method, solver=solver, time_limit=20,
                                         c=None if norm == 2 else c, first_order_iters=60)
             except (models.UnsupportedOperationError, models.InvalidArgumentError):
                 t.add(f"conv:sdp_{method}_{'l2' if norm == 2 else 'linf'}", True, skipped=True)
