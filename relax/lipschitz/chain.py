@@ -144,8 +144,7 @@ def _act_householder(node, gate, l, u):
     H = torch.eye(E.shape[1], dtype=E.dtype, device=E.device) - 2.0 * E.T @ E
     rl, ru = _affine_interval(H, torch.zeros_like(l[0]), l, u)
     sl, su = gate.switch_bounds(l, u)
-    groups, n = E.shape
-    group_of = torch.arange(n, device=E.device) // (n // groups)  # feature -> its group
+    group_of = gate.group_of  # feature -> its group (models.groups.activation_groups: channels at each pixel)
     on = (sl > 0)[:, group_of]
     off = (su < 0)[:, group_of]
     yl = torch.where(on, l, torch.where(off, rl, torch.minimum(l, rl)))

@@ -261,6 +261,9 @@ def _householder(node: Node, n: int, ref: torch.Tensor) -> Gate:
     g = Gate("householder", n, E, _eye_like(n, ref), F_p, torch.zeros_like(one), one, True,
              _eye_like(n, ref) - 2.0 * E.T @ E, 2.0 * E.T.clone())
     g._S = E.clone()  # switch v^T z; "on" (v^T z >= 0) keeps z: d = 0; "off" reflects: d = 1
+    group_of = torch.empty(n, dtype=torch.long, device=ref.device)  # feature -> its group (channels per pixel)
+    group_of[grp.index.to(ref.device)] = torch.arange(grp.count, device=ref.device)[:, None]
+    g.group_of = group_of
     return g
 
 
