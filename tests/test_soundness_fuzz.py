@@ -37,31 +37,3 @@ def test_conv_and_hand_built_families_have_no_violations():
         assert res["by_method"][m]["pairs"] > 0, m
     assert any(f.startswith("hand:") for f in res["families"])
 
-
-def test_conv_witness_catches_the_old_grouping():
-    """The witness is strong enough to see issue #19's bug: pairing consecutive flat entries after a conv
-    (what the old lift did) gives a lifted value below the witness on this net."""
-    import numpy as np
-    import torch
-    from torch import nn
-    from nncertify.models import MaxMin, from_module
-    from nncertify.models.groups import ActivationGroups
-    from nncertify.sdp import lipschitz_bound
-    from nncertify.sdp import structure
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), MaxMin(), nn.Flatten(), nn.Linear(16, 3)).double()
-    net = from_module(m, (1, 5, 5))
-    w = soundness_fuzz.witnesses(net.to(torch.float64).to_module(requires_grad=False), (1, 5, 5), 2,
-                                 rng=np.random.default_rng(0))
-    assert lipschitz_bound(net, 2, "lifted").certified_value >= w * (1 - 1e-7)
-    real = structure._groups_of
-
-    def consecutive(node):  # the old, wrong layout
-        g = real(node)
-        return None if g is None else ActivationGroups(torch.arange(g.n).reshape(-1, g.size), g.channel_group, g.n)
-    structure._groups_of = consecutive
-    try:
-        wrong = lipschitz_bound(net, 2, "lifted").certified_value
-    finally:
-        structure._groups_of = real
-    assert wrong < w
