@@ -13,7 +13,8 @@ only relaxation involved is the ReLU's (and its pre-activation bounds are bounds
 * Householder with rows ``v`` per group: ``z -> z if v.z > 0 else z - 2 v (v.z)``, i.e.
   ``z + 2 v relu(-v.z)``: ``P = I``, ``R z = -v.z`` (one scalar per group), ``Q r = 2 v r``.
 
-Each map object works on tensors with any leading dimension ``N`` followed by the per-sample shape
+The groups along dim 1 come from :func:`models.groups.channel_groups` (the same helper every flat-index
+consumer uses through :func:`models.groups.activation_groups`).  Each map object works on tensors with any leading dimension ``N`` followed by the per-sample shape
 (``x``: ``(N, *x_shape)``, ``r``: ``(N, *pre_shape)``) and provides the adjoints ``Rt, Pt, Qt`` that
 the backward pass needs, and an interval image ``ibp``.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..models.errors import ShapeMismatchError
+from ..models.groups import activation_groups, channel_groups
 
 
 class CompareExchange:
@@ -114,17 +116,8 @@ class HouseholderMap:
 
 
 def maxmin_layers(attrs, x_shape, device=None):
-    n = x_shape[0]
-    if n % 2:
-        raise ShapeMismatchError(f"MaxMin: {n} features are not divisible into pairs")
-    layout = attrs.get("layout", "pairs")
-    if layout == "pairs":
-        I, J = list(range(0, n, 2)), list(range(1, n, 2))
-    elif layout == "halves":
-        I, J = list(range(n // 2)), list(range(n // 2, n))
-    else:
-        raise ShapeMismatchError(f"MaxMin: unknown layout {layout!r}")
-    return [CompareExchange(I, J, x_shape, device)]
+    ch = channel_groups("maxmin", attrs, int(x_shape[0]), 2)  # channel pairs along dim 1
+    return [CompareExchange(ch[:, 0], ch[:, 1], x_shape, device)]
 
 
 def sorting_network(g: int) -> list[list[tuple[int, int]]]:
@@ -142,22 +135,18 @@ def sorting_network(g: int) -> list[list[tuple[int, int]]]:
 def groupsort_layers(attrs, x_shape, device=None):
     g = int(attrs["group_size"])
     desc = bool(attrs.get("descending", True))
-    n = x_shape[0]
-    if g < 1 or n % g:
-        raise ShapeMismatchError(f"GroupSort: {n} features are not divisible into groups of {g}")
+    ch = channel_groups("groupsort", attrs, int(x_shape[0]), g)  # (C/g, g) channels along dim 1
     out = []
     for layer in sorting_network(g):
-        I, J = [], []
-        for base in range(0, n, g):
-            for i, j in layer:
-                hi_, lo_ = (base + i, base + j) if desc else (base + j, base + i)
-                I.append(hi_)
-                J.append(lo_)
-        out.append(CompareExchange(I, J, x_shape, device))
+        i = torch.tensor([c[0] for c in layer], dtype=torch.long)
+        j = torch.tensor([c[1] for c in layer], dtype=torch.long)
+        hi_, lo_ = (ch[:, i], ch[:, j]) if desc else (ch[:, j], ch[:, i])
+        out.append(CompareExchange(hi_.reshape(-1), lo_.reshape(-1), x_shape, device))
     return out
 
 
 def householder_layers(node, x_shape, device=None):
+    activation_groups(node, x_shape)  # checks the channels against v's groups (names the node)
     return [HouseholderMap(node.params["v"], x_shape)]
 
 

@@ -18,7 +18,11 @@ from .first_order import optimize_sector
 from .formulations.common import row_space_reduction
 from .formulations.nsr import build_nsr
 from .formulations.sector import build_sector
-from .structure import GROUP_ACTS, SLOPE_RESTRICTED, LayerList, extract, lift, pow2_normalize
+from .structure import GROUP_ACTS, SLOPE_RESTRICTED, LayerList, extract, lift, pow2_normalize, scale_up
+
+# linear-algebra breakdowns (eigen/SVD/Cholesky not converging on extreme or ill-conditioned weights):
+# a failed, uncertified result with the reason, never a raw exception
+NUMERIC_ERRORS = (np.linalg.LinAlgError, torch.linalg.LinAlgError, FloatingPointError, OverflowError)
 
 METHODS = ("auto", "lipsdp-neuron", "lipsdp-layer", "lifted", "nsr")
 # LipSDP-Network (coupled multipliers zeta_ij (e_i - e_j)(e_i - e_j)^T) is deliberately absent: unsound for ReLU.
@@ -77,10 +81,9 @@ def certify_sector(blocks_np, W_out, norm, mult) -> float | None:
 
 
 def _groups(h) -> np.ndarray:
-    n = h.W.shape[0]
-    if h.act == "maxmin":
-        return V._group_matrix(n, 2, h.attrs.get("layout", "pairs"))
-    return V._group_matrix(n, int(h.attrs.get("group_size", 2)), "pairs")
+    """(n, N) group indicator of a MaxMin/GroupSort layer (:func:`models.groups.activation_groups`:
+    channels at each pixel after a convolution, consecutive features after a linear layer)."""
+    return h.act_groups().indicator(torch.float64).numpy()
 
 
 def certify_nsr(Ws, Ms, W_out, norm, mult) -> float | None:
@@ -125,6 +128,11 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
     if (solver is None or str(solver).lower() == "auto") and norm == "inf" and blocks and not per_layer \
             and not _solve.mosek_licensed() and (max(sizes, default=0) > _solve.CLARABEL_MAX_CONE or sum(sizes) > 150):
         fo = True  # l_inf: the cvxpy form has an n0-wide first cone (784 for MNIST); see sdp/linf.py
+    auto = solver is None or str(solver).lower() == "auto"
+    if auto and not fo and not per_layer and blocks and not _solve.fits(
+            "CLARABEL" if max(sizes, default=0) <= _solve.CLARABEL_MAX_CONE else "SCS", sizes) \
+            and not _solve.fits("SCS", sizes):
+        fo = True  # the cvxpy solve would not fit in memory: the first-order path forms no PSD cone
     if fo and norm == "inf" and not per_layer and blocks:
         from .linf import run_sector_linf
         return run_sector_linf(blocks_t, layers.W_out, iters, time_limit)
@@ -141,19 +149,13 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
         mult = {"lam": lams}
         return "FIRST_ORDER" if iters > 0 else "CLOSED_FORM", "done", rho, dt, mult, \
             (lambda m: certify_sector(blocks, W_out, 2, m))
+    if not auto:
+        _solve.memory_guard(str(solver).upper(), sizes)  # refuse before the cvxpy problem is even built
     built = build_sector(blocks, W_out, norm, per_layer=per_layer)
     s = _solve.choose_solver(solver, built.cone_sizes)
     res = _solve.run(built.problem, s, time_limit, eps)
     mult = built.read()
     return s, res.status, res.raw_value, res.solve_time, mult, (lambda m: certify_sector(blocks, W_out, norm, m))
-
-
-def norm2_up(W: np.ndarray) -> float:
-    """Certified upper bound of ||W||_2 (float64 proof on the smaller Gram matrix)."""
-    M = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
-    a, b = (W, W.T) if W.shape[0] <= W.shape[1] else (W.T, W)
-    r = V.certify_lmax(M, V.product_error(a, b))
-    return math.inf if r is None else V.sqrt_up(r)
 
 
 def _run_residual_nsr(layers: LayerList, norm, solver, time_limit, eps, variant):
@@ -170,6 +172,7 @@ def _run_residual_nsr(layers: LayerList, norm, solver, time_limit, eps, variant)
     nx = Ws[0].shape[0]
     for k, h in enumerate(hs[1:]):
         Mg[k * nx:(k + 1) * nx, k * nx // 2:(k + 1) * nx // 2] = _groups(h)
+    from .baselines import norm2_up
     outer = norm2_up(_np(hs[0].W)) * norm2_up(_np(layers.W_out))
     built = build_residual_nsr(Ws, Mg, variant)
     s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
@@ -207,10 +210,27 @@ def _run_nsr(layers: LayerList, norm, solver, time_limit, eps, iters, variant="S
         from .linf import run_nsr_l2  # same multiplicative first-order chain, l2 objective; proof: certify_nsr
         return run_nsr_l2(Ws, Ms, W_out, iters, time_limit, lambda m: certify_nsr(Ws, Ms, W_out, 2, m))
     built = build_nsr(Ws, Ms, W_out, norm)
-    s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
+    try:
+        s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
+    except _solve.SolverMemoryError:
+        if not (solver is None or str(solver).lower() == "auto"):
+            raise
+        from .linf import run_nsr_l2, run_nsr_linf  # route: no PSD cone is formed on the first-order path
+        if norm == "inf":
+            return run_nsr_linf(Ws, Ms, W_out, iters, time_limit)
+        return run_nsr_l2(Ws, Ms, W_out, iters, time_limit, lambda m: certify_nsr(Ws, Ms, W_out, 2, m))
     res = _solve.run(built.problem, s, time_limit, eps)
     mult = built.read()
     return s, res.status, res.raw_value, res.solve_time, mult, (lambda m: certify_nsr(Ws, Ms, W_out, norm, m))
+
+
+def _zero_layer(layers: LayerList) -> str | None:
+    """The path of a feed-forward (non-residual) hidden matrix or the output matrix that is exactly zero
+    (then the output does not depend on the input), else None."""
+    for h in layers.hidden:
+        if not h.residual and not bool(h.W.any()):
+            return f"layer {h.path}"
+    return None if bool(layers.W_out.any()) else "the output layer"
 
 
 def _check_acts(layers, allowed, method):
@@ -231,9 +251,9 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
     ``method``: ``"lipsdp-neuron"`` / ``"lipsdp-layer"`` (slope-restricted activations), ``"lifted"``
     (exact one-ReLU-per-comparator form: MaxMin, GroupSort via sorting networks, Householder,
     residual blocks; equals LipSDP-Neuron for ReLU nets), ``"nsr"`` (Pauli et al. 2024 constraint,
-    feed-forward MaxMin/GroupSort), ``"auto"`` (lifted; for GroupSort with groups > 2 also NSR, the
-    smaller certified value wins).  ``method="nsr"`` on the paper's residual nets uses its residual
-    LMI (``residual_variant``: "PSzero", "Szero" (P free, default) or "Pzero") and reports, like the
+    feed-forward MaxMin/GroupSort), ``"auto"`` (lifted; for feed-forward MaxMin / GroupSort /
+    Householder chains also NSR, and the smaller *certified* value wins).  ``method="nsr"`` on the
+    paper's residual nets uses its residual LMI (``residual_variant``: "PSzero", "Szero" (P free, default) or "Pzero") and reports, like the
     paper, sqrt(rho) ||W_in|| ||W_out|| (norms certified).
     ``solver``: ``"MOSEK" | "CLARABEL" | "SCS" | "CVXOPT" | "FIRST_ORDER" | None/"auto"``.
     ``"FIRST_ORDER"`` (and "auto" for l_inf on wide inputs) never forms the input-wide cone: l_inf
@@ -269,14 +289,14 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
         kw = dict(norm=norm, method=method, solver=solver, c=c, time_limit=time_limit, eps=eps,
                   first_order_iters=first_order_iters, residual_variant=residual_variant)
         return run_with_budget(net, kw, time_budget, naive, start=t_start)
-    scaled, scale = pow2_normalize(layers)
+    zero = _zero_layer(layers)
+    if zero is not None:  # f (or c^T f) is constant: its Lipschitz constant is exactly 0
+        return SDPCertificate(0.0, 0.0, "certified", "EXACT", 0.0, method, norm, naive, {}, 0.0, "done",
+                              f"{zero} is exactly zero, so the network is constant: L = 0")
+    scaled, E = pow2_normalize(layers)
     if method == "auto":
-        if any(h.act == "groupsort" and int(h.attrs.get("group_size", 2)) > 2 for h in layers.hidden) and \
-                all(h.act in ("maxmin", "groupsort") and not h.residual for h in layers.hidden):
-            a = lipschitz_bound(net, norm, "lifted", solver, c, time_limit, eps, first_order_iters)
-            b = lipschitz_bound(net, norm, "nsr", solver, c, time_limit, eps, first_order_iters)
-            cands = [x for x in (a, b) if x.certified]
-            return min(cands, key=lambda x: x.certified_value) if cands else a
+        if layers.hidden and all(h.act in GROUP_ACTS and not h.residual for h in layers.hidden):
+            return _best_verified(net, norm, solver, c, time_limit, eps, first_order_iters)
         method = "lifted"
     if method in ("lipsdp-neuron", "lipsdp-layer"):
         _check_acts(layers, SLOPE_RESTRICTED, method)
@@ -287,24 +307,52 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
         if residual_variant not in ("PSzero", "Szero", "Pzero"):
             raise InvalidArgumentError(f"residual_variant must be PSzero, Szero or Pzero; got {residual_variant!r}")
         run = lambda: _run_nsr(scaled, norm, solver, time_limit, eps, first_order_iters, residual_variant)
-    sname, sstatus, raw, st, mult, certify = run()
+    try:
+        sname, sstatus, raw, st, mult, certify = run()
+    except NUMERIC_ERRORS as exc:  # eigen/SVD/Cholesky breakdown on extreme weights: no answer, one reason
+        return SDPCertificate(float("nan"), None, "failed", str(solver or "auto"), time.perf_counter() - t_start,
+                              method, norm, naive, {}, 0.0, "numerical_error",
+                              f"numerical failure before verification ({type(exc).__name__}: {str(exc)[:160]})")
     t0 = time.perf_counter()
     try:
         with _blas_threads(1):  # matrices here are small: BLAS threading only adds contention
             rho = certify(mult)
-    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+    except (*NUMERIC_ERRORS, ValueError) as exc:
         rho, msg = None, f"verification error: {exc}"
     else:
         msg = "" if rho is not None else "multipliers could not be repaired into a proven certificate"
     vt = time.perf_counter() - t0
     if norm == 2:
-        raw_b = math.sqrt(raw) * scale if raw == raw and raw >= 0 else float("nan")
-        cert = None if rho is None else V.round_up(V.sqrt_up(rho) * scale)
+        raw_b = scale_up(math.sqrt(raw), E) if raw == raw and raw >= 0 else float("nan")
+        cert = None if rho is None else scale_up(V.sqrt_up(rho), E)
     else:
-        raw_b = raw * scale if raw == raw else float("nan")
-        cert = None if rho is None else V.round_up(rho * scale)
+        raw_b = scale_up(raw, E) if raw == raw else float("nan")
+        cert = None if rho is None else scale_up(rho, E)
+    if cert is not None and not math.isfinite(cert):
+        cert, msg = None, "the certified bound overflows float64 (weights of extreme scale)"
     return SDPCertificate(raw_b, cert, "certified" if cert is not None else "failed", sname, st, method, norm,
                           naive, mult, vt, sstatus, msg)
+
+
+def _best_verified(net, norm, solver, c, time_limit, eps, first_order_iters) -> SDPCertificate:
+    """``method="auto"`` on feed-forward MaxMin / GroupSort / Householder chains: the lifted form and the NSR
+    constraint are both run and the smallest *certified* value is returned (in exact arithmetic lifted is at
+    least as tight, but the repaired float64 proofs, the sorting-network rounds of GroupSort(g > 2) and the
+    first-order paths can reverse that); never a looser value than another verified candidate."""
+    cands = [lipschitz_bound(net, norm, "lifted", solver, c, time_limit, eps, first_order_iters)]
+    try:
+        cands.append(lipschitz_bound(net, norm, "nsr", solver, c, time_limit, eps, first_order_iters))
+    except (UnsupportedOperationError, InvalidArgumentError) as exc:
+        cands[0].message = (cands[0].message + "; " if cands[0].message else "") + f"nsr not applicable: {exc}"
+    ok = [x for x in cands if x.certified]
+    if not ok:
+        return cands[0]
+    best = min(ok, key=lambda x: x.certified_value)
+    others = ", ".join(f"{x.method} {x.certified_value:.6g}" if x.certified else f"{x.method} failed"
+                       for x in cands if x is not best)
+    if others:
+        best.message = (best.message + "; " if best.message else "") + f"auto: best of lifted/nsr (other: {others})"
+    return best
 
 
 def margin_lipschitz(net: Network, i: int, j: int, **kw) -> SDPCertificate:

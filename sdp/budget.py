@@ -16,14 +16,19 @@ user who asks for "at most T seconds" gets, from :func:`run_with_budget`, an ans
   ``"failed"`` and ``solver_status="time_budget"``.  That answer is sound by construction: it
   certifies nothing.  Callers fall back to a cheaper certified bound (e.g. the product of norms).
 
+The child never re-imports the caller's ``__main__`` (see :func:`_without_main`), so budgeted solves work
+from scripts without an ``if __name__ == "__main__":`` guard.
+
 The child sends back a pickle over a pipe it shares only with this parent (our own process, our
 own dataclass): no untrusted data is unpickled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
+import multiprocessing.spawn as _spawn
 import threading
 import time
 from typing import Any
@@ -35,6 +40,34 @@ from .certificate import SDPCertificate
 SOFT_FRACTION = 0.7   # share of the remaining budget handed to the solver as its own (soft) limit
 _CTX_LOCK = threading.Lock()
 _CTX = None
+
+
+_PREP_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_main():
+    """While held, the preparation data sent to a new child names no ``__main__`` to re-import.
+
+    A ``spawn``/``forkserver`` child normally re-imports the parent's main script (as ``__mp_main__``) before
+    it runs its target; a user script without ``if __name__ == "__main__":`` would then run again in the
+    child -- its whole workload, its prints, and a nested budgeted solve that fails.  Our child needs
+    nothing from ``__main__`` (its target and arguments are :mod:`nncertify` objects), so the main-module
+    keys are dropped from :func:`multiprocessing.spawn.get_preparation_data` for the duration of one
+    ``Process.start()`` (serialised by a lock; other keys -- ``sys.path``, cwd -- still go to the child)."""
+    with _PREP_LOCK:
+        real = _spawn.get_preparation_data
+
+        def prep(name):
+            d = real(name)
+            d.pop("init_main_from_path", None)
+            d.pop("init_main_from_name", None)
+            return d
+        _spawn.get_preparation_data = prep
+        try:
+            yield
+        finally:
+            _spawn.get_preparation_data = real
 
 
 def _context():
@@ -104,7 +137,8 @@ def run_with_budget(net, kwargs: dict, budget: float, naive: float, start: float
         # Process.start() blocks until the fork server is up (imports torch and cvxpy on first use):
         # it runs in this thread so that the caller's deadline holds even during that start-up.
         try:
-            proc.start()
+            with _without_main():  # no re-import of the user's script in the child (no __main__ guard needed)
+                proc.start()
         except Exception as exc:  # e.g. no fork server possible: reported as a failed solve
             state["error"] = exc
         finally:

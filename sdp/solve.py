@@ -4,6 +4,10 @@
   ``mosek`` imports; a missing licence otherwise makes MOSEK raise on the first solve.
 * ``CLARABEL``: licence-free interior point; accurate, but its KKT system holds a dense
   (n(n+1)/2)^2 block per PSD cone, so only for small cones (largest cone <= ``CLARABEL_MAX_CONE``).
+* Memory: every solve is checked before it starts against a model of its peak memory fitted on
+  measurements (:func:`estimate_solver_bytes`) and the memory the process may still take
+  (:func:`available_bytes`: free RAM, RLIMIT_AS / RLIMIT_DATA, cgroup limit); a solve that would not fit
+  raises :class:`SolverMemoryError` (auto-solver callers route to the first-order path instead).
 * ``SCS``: first-order splitting, O(nnz) memory, for large cones; inaccurate (1e-4..1e-6), so its
   output is only ever used through the certification repair of :mod:`sdp.verify`.
 * ``CVXOPT``: used only if the user installed it (GPL-3.0) and asks for it explicitly.
@@ -38,11 +42,16 @@ def mosek_licensed() -> bool:
 
 
 def choose_solver(solver: str | None, cone_sizes: list[int]) -> str:
-    """Resolve ``solver`` (None/'auto' -> MOSEK if licensed, else CLARABEL for small cones, else SCS)."""
+    """Resolve ``solver`` (None/'auto' -> MOSEK if licensed, else CLARABEL for small cones, else SCS) and
+    check that it fits in memory (:func:`memory_guard`; auto falls back from CLARABEL to SCS).  Raises
+    :class:`SolverMemoryError` before the solve when it would not fit."""
     if solver is None or str(solver).lower() == "auto":
-        if mosek_licensed():
+        if mosek_licensed() and fits("MOSEK", cone_sizes):
             return "MOSEK"
-        return "CLARABEL" if max(cone_sizes, default=0) <= CLARABEL_MAX_CONE else "SCS"
+        if max(cone_sizes, default=0) <= CLARABEL_MAX_CONE and fits("CLARABEL", cone_sizes):
+            return "CLARABEL"
+        memory_guard("SCS", cone_sizes)
+        return "SCS"
     s = str(solver).upper()
     if s not in SOLVERS:
         raise InvalidArgumentError(f"solver must be one of {', '.join(SOLVERS)}, 'FIRST_ORDER' or 'auto'; got {solver!r}")
@@ -50,23 +59,95 @@ def choose_solver(solver: str | None, cone_sizes: list[int]) -> str:
         raise InvalidArgumentError("solver='MOSEK' needs a licence file (MOSEKLM_LICENSE_FILE or ~/mosek/mosek.lic)")
     if s not in cp.installed_solvers():
         raise InvalidArgumentError(f"solver {s!r} is not installed (installed: {', '.join(cp.installed_solvers())})")
-    if s == "CLARABEL":
-        n = max(cone_sizes, default=0)
-        need = clarabel_kkt_bytes(n)
-        if need > CLARABEL_MAX_BYTES:
-            raise InvalidArgumentError(
-                f"solver='CLARABEL' would need about {need / 2 ** 30:.0f} GiB for a PSD block of size {n} (its KKT "
-                f"system is dense in the cone); use solver='SCS' or 'FIRST_ORDER' (or 'auto')")
+    memory_guard(s, cone_sizes)
     return s
 
 
-CLARABEL_MAX_BYTES = 4 * 2 ** 30
+# ----------------------------------------------------------------------------- memory
+class SolverMemoryError(InvalidArgumentError):
+    """The chosen solver would need more memory than is available (raised before it starts)."""
 
 
-def clarabel_kkt_bytes(n: int) -> int:
-    """Memory of Clarabel's dense KKT block for one n x n PSD cone: (n(n+1)/2)^2 float64 entries."""
-    m = n * (n + 1) // 2
-    return 8 * m * m
+# Peak memory (bytes, over the RSS before the call) of a cvxpy + solver run on PSD cones of sizes n_k, with
+# m_k = n_k (n_k + 1) / 2:  a * sum m_k^2 + b * sum m_k + c.  From measured peak RSS (bench/solver_memory.py ->
+# bench/results/solver_memory.md; l_inf LipSDP chains, cones 16..96 for CLARABEL, 16..192 for SCS):
+# CLARABEL 12.6 MiB .. 2.13 GiB, growing as sum m^2 (n^4: its KKT system is dense in each cone, plus the
+# LDL factor), least squares a = 51.3 bytes per m^2; SCS 16 .. 83 MiB, b = 1.65e3 bytes per m.  The model
+# below covers every measured point with MEMORY_MARGIN on top.  MOSEK / CVXOPT (interior point, not
+# measured) use CLARABEL's model.
+MEMORY_MODEL = {"CLARABEL": (52.0, 0.0, 4.0e7), "SCS": (0.0, 2.0e3, 3.0e7),
+                "MOSEK": (52.0, 0.0, 4.0e7), "CVXOPT": (52.0, 0.0, 4.0e7)}
+MEMORY_MARGIN = 1.5
+MEMORY_FRACTION = 0.8   # of the available memory that one solve may take
+
+
+def estimate_solver_bytes(solver: str, cone_sizes: list[int]) -> int:
+    """Predicted peak memory of solving an SDP with these PSD cone sizes by ``solver`` (see MEMORY_MODEL)."""
+    a, b, c = MEMORY_MODEL.get(str(solver).upper(), MEMORY_MODEL["CLARABEL"])
+    m = [n * (n + 1) // 2 for n in cone_sizes]
+    return int(MEMORY_MARGIN * (a * sum(x * x for x in m) + b * sum(m) + c))
+
+
+def _proc_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still take: the least of the free physical memory (MemAvailable), the
+    address-space limit (RLIMIT_AS) minus the current address space, the data limit (RLIMIT_DATA) and
+    the cgroup (container) limit minus its usage.  None when nothing is known (non-Linux)."""
+    cands = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    cands.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        import resource
+        for lim, used in ((resource.RLIMIT_AS, _proc_kb("VmSize")), (resource.RLIMIT_DATA, _proc_kb("VmData"))):
+            soft = resource.getrlimit(lim)[0]
+            if soft not in (resource.RLIM_INFINITY, -1) and used is not None:
+                cands.append(max(0, soft - used))
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        mx = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if mx != "max":
+            cur = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            cands.append(max(0, int(mx) - cur))
+    except (OSError, ValueError):
+        pass
+    return min(cands) if cands else None
+
+
+def memory_guard(solver: str, cone_sizes: list[int]) -> None:
+    """Raise :class:`SolverMemoryError` (one line: solver, need, available) before a solve that would not fit."""
+    if str(solver).upper() not in MEMORY_MODEL or not cone_sizes:
+        return
+    need = estimate_solver_bytes(solver, cone_sizes)
+    have = available_bytes()
+    if have is not None and need > MEMORY_FRACTION * have:
+        raise SolverMemoryError(
+            f"solver={solver!r} would need about {need / 2 ** 30:.2f} GiB for PSD cones of sizes up to "
+            f"{max(cone_sizes)} ({len(cone_sizes)} cones), only {have / 2 ** 30:.2f} GiB available; "
+            f"use solver='FIRST_ORDER' (or 'auto', which routes there) or a smaller problem")
+
+
+def fits(solver: str, cone_sizes: list[int]) -> bool:
+    try:
+        memory_guard(solver, cone_sizes)
+    except SolverMemoryError:
+        return False
+    return True
 
 
 @dataclass

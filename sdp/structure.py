@@ -18,12 +18,15 @@ and the end of a branch ``s -> affine -> activation [-> affine]``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from ..models.errors import InvalidArgumentError, UnsupportedOperationError
-from ..models.graph import AFFINE_OPS, Network, affine_matrix
+from ..models.graph import AFFINE_OPS, Network, Node, affine_matrix
+from ..models.groups import ActivationGroups, activation_groups
 
 SLOPE_RESTRICTED = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
 GROUP_ACTS = ("maxmin", "groupsort", "householder")
@@ -39,6 +42,18 @@ class Hidden:
     residual: bool = False
     W2: torch.Tensor | None = None  # residual branch output matrix (m, n) or None
     path: str = ""
+    groups: ActivationGroups | None = None  # MaxMin/GroupSort/Householder: flat-index groups of the node
+
+    def act_groups(self) -> ActivationGroups:
+        """The activation's groups (:func:`models.groups.activation_groups`: channels at each pixel after a
+        conv); a hand-made ``Hidden`` without them is a feature vector (consecutive groups)."""
+        if self.groups is not None:
+            if self.groups.n != self.W.shape[0]:
+                raise UnsupportedOperationError(f"layer {self.path}: {self.groups.n} grouped features, "
+                                                f"{self.W.shape[0]} pre-activations")
+            return self.groups
+        return activation_groups(Node(self.path or self.act, self.act, attrs=self.attrs, params=self.params,
+                                      path=self.path), (self.W.shape[0],))
 
     @property
     def n_in(self) -> int:
@@ -82,6 +97,10 @@ class LayerList:
         return p * float(self.W_out.abs().sum(1).max())
 
 
+def _groups_of(node):
+    return activation_groups(node) if node.op in GROUP_ACTS else None
+
+
 def _dense(node, shape, dtype):
     """Dense float64 matrix of an affine node's *linear part*.  Linear weights are taken verbatim
     (exact); other ops are evaluated in float64 with the bias/shift zeroed, so no ``(Wx + b) - b``
@@ -90,7 +109,7 @@ def _dense(node, shape, dtype):
         return node.params["weight"].detach().to(dtype)
     params = {k: (torch.zeros_like(v, dtype=dtype) if k in ("bias", "shift") else v.detach().to(dtype))
               for k, v in node.params.items()}
-    W, _ = affine_matrix(replace(node, params=params), shape)
+    W, _ = affine_matrix(replace(node, params=params), shape, dtype)
     return W.to(dtype)
 
 
@@ -146,7 +165,7 @@ def extract(net: Network, c: torch.Tensor | None = None, dtype=torch.float64) ->
             if set(add.inputs) != {state, prev}:
                 raise UnsupportedOperationError(f"node {add.describe()}: residual add does not join state and branch")
             hidden.append(Hidden(W1, act.op, dict(act.attrs), {k: v.to(dtype) for k, v in act.params.items()},
-                                 residual=True, W2=W2, path=act.path or act.name))
+                                 residual=True, W2=W2, path=act.path or act.name, groups=_groups_of(act)))
             state = add.name
             i = j + 1
             continue
@@ -166,7 +185,7 @@ def extract(net: Network, c: torch.Tensor | None = None, dtype=torch.float64) ->
             if pend_W is None:
                 pend_W = torch.eye(numel(shapes[n.inputs[0]]), dtype=dtype, device=net.device)
             hidden.append(Hidden(pend_W, n.op, dict(n.attrs), {k: v.to(dtype) for k, v in n.params.items()},
-                                 path=n.path or n.name))
+                                 path=n.path or n.name, groups=_groups_of(n)))
             pend_W = None
             state = n.name
         i += 1
@@ -211,14 +230,6 @@ class SectorBlock:
         return self.C.shape[0]
 
 
-def _pairs(n: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if layout == "halves":
-        a = torch.arange(n // 2)
-        return a, a + n // 2
-    a = torch.arange(0, n, 2)
-    return a, a + 1
-
-
 def _comparators(W: torch.Tensor, a: torch.Tensor, b: torch.Tensor, big_first: bool):
     """Exact lifted form of (z_a, z_b) -> (max at a, min at b) [big_first] on the rows of z = W x."""
     n = W.shape[0]
@@ -254,8 +265,8 @@ def _lift_identity(h: Hidden) -> list[SectorBlock]:
 
 
 def _lift_maxmin(h: Hidden) -> list[SectorBlock]:
-    a, b = _pairs(h.W.shape[0], h.attrs.get("layout", "pairs"))
-    C, D, G = _comparators(h.W, a, b, True)
+    grp = h.act_groups()
+    C, D, G = _comparators(h.W, grp.index[:, 0], grp.index[:, 1], True)
     al, be = _relu_sector(C.shape[0], h.W)
     return [SectorBlock(C, D, G, al, be, h.path)]
 
@@ -268,12 +279,12 @@ def _lift_groupsort(h: Hidden) -> list[SectorBlock]:
         return _lift_identity(h)
     blocks = []
     W = h.W
+    idx = h.act_groups().index
     rounds = g if g > 2 else 1
-    for r in range(rounds):
-        start = torch.arange(0, n, g)
+    for r in range(rounds):  # odd-even transposition sort inside every group (g rounds)
         offs = torch.arange(r % 2, g - 1, 2)
-        a = (start[:, None] + offs[None, :]).reshape(-1)
-        C, D, G = _comparators(W, a, a + 1, desc)
+        a, b = idx[:, offs].reshape(-1), idx[:, offs + 1].reshape(-1)
+        C, D, G = _comparators(W, a, b, desc)
         al, be = _relu_sector(C.shape[0], W)
         blocks.append(SectorBlock(C, D, G, al, be, f"{h.path} (sort round {r + 1}/{rounds})"))
         W = torch.eye(n, dtype=h.W.dtype, device=h.W.device)
@@ -281,12 +292,10 @@ def _lift_groupsort(h: Hidden) -> list[SectorBlock]:
 
 
 def _lift_householder(h: Hidden) -> list[SectorBlock]:
-    v = h.params["v"].to(h.W.dtype)
-    groups, g = v.shape
-    n = h.W.shape[0]
-    V = torch.zeros(groups, n, dtype=h.W.dtype, device=h.W.device)
-    for j in range(groups):
-        V[j, j * g:(j + 1) * g] = v[j]
+    v = h.params["v"].to(h.W.dtype).to(h.W.device)  # as stored (any norm): z + 2 v relu(-v^T z) is exact
+    grp = h.act_groups()
+    V = grp.rows_matrix(grp.householder_v(v))  # (groups x pixels, n): v^T z of each group
+    groups = grp.count
     C = -(V @ h.W)
     al, be = _relu_sector(groups, h.W)
     return [SectorBlock(C, h.W.clone(), 2.0 * V.T, al, be, h.path)]
@@ -331,27 +340,64 @@ def lift(layers: LayerList) -> list[SectorBlock]:
     return out
 
 
-def pow2_normalize(layers: LayerList) -> tuple[LayerList, float]:
+def _pow2_exponent(W: torch.Tensor) -> int:
+    """``e`` with ``2^e`` near ``||W||_2`` (0 for a zero matrix); from the float64 exponent, never via an
+    overflowing float (weights of any scale, also when the norm itself overflows float64)."""
+    amax = float(W.abs().max()) if W.numel() else 0.0
+    if amax == 0.0 or not math.isfinite(amax):
+        return 0
+    s = float(torch.linalg.matrix_norm(W.to(torch.float64) / math.ldexp(1.0, math.frexp(amax)[1]), 2))
+    return math.frexp(amax)[1] + (math.frexp(s)[1] if s > 0 and math.isfinite(s) else 0)
+
+
+def _exact_div(W: torch.Tensor, e: int) -> torch.Tensor | None:
+    """``W / 2^e`` when that is exact (no entry under/overflows), else None."""
+    if e == 0:
+        return W
+    V = torch.ldexp(W, torch.tensor(-e, dtype=torch.int32, device=W.device))
+    back = torch.ldexp(V, torch.tensor(e, dtype=torch.int32, device=W.device))
+    return V if torch.equal(back, W) and bool(torch.isfinite(V).all()) else None
+
+
+def pow2_normalize(layers: LayerList) -> tuple[LayerList, int]:
     """Divide every non-residual hidden W (and W_out) by a power of two near its spectral norm.
 
-    Exact in floating point (only exponents change) and exact for the Lipschitz constant when the
-    activations are positively homogeneous: L(original) = L(scaled) * scale, scale a power of two.
-    Residual blocks are left alone (x + phi(Wx) is not homogeneous in W alone).
+    Returns ``(scaled, E)``: ``L(original) = L(scaled) * 2^E``.  Exact in floating point (only exponents
+    change; a layer whose division would under- or overflow an entry is left unscaled) and exact for the
+    Lipschitz constant when the activations are positively homogeneous.  ``E`` is an integer so that no
+    float overflows for extreme weight scales (the caller scales the certified value up with
+    :func:`scale_up`).  Residual blocks are left alone (x + phi(Wx) is not homogeneous in W alone).
     """
     if any(h.act not in HOMOGENEOUS for h in layers.hidden):
-        return layers, 1.0
-    scale = 1.0
+        return layers, 0
+    E = 0
     new = []
     for h in layers.hidden:
         if not h.residual and h.act in HOMOGENEOUS:
-            s = float(torch.linalg.matrix_norm(h.W, 2))
-            e = 0 if s == 0 else int(round(torch.log2(torch.tensor(s)).item()))
-            f = 2.0 ** e
-            new.append(Hidden(h.W / f, h.act, h.attrs, h.params, False, None, h.path))
-            scale *= f
+            e = _pow2_exponent(h.W)
+            Wd = _exact_div(h.W, e)
+            if Wd is None:
+                e, Wd = 0, h.W
+            new.append(replace(h, W=Wd))
+            E += e
         else:
             new.append(h)
-    s = float(torch.linalg.matrix_norm(layers.W_out, 2))
-    e = 0 if s == 0 else int(round(torch.log2(torch.tensor(s)).item()))
-    f = 2.0 ** e
-    return LayerList(new, layers.W_out / f, layers.name), scale * f
+    e = _pow2_exponent(layers.W_out)
+    Wd = _exact_div(layers.W_out, e)
+    if Wd is None:
+        e, Wd = 0, layers.W_out
+    return LayerList(new, Wd, layers.name), E + e
+
+
+def scale_up(x: float, E: int) -> float:
+    """An upper bound of ``x * 2^E`` in float64 (``inf`` on overflow; the smallest subnormal, never 0,
+    when a positive ``x`` underflows)."""
+    if not (x > 0) or not math.isfinite(x):
+        return x
+    m, e = math.frexp(x)
+    if e + E > 1024:
+        return math.inf
+    if e + E < -1073:
+        return math.ldexp(1.0, -1074)
+    y = math.ldexp(x, E)
+    return y if math.ldexp(y, -E) >= x else float(np.nextafter(y, math.inf))

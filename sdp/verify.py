@@ -80,7 +80,10 @@ def certify_lmax(Q: np.ndarray, err: float = 0.0, tries: int = 8) -> float | Non
     Q = 0.5 * (Q + Q.T)
     if not np.all(np.isfinite(Q)):
         return None
-    lam = float(np.linalg.eigvalsh(Q)[-1])
+    try:
+        lam = float(np.linalg.eigvalsh(Q)[-1])
+    except np.linalg.LinAlgError:  # no convergence (extreme scales): no proof, never a raw exception
+        return None
     scale = max(abs(lam), float(np.abs(Q).max()), 1e-300)
     bump = 1e-12
     n = Q.shape[0]

@@ -23,3 +23,17 @@ def test_fuzz_truths_are_exact_on_known_cases():
     import numpy as np
     d = soundness_fuzz._nearest_zero(np.array([0.7, -0.2]), np.array([0.0, 1.0]))
     assert abs(d - math.sqrt(0.9 ** 2 + math.pi ** 2)) < 1e-12
+
+
+def test_conv_and_hand_built_families_have_no_violations():
+    """Issue #19: conv nets (MaxMin / GroupSort / Householder / LeakyReLU / ReLU, BatchNorm, AvgPool) and
+    hand-built Networks (v of any norm, zero layers, extreme scales): every global and local method against
+    secant and gradient-ascent witnesses, l2 and l_inf."""
+    res = soundness_fuzz.run_conv(pairs=60, seed=11, time_budget=120, log=None)
+    bad = {m: d["examples"] for m, d in res["by_method"].items() if d["violations"]}
+    assert res["violations"] == 0, bad
+    assert res["pairs"] >= 40
+    for m in ("conv:sdp_lifted_l2", "conv:sdp_auto_l2", "conv:mp_l2", "conv:local_crown_l2", "conv:local_crown_linf"):
+        assert res["by_method"][m]["pairs"] > 0, m
+    assert any(f.startswith("hand:") for f in res["families"])
+

@@ -65,7 +65,11 @@ class DenseChain:
 
 
 def _evaluate_act(node: Node, z: torch.Tensor) -> torch.Tensor:
+    """The node's activation on flat pre-activations ``z`` (``(N, n)``): evaluated on the node's own shape
+    (grouped activations act on the channels at each pixel, not on consecutive flat entries)."""
     from ...models.ops import OPS
+    if node.shape and tuple(node.shape) != (z.shape[-1],):
+        return OPS[node.op].evaluate(node, z.reshape(-1, *node.shape)).reshape(z.shape)
     return OPS[node.op].evaluate(node, z)
 
 
@@ -140,8 +144,7 @@ def _act_householder(node, gate, l, u):
     H = torch.eye(E.shape[1], dtype=E.dtype, device=E.device) - 2.0 * E.T @ E
     rl, ru = _affine_interval(H, torch.zeros_like(l[0]), l, u)
     sl, su = gate.switch_bounds(l, u)
-    groups, n = E.shape
-    group_of = torch.arange(n, device=E.device) // (n // groups)  # feature -> its group
+    group_of = gate.group_of  # feature -> its group (models.groups.activation_groups: channels at each pixel)
     on = (sl > 0)[:, group_of]
     off = (su < 0)[:, group_of]
     yl = torch.where(on, l, torch.where(off, rl, torch.minimum(l, rl)))

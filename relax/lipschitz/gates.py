@@ -41,6 +41,7 @@ import torch
 
 from ...models.errors import UnsupportedOperationError
 from ...models.graph import Node
+from ...models.groups import activation_groups
 
 
 @dataclass
@@ -146,22 +147,24 @@ def _smooth(op):
     return build
 
 
+def _groups_for(node: Node, n: int):
+    """The node's flat-index groups (:func:`models.groups.activation_groups`), checked against ``n``."""
+    grp = activation_groups(node)
+    if grp.n != n:
+        raise UnsupportedOperationError(
+            f"node {node.describe()}: {n} features given, the node's shape {tuple(node.shape)} has {grp.n}")
+    return grp
+
+
 def _pairs_for(node: Node, n: int) -> tuple[list[int], list[int], list[int], list[int]]:
-    """(a, b, hi, lo): input indices of each pair and the output positions of its max and min."""
-    if node.op == "maxmin":
-        layout = node.attrs.get("layout", "pairs")
-        if layout == "pairs":
-            a = list(range(0, n, 2)); b = list(range(1, n, 2))
-            return a, b, a, b
-        if layout == "halves":
-            a = list(range(n // 2)); b = list(range(n // 2, n))
-            return a, b, a, b
-        raise UnsupportedOperationError(f"node {node.describe()}: MaxMin layout {layout!r} is not supported")
-    # groupsort with group size 2
-    a = list(range(0, n, 2)); b = list(range(1, n, 2))
-    if bool(node.attrs.get("descending", True)):
-        return a, b, a, b
-    return a, b, b, a
+    """(a, b, hi, lo): input indices of each pair and the output positions of its max and min
+    (MaxMin, GroupSort(2); pairs from :func:`models.groups.activation_groups`, so channels at each pixel
+    after a convolution)."""
+    grp = _groups_for(node, n)
+    a, b = grp.index[:, 0].tolist(), grp.index[:, 1].tolist()
+    if node.op == "groupsort" and not bool(node.attrs.get("descending", True)):
+        return a, b, b, a
+    return a, b, a, b
 
 
 def comparator_gate(n: int, a: list[int], b: list[int], hi: list[int], lo: list[int], ref: torch.Tensor) -> Gate:
@@ -175,28 +178,38 @@ def comparator_gate(n: int, a: list[int], b: list[int], hi: list[int], lo: list[
     S = torch.zeros(m, n, dtype=ref.dtype, device=ref.device)
     P = torch.zeros(n, n, dtype=ref.dtype, device=ref.device)
     Q = torch.zeros(n, m, dtype=ref.dtype, device=ref.device)
-    free = sorted(set(range(n)) - set(a) - set(b))
-    F_g[free, free] = 1.0; P[free, free] = 1.0          # pass-through positions
-    for k in range(m):
-        P[hi[k], b[k]] = 1.0; Q[hi[k], k] = 1.0          # max = z_b + relu(z_a - z_b)
-        P[lo[k], a[k]] = 1.0; Q[lo[k], k] = -1.0         # min = z_a - relu(z_a - z_b)
-        E[k, hi[k]] += 1.0; E[k, lo[k]] -= 1.0          # q = g_hi - g_lo
-        F_g[a[k], lo[k]] = 1.0; F_g[b[k], hi[k]] = 1.0   # h_a = g_lo + p, h_b = g_hi - p
-        F_p[a[k], k] = 1.0; F_p[b[k], k] = -1.0
-        S[k, a[k]] = 1.0; S[k, b[k]] = -1.0              # switch z_a - z_b
+    dev = ref.device
+    A, B, H, L = (torch.as_tensor(t, dtype=torch.long, device=dev) for t in (a, b, hi, lo))
+    k = torch.arange(m, device=dev)
+    free = torch.ones(n, dtype=torch.bool, device=dev)
+    free[A] = False
+    free[B] = False
+    fi = torch.nonzero(free).reshape(-1)
+    F_g[fi, fi] = 1.0; P[fi, fi] = 1.0          # pass-through positions
+    P[H, B] = 1.0; Q[H, k] = 1.0                # max = z_b + relu(z_a - z_b)
+    P[L, A] = 1.0; Q[L, k] = -1.0               # min = z_a - relu(z_a - z_b)
+    E[k, H] += 1.0; E[k, L] -= 1.0              # q = g_hi - g_lo
+    F_g[A, L] = 1.0; F_g[B, H] = 1.0            # h_a = g_lo + p, h_b = g_hi - p
+    F_p[A, k] = 1.0; F_p[B, k] = -1.0
+    S[k, A] = 1.0; S[k, B] = -1.0               # switch z_a - z_b
     one = torch.ones(m, dtype=ref.dtype, device=ref.device)
     g = Gate("maxmin", n, E, F_g, F_p, one, torch.zeros_like(one), True, P, Q, (a, b, hi, lo))
     g._S = S
     return g
 
 
-def sorting_rounds(n: int, group: int, descending: bool) -> list[tuple[list[int], list[int], list[int], list[int]]]:
+def sorting_rounds(n: int, group: int, descending: bool, index: torch.Tensor | None = None
+                   ) -> list[tuple[list[int], list[int], list[int], list[int]]]:
     """Batcher's odd-even merge sort of every group of ``group`` consecutive features, as rounds of
     disjoint comparators ``(a, b, hi, lo)`` (:func:`comparator_gate`; ``a < b`` within the group, the max goes
     to the lower position when ``descending``).  Iterative form valid for any group size (Knuth, TAOCP
     5.3.4, exercise 32): for ``p = 1, 2, 4, ...`` and ``k = p, p/2, ..., 1`` one round compares positions
     ``i + j`` and ``i + j + k`` that lie in the same block of ``2p``.  Group 4: 5 comparators in 3 rounds
-    (odd-even transposition: 6 in 4).  It sorts every input, ties included (tested by the 0-1 principle)."""
+    (odd-even transposition: 6 in 4).  It sorts every input, ties included (tested by the 0-1 principle).
+    ``index`` (``(G, group)`` flat indices, :func:`models.groups.activation_groups`): the groups; default
+    consecutive groups of ``group`` features (a feature vector)."""
+    if index is None:
+        index = torch.arange(n).reshape(-1, group)
     pairs_per_round = []
     p = 1
     while p < group:
@@ -213,12 +226,10 @@ def sorting_rounds(n: int, group: int, descending: bool) -> list[tuple[list[int]
         p *= 2
     rounds = []
     for rnd in pairs_per_round:
-        a, b, hi, lo = [], [], [], []
-        for g0 in range(0, n, group):
-            for x, y in rnd:
-                a.append(g0 + x); b.append(g0 + y)
-                hi.append(g0 + x if descending else g0 + y); lo.append(g0 + y if descending else g0 + x)
-        rounds.append((a, b, hi, lo))
+        x = torch.tensor([p[0] for p in rnd], dtype=torch.long)
+        y = torch.tensor([p[1] for p in rnd], dtype=torch.long)
+        a, b = index[:, x].reshape(-1).tolist(), index[:, y].reshape(-1).tolist()
+        rounds.append((a, b, a, b) if descending else (a, b, b, a))
     return rounds
 
 
@@ -234,23 +245,25 @@ def _maxmin(node: Node, n: int, ref: torch.Tensor) -> Gate:
 def build_gates(node: Node, n: int, ref: torch.Tensor) -> list[Gate]:
     """The gates of one activation node: one, or a sorting network's rounds for GroupSort(g > 2)."""
     if node.op == "groupsort" and int(node.attrs["group_size"]) > 2:
+        grp = _groups_for(node, n)
         return [comparator_gate(n, *r, ref) for r in
-                sorting_rounds(n, int(node.attrs["group_size"]), bool(node.attrs.get("descending", True)))]
+                sorting_rounds(n, grp.size, bool(node.attrs.get("descending", True)), grp.index)]
     return [build_gate(node, n, ref)]
 
 
 def _householder(node: Node, n: int, ref: torch.Tensor) -> Gate:
     v = node.params["v"].to(ref)  # as stored: the description's semantics (never re-normalized here)
-    groups, gs = v.shape
-    E = torch.zeros(groups, n, dtype=ref.dtype, device=ref.device)
-    for k in range(groups):
-        E[k, k * gs:(k + 1) * gs] = v[k]
+    grp = _groups_for(node, n)
+    E = grp.rows_matrix(grp.householder_v(v))  # row j: v of group j at its flat indices (channels per pixel)
+    one = torch.ones(grp.count, dtype=ref.dtype, device=ref.device)
     F_p = -2.0 * E.T.clone()
-    one = torch.ones(groups, dtype=ref.dtype, device=ref.device)
     # forward: y = z on v^T z >= 0, (I - 2 v v^T) z below: y = (I - 2 E^T E) z + 2 E^T relu(E z)
     g = Gate("householder", n, E, _eye_like(n, ref), F_p, torch.zeros_like(one), one, True,
              _eye_like(n, ref) - 2.0 * E.T @ E, 2.0 * E.T.clone())
     g._S = E.clone()  # switch v^T z; "on" (v^T z >= 0) keeps z: d = 0; "off" reflects: d = 1
+    group_of = torch.empty(n, dtype=torch.long, device=ref.device)  # feature -> its group (channels per pixel)
+    group_of[grp.index.to(ref.device)] = torch.arange(grp.count, device=ref.device)[:, None]
+    g.group_of = group_of
     return g
 
 
