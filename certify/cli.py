@@ -33,17 +33,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet"}
 _FLAGS = {"debug": False, "quiet": False}
 
+
 def _print_version(value: bool) -> None:
     if value:
         from .. import __version__
         typer.echo(f"nncertify {__version__}")
         raise typer.Exit(EXIT_OK)
 
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                       help="print the nncertify version and exit")) -> None:
-    """Certify neural networks (see the commands below)."""
 
 
 ModelArg = typer.Argument(..., metavar="MODEL", help="model file or zoo name (see `certify zoo`)")
@@ -59,7 +55,9 @@ LabelsOpt = typer.Option(None, "--labels", help="labels file (.npy) when --data 
 
 @app.callback()
 def _global_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks with errors (any position)"),
-                    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (any position)")):
+                    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (any position)"),
+                    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                                 help="print the nncertify version and exit")):
     """(Global flags are taken out of the command line by main(); listed here for --help.)"""
 
 
