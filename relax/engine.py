@@ -210,6 +210,14 @@ class _Engine:
     def _m(t, ref_dim):
         return t.unsqueeze(1) if t.dim() == ref_dim - 1 else t
 
+    def _seen_coefficient(self, ln: LNode, G) -> None:
+        """Hook: the backward coefficient ``G`` on ``ln``'s pre-activation (subclasses record it)."""
+
+    def _split_terms(self, ln: LNode, coef, upper: bool):
+        """Hook: extra linear terms on ``ln``'s pre-activation before its relaxation's transpose (the
+        split multipliers of beta-CROWN in :mod:`relax.bab.beta_crown`); none here."""
+        return coef
+
     def _act_backward(self, ln: LNode, A, upper: bool, alpha):
         aL, bL, aU, bU = self._relax(ln, alpha)
         pm = ln.pmap
@@ -219,6 +227,7 @@ class _Engine:
             Bb, m = A.shape[:2]
             G = pm.Qt(A.reshape(Bb * m, *A.shape[2:]))
             G = G.reshape(Bb, m, *G.shape[1:])
+        self._seen_coefficient(ln, G)
         d = G.dim()
         Gp = G.clamp(min=0)
         Gn = G - Gp
@@ -234,6 +243,7 @@ class _Engine:
             t = torch.matmul(Gs.flatten(2), torch.stack((bb, bb.abs()), -1))
             bias = bias + t[..., 0]
             babs = babs + sign * t[..., 1]
+        coef = self._split_terms(ln, coef, upper)
         if pm is not None:
             Bb, m = coef.shape[:2]
             A2 = A.reshape(A.shape[0] * A.shape[1], *A.shape[2:])

@@ -70,41 +70,16 @@ class BetaEngine(_Engine):
             self.relax_cache[key] = unst
         return torch.where(unst, alpha, aL.unsqueeze(1)), torch.zeros_like(bL), aU, bU
 
-    def _act_backward(self, ln, A, upper: bool, alpha):
-        aL, bL, aU, bU = self._relax(ln, alpha)
-        pm = ln.pmap
-        if pm is None:
-            G = A
-        else:
-            Bb, m = A.shape[:2]
-            G = pm.Qt(A.reshape(Bb * m, *A.shape[2:]))
-            G = G.reshape(Bb, m, *G.shape[1:])
+    def _seen_coefficient(self, ln, G) -> None:
         if self.record is not None:
             self.record[ln.name] = G.detach()
-        d = G.dim()
-        Gp = G.clamp(min=0)
-        Gn = G - Gp
-        ap, an, bp, bn = (aU, aL, bU, bL) if upper else (aL, aU, bL, bU)
-        coef = torch.addcmul(Gn * self._m(an, d), Gp, self._m(ap, d))
-        bias = babs = 0
-        for Gs, b, sign in ((Gp, bp, 1.0), (Gn, bn, -1.0)):
-            if not bool(b.any()):
-                continue
-            bb = b.flatten(1)
-            t = torch.matmul(Gs.flatten(2), torch.stack((bb, bb.abs()), -1))
-            bias = bias + t[..., 0]
-            babs = babs + sign * t[..., 1]
+
+    def _split_terms(self, ln, coef, upper: bool):
         if self.beta is not None and ln.name in self.beta:
             # the split constraints s z >= 0 with multipliers beta >= 0 (lower bound: subtract; upper: add)
             term = self.beta[ln.name] * self.signs[ln.name].unsqueeze(1)
             coef = coef + term if upper else coef - term
-        if pm is not None:
-            Bb, m = coef.shape[:2]
-            A2 = A.reshape(A.shape[0] * A.shape[1], *A.shape[2:])
-            x_shape = self._in_shape(ln)
-            coef = pm.Rt(coef.reshape(Bb * m, *coef.shape[2:])).reshape(Bb, m, *x_shape)
-            coef = coef + pm.Pt(A2).reshape(A.shape[0], A.shape[1], *x_shape)
-        return coef, bias, babs
+        return coef
 
 
 @dataclass
