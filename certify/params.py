@@ -27,13 +27,18 @@ def parse_norm(norm, allowed=("inf", "2", "1"), name: str = "norm") -> str:
     return NORMS[key]
 
 
-def check_eps(eps, name: str = "--eps") -> float:
-    if isinstance(eps, bool):
-        raise InvalidArgumentError(f"{name} must be a number, got {eps!r}")
+def _as_float(v, name: str, what: str = "a number") -> float:
+    """``v`` as a float (booleans refused), else one line naming the parameter."""
+    if isinstance(v, bool):
+        raise InvalidArgumentError(f"{name} must be {what}, got {v!r}")
     try:
-        eps = float(eps)
+        return float(v)
     except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {eps!r}") from None
+        raise InvalidArgumentError(f"{name} must be {what}, got {v!r}") from None
+
+
+def check_eps(eps, name: str = "--eps") -> float:
+    eps = _as_float(eps, name)
     if not math.isfinite(eps) or eps <= 0:
         raise InvalidArgumentError(f"{name} must be a positive finite number, got {eps}")
     return eps
@@ -41,12 +46,7 @@ def check_eps(eps, name: str = "--eps") -> float:
 
 def check_timeout(t, name: str, allow_zero: bool = False) -> float:
     """Seconds: a finite number > 0 (or >= 0 with ``allow_zero``)."""
-    if isinstance(t, bool):
-        raise InvalidArgumentError(f"{name} must be a number of seconds, got {t!r}")
-    try:
-        t = float(t)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number of seconds, got {t!r}") from None
+    t = _as_float(t, name, "a number of seconds")
     if not math.isfinite(t) or t < 0 or (t == 0 and not allow_zero):
         raise InvalidArgumentError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite "
                                    f"number of seconds, got {t}")
