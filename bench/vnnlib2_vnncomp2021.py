@@ -5,8 +5,12 @@ tests/vnnlib2_convert.py and decided on one network twice, with the same time li
 
 * 1.0 path: ``python -m nncertify vnnlib NET PROP --timeout S`` (the 1.0 reader, our importer,
   ``relax.spec.verify_query``);
-* 2.0 path: ``nncertify-solver verify`` in a separate process (the standard's parser, the composite ONNX
-  graph, the same engine).  Both run as separate processes: both wall times include start-up.
+* 2.0 path: ``python -m nncertify.certify.solver_cli verify`` (the module the ``nncertify-solver`` script
+  runs; the standard's parser, the composite ONNX graph, the same engine).  Both run as separate
+  processes: both wall times include start-up (torch import, ~2-5 s on a loaded machine).
+
+Both readers give the engine the same Query bit for bit (tests/test_vnnlib2.py checks all 40), so
+the verdicts can differ only by timing (a search cut off at the limit on one side).
 
 Writes bench/results/vnnlib2_vnncomp2021.json and .md: per instance both verdicts and times; the
 summary counts agreements.  A disagreement where both answers are decisive (sat vs unsat) would be a
@@ -47,12 +51,28 @@ def instances(quick: bool):
     return out[:6] + out[10:14] if quick else out
 
 
+def hardware() -> dict:
+    import os
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_start": [round(v, 2) for v in load] if load else None}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     rows = []
+    hw = hardware()
+    t_all = time.monotonic()
     tmp = OUT / "vnnlib2_tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     for onnx_path, prop, shape, n_out in instances(args.quick):
@@ -64,8 +84,8 @@ def main():
         q = tmp / (prop.stem + ".vnnlib")
         q.write_text(convert_file(prop, shape, n_out, "net"))
         t = time.monotonic()  # a separate process: the solver's watchdog exits the process at the time limit
-        p = subprocess.run([sys.executable, "-c", "import sys; from nncertify.certify.solver_cli import console_main; "
-                            "sys.exit(console_main())", "verify", str(q), "--network", f"net={onnx_path}",
+        p = subprocess.run([sys.executable, "-m", "nncertify.certify.solver_cli", "verify", str(q), "--network",
+                            f"net={onnx_path}",
                             "--timeout", str(args.timeout)], capture_output=True, text=True,
                            timeout=args.timeout + 120)
         t2 = time.monotonic() - t
@@ -83,13 +103,19 @@ def main():
                "conflicts": sum(r["conflict"] for r in rows),
                "decided_1": sum(r["vnnlib1"] in ("sat", "unsat") for r in rows),
                "decided_2": sum(r["vnnlib2"] in ("sat", "unsat") for r in rows),
-               "timeout_s": args.timeout, "machine": platform.platform(), "note": "shared 2-core machine, under load"}
+               "timeout_s": args.timeout, "machine": platform.platform(), **hw,
+               "loadavg_end": [round(v, 2) for v in __import__("os").getloadavg()],
+               "wall_s": round(time.monotonic() - t_all, 1),
+               "note": "2-core CPU shared with ~5 other sessions running tests and benchmarks at the same time: "
+                       "times are inflated and noisy, and a timeout on one side only is a timing difference"}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "vnnlib2_vnncomp2021.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     md = ["# VNN-LIB 2.0 (nncertify-solver) vs 1.0 (certify vnnlib) on VNN-COMP 2021", "",
           f"{summary['agree']}/{summary['instances']} verdicts agree, {summary['conflicts']} sat/unsat conflicts; "
           f"decided: 1.0 {summary['decided_1']}, 2.0 {summary['decided_2']} (timeout {args.timeout:g} s each, "
           f"{summary['note']}).", "",
+          f"Hardware: {summary['cpu']}, {summary['cores']} cores; load average {summary['loadavg_start']} at the "
+          f"start, {summary['loadavg_end']} at the end; {summary['wall_s']} s in all.", "",
           "| network | property | 1.0 | s | 2.0 | s |", "|---|---|---|---|---|---|"]
     md += [f"| {r['network']} | {r['property']} | {r['vnnlib1']} | {r['vnnlib1_s']} | {r['vnnlib2']} | "
            f"{r['vnnlib2_s']} |" for r in rows]

@@ -254,7 +254,16 @@ def run_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float,
         if left <= 0:
             return InstanceResult("timeout", time.monotonic() - t0, "time limit reached while loading", notes=notes)
         verdict = verify_query(net, query, timeout=left, device=device, **(engine_opts or {}))
-    verdict = recheck(net, query, verdict, runtime)
+    # re-check inside the box rounded *inward* (the engine's box is rounded outward and may hold points
+    # just outside the decimal box), then every row exactly over the rationals (relax.vnnlib.Disjunct.holds)
+    verdict = recheck(net, to_query(spec, net.input_shape, int(np.prod(net.output_shape)), inner=True), verdict,
+                      runtime)
+    if verdict.status == "sat":
+        dj = spec.disjuncts[verdict.spec_index]
+        if not dj.holds(verdict.counterexample.reshape(-1).cpu().numpy(), verdict.output.reshape(-1).cpu().numpy()):
+            verdict = Verdict("unknown", time_s=verdict.time_s, domains=verdict.domains,
+                              reason=f"a counterexample ({verdict.reason}) satisfies the rounded property but not the "
+                                     f"exact decimal one (line {dj.line} of {spec.source})")
     elapsed = time.monotonic() - t0
     status = verdict.status if verdict.status in RESULTS else "unknown"
     res = InstanceResult(status, elapsed, verdict.reason, verdict=verdict, notes=notes)

@@ -43,12 +43,14 @@ import gzip
 import math
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..models.errors import ShapeMismatchError, SpecificationError
+from .outward import float_row, round_down, round_up
 
 MAX_CLAUSES = 200_000  # refuse disjunctive normal forms larger than this (an and-of-ors can blow up)
 
@@ -70,15 +72,18 @@ class _SList(list):
 
 
 class Atom:
-    """``sum_i x[i] X_i + sum_j y[j] Y_j <= rhs`` (from line ``line``), classified once at creation:
-    ``kind`` is "box" (one input: ``xi``, coefficient ``xc``), "out" (outputs only), "const", "mixed"
-    (inputs and outputs) or "coupled" (several inputs)."""
+    """``sum_i x[i] X_i + sum_j y[j] Y_j <= rhs`` (from line ``line``; coefficients and ``rhs`` exact
+    :class:`~fractions.Fraction`), classified once at creation: ``kind`` is "box" (one input: ``xi``,
+    coefficient ``xc``), "out" (outputs only), "const", "mixed" (inputs and outputs) or "coupled"
+    (several inputs).  ``cache`` holds the atom's float form once computed (atoms are shared by the
+    clauses of a disjunctive normal form)."""
 
-    __slots__ = ("x", "y", "rhs", "line", "kind", "xi", "xc")
+    __slots__ = ("x", "y", "rhs", "line", "kind", "xi", "xc", "cache")
 
-    def __init__(self, x: dict, y: dict, rhs: float, line: int):
+    def __init__(self, x: dict, y: dict, rhs: Fraction, line: int):
         self.x, self.y, self.rhs, self.line = x, y, rhs, line
-        self.xi, self.xc = -1, 0.0
+        self.xi, self.xc = -1, Fraction(0)
+        self.cache = None
         if x and y:
             self.kind = "mixed"
         elif len(x) > 1:
@@ -92,13 +97,31 @@ class Atom:
 
 @dataclass
 class Disjunct:
-    """One clause of the DNF: the box ``lower <= X <= upper`` (flat, float64) and ``C Y <= d``."""
+    """One clause of the DNF: the box ``lower <= X <= upper`` (flat, float64) and ``C Y <= d``, rounded
+    outward (:mod:`relax.outward`: the set contains the clause's exact set); ``lower_in``/``upper_in``
+    the box rounded inward (float points there satisfy the exact box) and ``rows`` the exact output
+    atoms, for :meth:`holds`."""
 
     lower: np.ndarray
     upper: np.ndarray
     C: np.ndarray
     d: np.ndarray
     line: int  # the line where the clause's first atom stands
+    lower_in: np.ndarray | None = None
+    upper_in: np.ndarray | None = None
+    rows: list = field(default_factory=list)
+
+    def holds(self, x, y) -> bool:
+        """Exact truth of the clause at the float point ``x`` (flat inputs) with outputs ``y`` (flat): ``x``
+        in the inward-rounded box and every output atom true over the rationals (strict comparisons read
+        as their closure, as everywhere in this reader)."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        y = [Fraction(float(v)) for v in np.asarray(y, dtype=np.float64).reshape(-1)]
+        lo = self.lower if self.lower_in is None else self.lower_in
+        hi = self.upper if self.upper_in is None else self.upper_in
+        if not bool(((x >= lo) & (x <= hi)).all()):
+            return False
+        return all(sum((c * y[j] for j, c in a.y.items()), Fraction(0)) <= a.rhs for a in self.rows)
 
 
 @dataclass
@@ -197,13 +220,13 @@ class _Parser:
         """A linear term as (coefficients on X, coefficients on Y, constant)."""
         if not isinstance(e, list):
             if _NUMERAL.match(e):
-                return {}, {}, float(e)
+                return {}, {}, _number(e)
             v = self.vars.get(e)
             if v is None:
                 if _VAR.match(e):
                     raise self.err(line, f"undeclared variable {e} (add (declare-const {e} Real) before its use)")
                 raise self.err(line, f"unknown symbol {e!r} (expected a number or a declared X_i / Y_j)")
-            return ({v[1]: 1.0}, {}, 0.0) if v[0] == "X" else ({}, {v[1]: 1.0}, 0.0)
+            return ({v[1]: _ONE}, {}, _ZERO) if v[0] == "X" else ({}, {v[1]: _ONE}, _ZERO)
         line = e.line
         if not e or isinstance(e[0], list):
             raise self.err(line, f"expected a term, got {_show(e)}")
@@ -213,7 +236,7 @@ class _Parser:
                 raise self.err(line, f"({head}) needs at least one argument")
             parts = [self.term(a, line) for a in args]
             if head == "-":
-                parts = [parts[0]] + [_scale(p, -1.0) for p in parts[1:]] if len(parts) > 1 else [_scale(parts[0], -1.0)]
+                parts = [parts[0]] + [_scale(p, -1) for p in parts[1:]] if len(parts) > 1 else [_scale(parts[0], -1)]
             return _sum(parts)
         if head == "*":
             if not args:
@@ -222,7 +245,7 @@ class _Parser:
             lin = [p for p in parts if p[0] or p[1]]
             if len(lin) > 1:
                 raise self.err(line, f"non-linear term {_show(e)} (a product of variables)")
-            c = 1.0
+            c = _ONE
             for p in parts:
                 if not (p[0] or p[1]):
                     c *= p[2]
@@ -235,7 +258,7 @@ class _Parser:
                 raise self.err(line, f"non-linear term {_show(e)} (division by a variable)")
             if den[2] == 0:
                 raise self.err(line, f"division by zero in {_show(e)}")
-            return _scale(num, 1.0 / den[2]) if abs(den[2]) != 1 else _scale(num, den[2])
+            return _scale(num, 1 / den[2])
         raise self.err(line, f"unsupported function {head!r} in {_show(e)} (linear terms: + - * / only)")
 
     # ------------------------------------------------------------------ formulas -> DNF
@@ -337,27 +360,33 @@ class _Parser:
                     raise self.err(a.line, f"a constraint coupling several inputs "
                                            f"({', '.join(f'X_{i}' for i in sorted(a.x))}) is not supported "
                                            f"(inputs must be constrained by a box)")
-                if a.kind == "const" and not (0.0 <= a.rhs):  # a false constant atom: the clause is empty
+                if a.kind == "const" and not (0 <= a.rhs):  # a false constant atom: the clause is empty
                     return None
         out = [a for a in clause if a.kind == "out"]
         C = np.zeros((len(out), ny))
+        d = np.zeros(len(out))
         for r, a in enumerate(out):
-            for j, c in a.y.items():
+            if a.cache is None:
+                a.cache = float_row(a.y, a.rhs, f"{self.src}:{a.line}")
+            coeffs, d[r] = a.cache
+            for j, c in coeffs.items():
                 C[r, j] = c
         lower, upper = np.full(nx, -math.inf), np.full(nx, math.inf)
+        lower_in, upper_in = lower.copy(), upper.copy()
         if box:
+            for a in box:
+                if a.cache is None:  # x <= b (a > 0) or x >= b (a < 0), b = rhs / a exact; outward and inward
+                    b = a.rhs / a.xc
+                    a.cache = (b, round_up(b), round_down(b)) if a.xc > 0 else (b, round_down(b), round_up(b))
             idx = np.fromiter((a.xi for a in box), dtype=np.int64, count=len(box))
-            coef = np.fromiter((a.xc for a in box), dtype=np.float64, count=len(box))
-            c = np.fromiter((a.rhs for a in box), dtype=np.float64, count=len(box))
-            with np.errstate(over="ignore", divide="ignore"):
-                q = c / coef
-            # x <= c/a (a > 0) or x >= c/a (a < 0); an inexact quotient is rounded outward
-            exact = (q * coef == c) & np.isfinite(q)
-            ub = np.where(exact, q, np.nextafter(q, math.inf))
-            lb = np.where(exact, q, np.nextafter(q, -math.inf))
-            pos = coef > 0
-            np.minimum.at(upper, idx[pos], ub[pos])
-            np.maximum.at(lower, idx[~pos], lb[~pos])
+            pos = np.fromiter((a.xc > 0 for a in box), dtype=bool, count=len(box))
+            f_out = np.fromiter((a.cache[1] for a in box), dtype=np.float64, count=len(box))
+            f_in = np.fromiter((a.cache[2] for a in box), dtype=np.float64, count=len(box))
+            # the roundings are monotone: the tightest float bound is the rounding of the tightest exact one
+            np.minimum.at(upper, idx[pos], f_out[pos])
+            np.maximum.at(lower, idx[~pos], f_out[~pos])
+            np.minimum.at(upper_in, idx[pos], f_in[pos])
+            np.maximum.at(lower_in, idx[~pos], f_in[~pos])
         line = clause[0].line if clause else 0
         for name, arr in (("lower", lower), ("upper", upper)):
             bad = np.flatnonzero(~np.isfinite(arr))
@@ -366,29 +395,57 @@ class _Parser:
                                      f"(inputs must lie in a bounded box)")
         if (lower > upper).any():
             return None
-        return Disjunct(lower, upper, C, np.fromiter((a.rhs for a in out), dtype=np.float64, count=len(out)), line)
+        # an exactly empty box can round to a float box one ulp wide: decide those entries exactly
+        near = set(np.flatnonzero(upper <= np.nextafter(lower, math.inf)).tolist())
+        if near:
+            lo_ex: dict[int, Fraction] = {}
+            hi_ex: dict[int, Fraction] = {}
+            for a in box:
+                if a.xi in near:
+                    b = a.cache[0]
+                    if a.xc > 0:
+                        hi_ex[a.xi] = min(hi_ex.get(a.xi, b), b)
+                    else:
+                        lo_ex[a.xi] = max(lo_ex.get(a.xi, b), b)
+            if any(lo_ex[k] > hi_ex[k] for k in near):
+                return None
+        return Disjunct(lower, upper, C, d, line, lower_in, upper_in, out)
 
 
-def _scale(p, c: float):
+_ZERO, _ONE = Fraction(0), Fraction(1)
+_NUMBERS: dict[str, Fraction] = {}
+
+
+def _number(lexeme: str) -> Fraction:
+    """The exact value of a numeral (``0.1`` is 1/10, not the float nearest to it)."""
+    v = _NUMBERS.get(lexeme)
+    if v is None:
+        if len(_NUMBERS) > 100_000:
+            _NUMBERS.clear()
+        v = _NUMBERS[lexeme] = Fraction(lexeme)
+    return v
+
+
+def _scale(p, c):
     return {k: v * c for k, v in p[0].items()}, {k: v * c for k, v in p[1].items()}, p[2] * c
 
 
 def _sum(parts):
     x: dict = {}
     y: dict = {}
-    k = 0.0
+    k = _ZERO
     for px, py, pk in parts:
         for i, v in px.items():
-            x[i] = x.get(i, 0.0) + v
+            x[i] = x.get(i, _ZERO) + v
         for j, v in py.items():
-            y[j] = y.get(j, 0.0) + v
+            y[j] = y.get(j, _ZERO) + v
         k += pk
     return x, y, k
 
 
 def _atom(a, b, line: int) -> Atom:
-    """``a <= b`` as ``(a - b)_linear <= (b - a)_constant``."""
-    x, y, k = _sum([a, _scale(b, -1.0)])
+    """``a <= b`` as ``(a - b)_linear <= (b - a)_constant`` (exact)."""
+    x, y, k = _sum([a, _scale(b, -1)])
     return Atom({i: v for i, v in x.items() if v != 0}, {j: v for j, v in y.items() if v != 0}, -k, line)
 
 
@@ -403,10 +460,12 @@ def read_vnnlib(path: str | Path) -> VNNLib:
     return parse_vnnlib(read_text(path), str(path))
 
 
-def to_query(spec: VNNLib, input_shape, n_outputs: int, device=None):
+def to_query(spec: VNNLib, input_shape, n_outputs: int, device=None, *, inner: bool = False):
     """The parsed file as a :class:`relax.spec.Query` for a network with ``input_shape`` (per sample,
     without batch) and ``n_outputs`` flat outputs: ``X`` is reshaped in C order to ``input_shape``.
-    The query's ``specs`` may be empty (every clause was empty: nothing to verify, the answer is unsat)."""
+    The query's ``specs`` may be empty (every clause was empty: nothing to verify, the answer is unsat).
+    The boxes are rounded outward (the engine's query), or inward with ``inner=True`` (where a witness
+    must lie; :meth:`Disjunct.holds` then checks its rows exactly)."""
     from .spec import Query, Specification
 
     input_shape = tuple(int(s) for s in input_shape)
@@ -420,7 +479,8 @@ def to_query(spec: VNNLib, input_shape, n_outputs: int, device=None):
     specs = []
     for dj in spec.disjuncts:
         t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
-        specs.append(Specification(t(dj.lower).reshape(input_shape), t(dj.upper).reshape(input_shape),
+        lo, hi = (dj.lower_in, dj.upper_in) if inner and dj.lower_in is not None else (dj.lower, dj.upper)
+        specs.append(Specification(t(lo).reshape(input_shape), t(hi).reshape(input_shape),
                                    t(dj.C).reshape(-1, spec.n_outputs), t(dj.d).reshape(-1)))
     return Query(specs, spec.source)
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from ..models.errors import SpecificationError
+from .outward import float_row, round_down, round_up  # noqa: F401 (re-exported)
 from .spec import Query, Specification
 
 MAX_CLAUSES = 100_000  # refuse disjunctive normal forms larger than this
@@ -368,23 +369,6 @@ def _from_ast(q, vn, source: str) -> VNNLib2:
 
 
 # ---------------------------------------------------------------------------------------- to Query
-def round_down(x: Fraction) -> float:
-    """The largest float64 <= x."""
-    f = float(x)
-    return math.nextafter(f, -math.inf) if Fraction(f) > x else f
-
-
-def round_up(x: Fraction) -> float:
-    """The smallest float64 >= x."""
-    f = float(x)
-    return math.nextafter(f, math.inf) if Fraction(f) < x else f
-
-
-def _exact(c: Fraction) -> bool:
-    f = float(c)
-    return math.isfinite(f) and Fraction(f) == c
-
-
 @dataclass
 class Translation:
     """The engine's view of a VNN-LIB 2.0 query.
@@ -456,22 +440,12 @@ def to_query(doc: VNNLib2) -> Translation:
                         (f == old[0] and (b < old[1] if is_up else b > old[1])):
                     best[k] = (f, b)
                 continue
-            coeffs = dict(a.terms)
-            r = a.rhs
-            if not all(_exact(c) for c in coeffs.values()):
-                scale = 1
-                for c in coeffs.values():
-                    scale = scale * c.denominator // math.gcd(scale, c.denominator)
-                coeffs = {v: c * scale for v, c in coeffs.items()}
-                r = r * scale
-                if not all(_exact(c) for c in coeffs.values()):
-                    raise SpecificationError(f"{doc.source}:{a.line}: coefficients too precise to hold exactly in "
-                                             f"float64 even after scaling")
+            coeffs, r = float_row(dict(a.terms), a.rhs, f"{doc.source}:{a.line}")
             row = [0.0] * M
             for v, c in coeffs.items():
-                row[col[v]] = float(c)
+                row[col[v]] = c
             rows.append(row)
-            rhs.append(round_up(r))
+            rhs.append(r)
         if false or any(k in hi and lo[k][1] > hi[k][1] for k in lo):
             dropped += 1
             continue

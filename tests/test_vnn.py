@@ -364,3 +364,26 @@ def test_acasxu_instances_end_to_end(shared_data, tmp_path):
     assert x[2] == 0.0  # P4 pins X_2 to 0: the degenerate box is kept exactly
     r = run_instance(root / "ACASXU_run2a_2_9_batch_2000.onnx", root / "prop_3.vnnlib", timeout=60)
     assert r.result in ("unsat", "unknown", "timeout"), r.reason
+
+
+def test_decimal_property_is_never_unsat_by_rounding(tmp_path):
+    """y = x on 0 <= x <= 0.3 with 3 y >= 0.9: over the reals x = 0.3 is a counterexample.  Rounded to
+    nearest (box up to float(0.3) < 0.3, row 3 y >= float(0.9) > 0.9) the query would be empty and the
+    answer a false unsat; rounded outward it is not, and no float point satisfies the exact decimals,
+    so the honest answer is unknown.  With 3 y >= 0.6 the witness is re-checked exactly."""
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1)], "id",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                          [init("W", [[1.0]]), init("b", [0.0])])
+    path = save(g, tmp_path / "id.onnx")
+    decl = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0.0))\n(assert (<= X_0 0.3))\n"
+    p = tmp_path / "p.vnnlib"
+    p.write_text(decl + "(assert (>= (* 3 Y_0) 0.9))\n")
+    res = run_instance(path, p, 20)
+    assert res.result == "unknown", (res.result, res.reason)
+    p.write_text(decl + "(assert (>= (* 3 Y_0) 0.6))\n")
+    res = run_instance(path, p, 20)
+    assert res.result == "sat", res.reason
+    from fractions import Fraction
+    x, y = Fraction(res.witness_x[0]), Fraction(res.witness_y[0])
+    assert 0 <= x <= Fraction("0.3") and 3 * y >= Fraction("0.6") and y == Fraction(float(np.float32(res.witness_x[0])))

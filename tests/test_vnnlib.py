@@ -3,6 +3,7 @@
 import gzip
 import math
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from nncertify.relax.vnnlib import parse_vnnlib, read_vnnlib, to_query
 
 DECL = "".join(f"(declare-const X_{i} Real)\n" for i in range(2)) + \
        "".join(f"(declare-const Y_{j} Real)\n" for j in range(3))
+DECL_1 = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
 BOX = "(assert (<= X_0 1.0))\n(assert (>= X_0 -1.0))\n(assert (<= X_1 0.5))\n(assert (>= X_1 0.25))\n"
 
 
@@ -182,7 +184,8 @@ def test_large_file_is_parsed_fast():
     s = parse_vnnlib(text, "big.vnnlib")
     dt = time.perf_counter() - t
     assert len(s.disjuncts) == 9 and s.n_inputs == 4000
-    assert s.disjuncts[4].upper[3999] == 0.5 + 3999 * 1e-5
+    v = 0.5 + 3999 * 1e-5  # written as repr(v), a decimal that is not v: the upper bound is the float just above it
+    assert s.disjuncts[4].upper[3999] == (v if Fraction(repr(v)) <= Fraction(v) else math.nextafter(v, math.inf))
     assert dt < 5.0, f"16k lines took {dt:.2f} s"  # about 0.3 s on an idle core
 
 
@@ -191,7 +194,8 @@ def test_shipped_vnncomp_properties(shared_data):
     # ACAS Xu P1: one clause, Y_0 >= 3.99...; P6: two boxes x four rows; P4: X_2 pinned to 0
     p1 = read_vnnlib(root / "acasxu" / "prop_1.vnnlib")
     assert len(p1.disjuncts) == 1 and p1.disjuncts[0].C.tolist() == [[-1.0, 0, 0, 0, 0]]
-    assert p1.disjuncts[0].d[0] == -3.991125645861615
+    d, exact = float(p1.disjuncts[0].d[0]), Fraction("-3.991125645861615")  # -Y_0 <= -3.991125645861615 rounded up
+    assert Fraction(d) >= exact and Fraction(math.nextafter(d, -math.inf)) < exact and d != -3.991125645861615
     p6 = read_vnnlib(root / "acasxu" / "prop_6.vnnlib")
     assert len(p6.disjuncts) == 8 and len({tuple(d.lower) for d in p6.disjuncts}) == 2
     p4 = read_vnnlib(root / "acasxu" / "prop_4.vnnlib")
@@ -208,3 +212,33 @@ def test_shipped_vnncomp_properties(shared_data):
     assert math.isclose(widths.max(), 0.06, abs_tol=1e-6)
     for f in sorted((root / "mnistfc").glob("*.vnnlib")) + sorted((root / "acasxu").glob("*.vnnlib")):
         assert read_vnnlib(f).disjuncts
+
+
+def test_decimals_are_rounded_outward_not_to_nearest():
+    """0.3 and 0.9 are not floats: float(0.3) < 0.3, so round-to-nearest would cut x = 0.3 off the box and
+    3 y >= 0.9 would become 3 y >= float(0.9) > 0.9.  The float box / row must contain the exact sets."""
+    s = parse("(assert (>= X_0 0.1)) (assert (<= X_0 0.3)) (assert (>= (* 3 Y_0) 0.9))"
+              "(assert (<= (* 0.1 Y_0) 7.0))", DECL_1)
+    dj = s.disjuncts[0]
+    lo, hi = float(dj.lower[0]), float(dj.upper[0])
+    assert Fraction(lo) <= Fraction("0.1") and Fraction(math.nextafter(lo, math.inf)) > Fraction("0.1")
+    assert Fraction(hi) >= Fraction("0.3") and Fraction(math.nextafter(hi, -math.inf)) < Fraction("0.3")
+    assert hi != 0.3  # 0.3 (nearest) is below the decimal 0.3
+    rows = {tuple(r): float(c) for r, c in zip(dj.C, dj.d)}
+    # -3 y <= -0.9: the float rhs is >= -0.9 (nearest is -0.9000000000000000222, inside the set: wrong)
+    assert Fraction(rows[(-3.0,)]) >= Fraction("-0.9") and rows[(-3.0,)] != -0.9
+    # 0.1 y <= 7 is not exact in float64: scaled to the integer row y <= 70
+    assert rows[(1.0,)] == 70.0
+    # the inward box holds only points of the exact box
+    assert Fraction(float(dj.lower_in[0])) >= Fraction("0.1") and Fraction(float(dj.upper_in[0])) <= Fraction("0.3")
+    # Disjunct.holds is exact: at x = float(0.3) < 0.3, y = x gives 3y < 0.9
+    assert not dj.holds([0.3], [0.3]) and dj.holds([0.2], [0.31])
+
+
+def test_exactly_empty_box_within_one_ulp_is_dropped():
+    """x >= 0.30000000000000000001 and x <= 0.3 is empty although both bounds round to the same float(s)."""
+    s = parse("(assert (or (and (>= X_0 0.30000000000000000001) (<= X_0 0.3))"
+              " (and (>= X_0 0.3) (<= X_0 0.3))))(assert (<= Y_0 0.0))", DECL_1)
+    assert s.dropped_empty == 1 and len(s.disjuncts) == 1
+    dj = s.disjuncts[0]
+    assert Fraction(float(dj.lower[0])) < Fraction("0.3") < Fraction(float(dj.upper[0]))
