@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vnnlib2_convert import convert_file  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "vnncomp2021"
+DATA = Path(__import__("os").environ.get("NNCERTIFY_SHARED", ROOT.parent / "shared")) / "data" / "vnncomp2021"
 OUT = ROOT / "bench" / "results"
 
 
@@ -62,7 +62,9 @@ def hardware() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_start": [round(v, 2) for v in load] if load else None}
+    import subprocess
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"commit": commit or "?", "cpu": cpu, "cores": os.cpu_count(), "loadavg_start": [round(v, 2) for v in load] if load else None}
 
 
 def main():
@@ -114,7 +116,7 @@ def main():
           f"{summary['agree']}/{summary['instances']} verdicts agree, {summary['conflicts']} sat/unsat conflicts; "
           f"decided: 1.0 {summary['decided_1']}, 2.0 {summary['decided_2']} (timeout {args.timeout:g} s each, "
           f"{summary['note']}).", "",
-          f"Hardware: {summary['cpu']}, {summary['cores']} cores; load average {summary['loadavg_start']} at the "
+          f"Code: commit {summary['commit']}. Hardware: {summary['cpu']}, {summary['cores']} cores; load average {summary['loadavg_start']} at the "
           f"start, {summary['loadavg_end']} at the end; {summary['wall_s']} s in all.", "",
           "| network | property | 1.0 | s | 2.0 | s |", "|---|---|---|---|---|---|"]
     md += [f"| {r['network']} | {r['property']} | {r['vnnlib1']} | {r['vnnlib1_s']} | {r['vnnlib2']} | "
