@@ -63,7 +63,8 @@ def hardware() -> dict:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     import subprocess
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                              capture_output=True, text=True).stdout.strip()
     return {"commit": commit or "?", "cpu": cpu, "cores": os.cpu_count(), "loadavg_start": [round(v, 2) for v in load] if load else None}
 
 
