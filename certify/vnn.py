@@ -66,18 +66,32 @@ class OnnxRuntimeModel:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"{path}: onnxruntime cannot load it ({msg[:200]})") from None
         ins = self.session.get_inputs()
-        if len(ins) != 1:
-            raise ModelLoadError(f"{path}: onnxruntime sees {len(ins)} inputs, expected one")
-        self.input_name = ins[0].name
-        self.shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in ins[0].shape)
+        if not ins:
+            raise ModelLoadError(f"{path}: onnxruntime sees no input")
+        # several inputs: x is their concatenation, each flattened row-major, in declaration order
+        # (the importer's convention, models/onnx_import.py)
+        self.input_names = [i.name for i in ins]
+        self.shapes = [tuple(d if isinstance(d, int) and d > 0 else 1 for d in i.shape) for i in ins]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.input_name, self.shape = self.input_names[0], self.shapes[0]
+        types = {i.type for i in ins}
         self.dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
                       "tensor(float16)": np.float16}.get(ins[0].type)
-        if self.dtype is None:
-            raise ModelLoadError(f"{path}: input {self.input_name!r} has type {ins[0].type}; expected float")
+        if self.dtype is None or len(types) > 1:
+            bad = next(i for i in ins if i.type != "tensor(float)" or self.dtype is None)
+            raise ModelLoadError(f"{path}: input {bad.name!r} has type {bad.type}; expected float, the same for "
+                                 f"every input")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        feed = np.asarray(x, dtype=np.float64).astype(self.dtype).reshape(self.shape)
-        out = self.session.run(None, {self.input_name: feed})[0]
+        flat = np.asarray(x, dtype=np.float64).astype(self.dtype).reshape(-1)
+        if flat.size != sum(self.sizes):
+            raise ModelLoadError(f"{self.path}: {flat.size} input values given, the model's inputs "
+                                 f"{', '.join(self.input_names)} take {sum(self.sizes)}")
+        feed, off = {}, 0
+        for name, shape, size in zip(self.input_names, self.shapes, self.sizes):
+            feed[name] = flat[off:off + size].reshape(shape)
+            off += size
+        out = self.session.run(None, feed)[0]
         return np.asarray(out, dtype=np.float64).reshape(-1)
 
 

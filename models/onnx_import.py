@@ -1,14 +1,18 @@
 """Our own ONNX importer for the op subset of the normalized description (no torchvision needed).
 
-Supported ONNX ops: Gemm, MatMul (+ Add of a constant bias), Conv, Relu, LeakyRelu, Tanh,
-Sigmoid, Flatten, Reshape (constant shape), Add (residual or constant), Sub/Mul/Div by constants
-(and ``c - x``), AveragePool, BatchNormalization (inference), Identity, Dropout, Constant, and
-``Shape`` of a tensor (its shape is known).  Nodes whose inputs are all constants (weights
-transposed, reshaped, cast, shape arithmetic for a flatten, ...) are evaluated once at load time by
-onnx's reference evaluator, whatever their op.  Anything else is reported in one line naming the
-node and its op type.  The graph must have one data input (inputs that are also initializers, as
-in the ACAS Xu files of VNN-COMP, are constants) with a fixed per-sample shape (the batch dimension,
-the first, may be symbolic or 1) and one output.
+Supported ONNX ops: Gemm, MatMul (a following Add of a constant bias is folded into it when nothing
+else reads the MatMul's output), Conv, Relu, LeakyRelu, Tanh, Sigmoid, Flatten, Reshape (constant
+shape), Add and Sub (of two tensors of the same shape, or of a constant), Mul/Div by constants (and
+``c - x``), AveragePool, BatchNormalization (inference), Identity, Dropout, Constant, and ``Shape`` of
+a tensor (its shape is known).  Nodes whose inputs are all constants (weights transposed, reshaped,
+cast, shape arithmetic for a flatten, ...) are evaluated once at load time by onnx's reference
+evaluator, whatever their op.  Anything else is reported in one line naming the node and its op
+type.  The graph has one output and one or more data inputs (inputs that are also initializers, as
+in the ACAS Xu files of VNN-COMP, are constants), each with a fixed per-sample shape (the batch
+dimension, the first, may be symbolic or 1).  With one data input the network's input is that
+tensor; with several it is one flat vector ``z``: the inputs flattened row-major and concatenated in
+declaration order (each input is ``reshape(S_i z)`` with one-hot ``S_i``, exact), the convention of
+VNN-LIB 2.0's queries (:mod:`relax.vnnlib2`) and of :class:`certify.vnn.OnnxRuntimeModel`.
 """
 
 from __future__ import annotations
@@ -39,24 +43,26 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
     for init in g.initializer:
         consts[init.name] = torch.from_numpy(np.array(numpy_helper.to_array(init)))
     inputs = [i for i in g.input if i.name not in consts]
-    if len(inputs) != 1 or len(g.output) != 1:
-        raise UnsupportedOperationError(f"{path}: expected one input and one output, got {len(inputs)} and {len(g.output)}")
-    dims = list(inputs[0].type.tensor_type.shape.dim)
-    if len(dims) < 2:
-        raise UnsupportedOperationError(f"{path}: input {inputs[0].name!r} has rank {len(dims)}; expected a batch "
-                                        f"dimension first and the per-sample shape after it")
-    if dims[0].HasField("dim_value") and dims[0].dim_value not in (0, 1):
-        raise UnsupportedOperationError(f"{path}: input {inputs[0].name!r} has a fixed batch dimension of "
-                                        f"{dims[0].dim_value}; expected 1 or symbolic")
-    shape = []
-    for d in dims[1:]:
-        if not d.HasField("dim_value"):
-            raise UnsupportedOperationError(f"{path}: input {inputs[0].name!r} has a symbolic non-batch dimension")
-        shape.append(int(d.dim_value))
+    if not inputs or len(g.output) != 1:
+        raise UnsupportedOperationError(f"{path}: expected at least one data input and one output, got {len(inputs)} "
+                                        f"and {len(g.output)}")
+    shapes = [_input_shape(path, i) for i in inputs]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    users: dict[str, int] = {}  # tensor -> number of node inputs reading it (graph outputs count as users)
+    for n in g.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    for o in g.output:
+        users[o.name] = users.get(o.name, 0) + 1
 
-    nodes = [Node("input", "input", (), {}, {"shape": tuple(shape)}, "input")]
-    env: dict[str, str] = {inputs[0].name: "input"}
+    env: dict[str, str] = {}
+    if len(inputs) == 1:
+        nodes = [Node("input", "input", (), {}, {"shape": shapes[0]}, "input")]
+        env[inputs[0].name] = "input"
+    else:  # one flat input z: the graph inputs flattened row-major, concatenated in declaration order
+        sizes = [int(np.prod(sh)) for sh in shapes]
+        total = sum(sizes)
+        nodes = [Node("input", "input", (), {}, {"shape": (total,)}, "input")]
     count = [0]
 
     def attr(n, key, default=None):
@@ -74,6 +80,15 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
     def cur_shape(tensor_name):
         net = Network(list(nodes), env[tensor_name], "partial")
         return net.output_shape
+
+    if len(inputs) > 1:  # X_i = reshape(S_i z) with one-hot rows S_i (each output one weight 1: exact)
+        off = 0
+        for inp, sh, size in zip(inputs, shapes, sizes):
+            S = torch.zeros(size, total)
+            S[torch.arange(size), off + torch.arange(size)] = 1.0
+            x = new("linear", ["input"], {"weight": S}, path=f"input {inp.name}")
+            env[inp.name] = x if len(sh) == 1 else new("reshape", [x], attrs={"shape": tuple(sh)}, path=f"input {inp.name}")
+            off += size
 
     def convert(n, t, ins, where):
         tensor_ins = [i for i in ins if i in env]
@@ -135,9 +150,17 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
                     new("reshape", [x], attrs={"shape": tuple(rest)}, path=n.name)
         elif t in ("Add", "Sub", "Mul", "Div"):
             if len(tensor_ins) == 2:
-                if t != "Add":
-                    raise UnsupportedOperationError(f"{where}: {t} of two tensors")
-                env[n.output[0]] = new("add", [env[ins[0]], env[ins[1]]], path=n.name)
+                if t not in ("Add", "Sub"):
+                    raise UnsupportedOperationError(f"{where}: {t} of two tensors (not affine)")
+                sa, sb = cur_shape(ins[0]), cur_shape(ins[1])
+                if tuple(sa) != tuple(sb):
+                    raise UnsupportedOperationError(f"{where}: {t} of two tensors of shapes {list(sa)} and {list(sb)} "
+                                                    f"(broadcasting between tensors is not supported)")
+                b = env[ins[1]]
+                if t == "Sub":  # a - b = a + (-1) * b  (negation is exact)
+                    b = new("scale_shift", [b], {"scale": -torch.ones(tuple(sb)), "shift": torch.zeros(tuple(sb))},
+                            path=n.name)
+                env[n.output[0]] = new("add", [env[ins[0]], b], path=n.name)
                 return
             negate = False
             if ins[0] not in env:
@@ -155,7 +178,10 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
                 env[n.output[0]] = new("scale_shift", [x], {"scale": scale, "shift": c}, path=n.name)
                 return
             prev = nodes[-1]
-            if t == "Add" and prev.name == x and prev.op == "linear" and "bias" not in prev.params and c.dim() <= 1:
+            # fold a bias into the MatMul just before it only when nothing else reads the MatMul's output
+            # (another node, a graph output, an alias through Identity): folding changes that tensor's value
+            if t == "Add" and prev.name == x and prev.op == "linear" and "bias" not in prev.params and c.dim() <= 1 \
+                    and users.get(ins[0], 0) == 1 and [k for k, v in env.items() if v == x] == [ins[0]]:
                 prev.params["bias"] = c.reshape(-1).expand(prev.params["weight"].shape[0]).clone()
                 env[n.output[0]] = x
                 return
@@ -221,3 +247,20 @@ def load_onnx(path: str | Path, name: str | None = None) -> Network:
         raise UnsupportedOperationError(f"{path}: the output {out!r} is not computed from the input")
     return Network(nodes, env[out], name or path.stem)
 
+
+
+def _input_shape(path: Path, inp) -> tuple[int, ...]:
+    """The per-sample shape of a graph input (the first dimension is the batch: 1 or symbolic)."""
+    dims = list(inp.type.tensor_type.shape.dim)
+    if len(dims) < 2:
+        raise UnsupportedOperationError(f"{path}: input {inp.name!r} has rank {len(dims)}; expected a batch "
+                                        f"dimension first and the per-sample shape after it")
+    if dims[0].HasField("dim_value") and dims[0].dim_value not in (0, 1):
+        raise UnsupportedOperationError(f"{path}: input {inp.name!r} has a fixed batch dimension of "
+                                        f"{dims[0].dim_value}; expected 1 or symbolic")
+    shape = []
+    for d in dims[1:]:
+        if not d.HasField("dim_value"):
+            raise UnsupportedOperationError(f"{path}: input {inp.name!r} has a symbolic non-batch dimension")
+        shape.append(int(d.dim_value))
+    return tuple(shape)
