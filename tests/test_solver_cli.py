@@ -1,14 +1,11 @@
 """nncertify-solver (certify/solver_cli.py): the VNN-LIB 2.0 command line of chapter 5.
 
 Small sat/unsat queries by construction for every ONNX operator the importer supports and for each
-theory, run through ``main`` (the console script's function) in-process; the console script itself
-as a subprocess for the output format, exit codes and the time limit; VNN-COMP 2021 ACAS Xu /
-MNIST-FC properties rewritten in 2.0 against the 1.0 path."""
+theory, run through ``main`` (the console script's function) in-process, where a failure is quickest
+to localise.  The same as real subprocesses -- output format, exit codes, the time limit, serialised
+assignments, VNN-COMP 2021 properties against the 1.0 path -- are tests/test_solver_subprocess.py."""
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 from nncertify.certify.solver_cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vnnlib2_convert import convert_file  # noqa: E402
 
 RNG = np.random.default_rng(0)
 HEAD = "(vnnlib-version <2.0>)\n"
@@ -323,67 +319,6 @@ def test_serialised_assignment(tmp_path, capsys, mlp):
     y = numpy_helper.to_array(onnx.load_tensor(str(d / "Y.pb")))
     assert x.shape == (1, 2) and y.shape == (1, 2) and x.dtype == np.float64
     assert np.allclose(y, ort_run(mlp, {"x": x})[0], atol=1e-6) and y[0, 0] >= 0.5
-
-
-# ------------------------------------------------------------------------------- the console script
-def _script(*args, timeout=120):
-    cmd = [sys.executable, "-c", "import sys; from nncertify.certify.solver_cli import console_main; "
-           "sys.exit(console_main())", *args]
-    t = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
-    return p.returncode, p.stdout, p.stderr, time.monotonic() - t
-
-
-def test_console_script_sat_error_and_time_limit(tmp_path, mlp):
-    """Output format and exit codes as a separate process; a hard query honours --timeout."""
-    q = tmp_path / "q.vnnlib"
-    q.write_text(HEAD + DECL1 + BOX1 + "(assert (>= Y[0,0] 0.5))")
-    rc, out, err, _ = _script("verify", str(q), "--network", f"f={mlp}", "--timeout", "60")
-    assert rc == 0 and out.splitlines()[0] == "sat" and "[nncertify]" in err and "[nncertify]" not in out
-    assert list(parse_assignment(out)) == ["X", "Y"]
-    rc, out, err, _ = _script("verify", str(q), "--timeout", "60")
-    assert rc == 2 and out == "" and one_error(err) and "no --network" in err
-    # a wide random network over a 784-input box: cannot finish in 2 s (loading torch alone takes long)
-    rng = np.random.default_rng(1)
-    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], transB=1)]
-    big = save_model(tmp_path / "big.onnx", nodes, {"W1": rng.normal(size=(512, 784)) / 10, "b1": np.zeros(512),
-                                                    "W2": rng.normal(size=(10, 512)) / 10, "b2": np.zeros(10)},
-                     [1, 784], [1, 10])
-    box = " ".join(f"(assert (>= X[0,{k}] 0.0)) (assert (<= X[0,{k}] 1.0))" for k in range(784))
-    q.write_text(HEAD + "(declare-network f (declare-input X real [1,784]) (declare-output Y real [1,10]))\n" + box
-                 + "(assert (>= Y[0,0] 1000.0))")
-    _, version, _, start_up = _script("--version")  # interpreter start-up on this (shared, loaded) machine
-    assert version.strip().count(".") == 2
-    rc, out, err, wall = _script("verify", str(q), "--network", f"f={big}", "--timeout", "2")
-    assert rc == 0 and out.splitlines()[0] in ("timed-out", "unsat", "unknown"), (out, err)
-    if out.startswith("timed-out"):
-        assert "time limit" in err
-    assert wall < start_up + 2 + 3.0, (wall, start_up)  # the watchdog answers at the limit
-
-
-# ------------------------------------------------------------------------------- VNN-COMP 2021 in 2.0
-@pytest.mark.parametrize("onnx_rel, prop, shape, n_out", [
-    ("acasxu/ACASXU_run2a_2_1_batch_2000.onnx", "acasxu/prop_2.vnnlib", (1, 1, 1, 5), 5),
-    ("acasxu/ACASXU_run2a_1_2_batch_2000.onnx", "acasxu/prop_9.vnnlib", (1, 1, 1, 5), 5),
-    ("mnistfc/mnist-net_256x2.onnx", "mnistfc/prop_1_0.05.vnnlib", (1, 784, 1), 10),
-    ("mnistfc/mnist-net_256x2.onnx", "mnistfc/prop_4_0.03.vnnlib", (1, 784, 1), 10),
-])
-def test_vnncomp2021_same_verdict_as_vnnlib_1(shared_data, tmp_path, capsys, onnx_rel, prop, shape, n_out):
-    from nncertify.certify.vnn import run_instance
-
-    base = shared_data / "vnncomp2021"
-    r1 = run_instance(base / onnx_rel, base / prop, 20)
-    q = tmp_path / "p.vnnlib"
-    q.write_text(convert_file(base / prop, shape, n_out, "net"))
-    rc, out, err = run(capsys, "verify", str(q), "--network", f"net={base / onnx_rel}", "--timeout", "20")
-    assert rc == 0, err
-    status = out.splitlines()[0]
-    assert status == {"timeout": "timed-out"}.get(r1.result, r1.result), (r1.result, r1.reason, out, err)
-    if status == "sat":
-        a = parse_assignment(out)
-        y = ort_run(base / onnx_rel, {ort.InferenceSession(str(base / onnx_rel)).get_inputs()[0].name: a["X"][2]})[0]
-        assert np.allclose(a["Y"][2], y, atol=1e-6)
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, mlp):
