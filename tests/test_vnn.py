@@ -387,3 +387,27 @@ def test_decimal_property_is_never_unsat_by_rounding(tmp_path):
     from fractions import Fraction
     x, y = Fraction(res.witness_x[0]), Fraction(res.witness_y[0])
     assert 0 <= x <= Fraction("0.3") and 3 * y >= Fraction("0.6") and y == Fraction(float(np.float32(res.witness_x[0])))
+
+
+def test_two_input_model_through_the_vnnlib_1_path(tmp_path):
+    """X_0..X_1 are input a [1,2], X_2..X_4 input b [1,3] (declaration order, row-major); y = a_0 - b_2 - a_1."""
+    g = helper.make_graph([helper.make_node("Gemm", ["a", "Wa", "c"], ["p"], transB=1),
+                           helper.make_node("Gemm", ["b", "Wb", "c"], ["q"], transB=1),
+                           helper.make_node("Sub", ["p", "q"], ["y"])], "two",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 2]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                          [init("Wa", [[1.0, -1.0]]), init("Wb", [[0.0, 0.0, 1.0]]), init("c", [0.0])])
+    path = save(g, tmp_path / "two.onnx")
+    decl = "".join(f"(declare-const X_{i} Real)\n" for i in range(5)) + "(declare-const Y_0 Real)\n"
+    box = "".join(f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 1.0))\n" for i in range(5))
+    p = tmp_path / "p.vnnlib"
+    p.write_text(decl + box + "(assert (>= Y_0 1.01))\n")   # max a_0 - a_1 - b_2 = 1
+    assert run_instance(path, p, 20).result == "unsat"
+    p.write_text(decl + box + "(assert (>= Y_0 0.9))\n")
+    res = run_instance(path, p, 20)
+    assert res.result == "sat", res.reason
+    x = np.asarray(res.witness_x)
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = s.run(None, {"a": x[:2].reshape(1, 2).astype(np.float32), "b": x[2:].reshape(1, 3).astype(np.float32)})[0]
+    assert y[0, 0] >= 0.9 and np.isclose(res.witness_y[0], y[0, 0]) and np.isclose(y[0, 0], x[0] - x[1] - x[4], atol=1e-6)
