@@ -35,7 +35,8 @@ def round_down(x: Fraction) -> float:
         return sys.float_info.max
     if f == -math.inf:
         return f
-    return math.nextafter(f, -math.inf) if Fraction(f) > x else f
+    n, d = f.as_integer_ratio()  # f > x, compared exactly in integers (faster than building a Fraction)
+    return math.nextafter(f, -math.inf) if n * x.denominator > x.numerator * d else f
 
 
 def round_up(x: Fraction) -> float:
@@ -49,7 +50,7 @@ def is_exact(c: Fraction) -> bool:
         f = float(c)
     except OverflowError:
         return False
-    return math.isfinite(f) and Fraction(f) == c
+    return math.isfinite(f) and f.as_integer_ratio() == (c.numerator, c.denominator)
 
 
 def float_row(coeffs: dict, rhs: Fraction, where: str = "") -> tuple[dict, float]:

@@ -14,19 +14,27 @@ The subset VNN-COMP uses (and a little more)
 Meaning
 -------
 The asserts are conjoined and describe the *unsafe* set; the conjunction is put in disjunctive normal
-form ``OR_k (AND_{atom in clause k} atom)``.  Each clause becomes one Specification:
+form ``OR_k (AND_{atom in clause k} atom)``.  Numerals are read exactly (``0.1`` is 1/10, :class:`fractions.Fraction`) and the linear algebra is
+done over the rationals; floats appear only at the end, rounded by :mod:`relax.outward` in the
+direction that *enlarges* the region a counterexample may occupy (the rule the 2.0 reader uses, so
+both readers give the same Query bit for bit).  Each clause becomes one Specification:
 
 * atoms over a single input ``a X_i <= c`` form the box (``X_i <= c/a`` for ``a > 0``, ``>=`` for
-  ``a < 0``; a bound ``c/a`` that is not exact in float64 is rounded *outward*, so the box contains the
-  set the file describes and an ``unsat`` stays sound);
+  ``a < 0``; an upper bound is rounded up, a lower bound down, so the box contains the set the file
+  describes and an ``unsat`` stays sound);
 * atoms over outputs only, ``sum_j b_j Y_j <= c``, are the rows ``b`` of ``C`` and ``c`` of ``d``
-  (a ``>=`` swaps sides: ``Y_i >= Y_j`` is the row ``e_j - e_i <= 0``);
+  (a ``>=`` swaps sides: ``Y_i >= Y_j`` is the row ``e_j - e_i <= 0``); a row with a coefficient that
+  is not a float64 number is scaled to integers first, and ``c`` is rounded up;
 * constant atoms (``0 <= 1``) are dropped when true and make the clause empty when false.
+
+Each :class:`Disjunct` also keeps the box rounded *inward* and its exact rows: a witness must lie in
+the inward box and satisfy the rows exactly (:meth:`Disjunct.holds`), so a ``sat`` is about the file's
+decimals too.
 
 Strict comparisons ``<``/``>`` are read as ``<=``/``>=`` (as α,β-CROWN and the VNN-COMP scorer do): the
 closure of the unsafe set is checked, which keeps every ``unsat`` sound.  Clauses whose box is empty
-(``lower > upper``) describe no point and are dropped (a file whose clauses are all empty is ``unsat``
-without running anything).
+(exactly: ``lower > upper`` over the rationals) describe no point and are dropped (a file whose
+clauses are all empty is ``unsat`` without running anything).
 
 Not supported (a one-line error naming the file and line): atoms that mix inputs and outputs or
 couple several inputs (boxes only), ``not``/``=>``/``ite``, non-linear terms, an input without a
@@ -43,6 +51,7 @@ import gzip
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -258,7 +267,7 @@ class _Parser:
                 raise self.err(line, f"non-linear term {_show(e)} (division by a variable)")
             if den[2] == 0:
                 raise self.err(line, f"division by zero in {_show(e)}")
-            return _scale(num, 1 / den[2])
+            return _scale(num, Fraction(1) / den[2])
         raise self.err(line, f"unsupported function {head!r} in {_show(e)} (linear terms: + - * / only)")
 
     # ------------------------------------------------------------------ formulas -> DNF
@@ -376,12 +385,11 @@ class _Parser:
         if box:
             for a in box:
                 if a.cache is None:  # x <= b (a > 0) or x >= b (a < 0), b = rhs / a exact; outward and inward
-                    b = a.rhs / a.xc
-                    a.cache = (b, round_up(b), round_down(b)) if a.xc > 0 else (b, round_down(b), round_up(b))
-            idx = np.fromiter((a.xi for a in box), dtype=np.int64, count=len(box))
-            pos = np.fromiter((a.xc > 0 for a in box), dtype=bool, count=len(box))
-            f_out = np.fromiter((a.cache[1] for a in box), dtype=np.float64, count=len(box))
-            f_in = np.fromiter((a.cache[2] for a in box), dtype=np.float64, count=len(box))
+                    b = a.rhs if a.xc == 1 else (-a.rhs if a.xc == -1 else Fraction(a.rhs) / a.xc)
+                    pos = a.xc > 0
+                    a.cache = (b, a.xi, pos, round_up(b) if pos else round_down(b), round_down(b) if pos else round_up(b))
+            _, idx, pos, f_out, f_in = (np.array(c) for c in zip(*(a.cache for a in box)))
+            pos = pos.astype(bool)
             # the roundings are monotone: the tightest float bound is the rounding of the tightest exact one
             np.minimum.at(upper, idx[pos], f_out[pos])
             np.maximum.at(lower, idx[~pos], f_out[~pos])
@@ -403,7 +411,7 @@ class _Parser:
             for a in box:
                 if a.xi in near:
                     b = a.cache[0]
-                    if a.xc > 0:
+                    if a.cache[2]:
                         hi_ex[a.xi] = min(hi_ex.get(a.xi, b), b)
                     else:
                         lo_ex[a.xi] = max(lo_ex.get(a.xi, b), b)
@@ -412,7 +420,7 @@ class _Parser:
         return Disjunct(lower, upper, C, d, line, lower_in, upper_in, out)
 
 
-_ZERO, _ONE = Fraction(0), Fraction(1)
+_ZERO, _ONE = 0, 1  # exact ints (they mix with Fraction exactly and cost far less)
 _NUMBERS: dict[str, Fraction] = {}
 
 
@@ -422,11 +430,14 @@ def _number(lexeme: str) -> Fraction:
     if v is None:
         if len(_NUMBERS) > 100_000:
             _NUMBERS.clear()
-        v = _NUMBERS[lexeme] = Fraction(lexeme)
+        n, d = Decimal(lexeme).as_integer_ratio()  # exact, and much faster than Fraction(str)
+        v = _NUMBERS[lexeme] = n if d == 1 else Fraction(n, d)
     return v
 
 
 def _scale(p, c):
+    if c == -1:  # the common case (a - b, >=)
+        return {k: -v for k, v in p[0].items()}, {k: -v for k, v in p[1].items()}, -p[2] if p[2] else _ZERO
     return {k: v * c for k, v in p[0].items()}, {k: v * c for k, v in p[1].items()}, p[2] * c
 
 
@@ -436,10 +447,11 @@ def _sum(parts):
     k = _ZERO
     for px, py, pk in parts:
         for i, v in px.items():
-            x[i] = x.get(i, _ZERO) + v
+            x[i] = x[i] + v if i in x else v
         for j, v in py.items():
-            y[j] = y.get(j, _ZERO) + v
-        k += pk
+            y[j] = y[j] + v if j in y else v
+        if pk:
+            k = k + pk if k else pk
     return x, y, k
 
 
