@@ -147,7 +147,8 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
             tb[0] = (C0 @ Vr, D0 @ Vr) + tb[0][2:]
         lams, rho, dt, _ = optimize_sector(tb, layers.W_out, iters=iters, time_limit=time_limit)
         mult = {"lam": lams}
-        return "FIRST_ORDER" if iters > 0 else "CLOSED_FORM", "done", rho, dt, mult, \
+        status = "time_limit" if time_limit and dt >= time_limit else "done"  # its best iterate is verified
+        return "FIRST_ORDER" if iters > 0 else "CLOSED_FORM", status, rho, dt, mult, \
             (lambda m: certify_sector(blocks, W_out, 2, m))
     if not auto:
         _solve.memory_guard(str(solver).upper(), sizes)  # refuse before the cvxpy problem is even built
@@ -262,7 +263,9 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
     the first-order optimiser of :mod:`sdp.first_order_linf` for both norms.  Householder nets with
     ``method="nsr"`` use Lemma 2 of Pauli et al. (:mod:`sdp.householder_nsr`).
     ``c``: output direction, e.g. ``e_i - e_j`` for margin certificates (radius = margin / L).
-    ``time_limit``: the solver's own (soft) limit.  ``time_budget``: a hard wall-clock limit (s) on the
+    ``time_limit``: the solver's own limit (s): CLARABEL / SCS / MOSEK get it as their time limit, the
+    first-order loops stop at it and verify their best iterate (status "time_limit", still certified);
+    cvxpy's compilation and the float64 verification are not counted.  ``time_budget``: a hard wall-clock limit (s) on the
     whole call, enforced by running the solve in a killable child process (:mod:`sdp.budget`); at
     the budget the result has status "failed", ``solver_status="time_budget"``.
     Guarantee: if ``status == "certified"``, ``certified_value`` >= the true Lipschitz constant; it
@@ -330,6 +333,9 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
         cert = None if rho is None else scale_up(rho, E)
     if cert is not None and not math.isfinite(cert):
         cert, msg = None, "the certified bound overflows float64 (weights of extreme scale)"
+    if cert is not None and sstatus == "time_limit":
+        msg = (msg + "; " if msg else "") + (f"time limit: the first-order solve was stopped after {st:.2f} s and "
+                                             f"its best iterate is the one verified (a full solve may be tighter)")
     return SDPCertificate(raw_b, cert, "certified" if cert is not None else "failed", sname, st, method, norm,
                           naive, mult, vt, sstatus, msg)
 
@@ -339,9 +345,12 @@ def _best_verified(net, norm, solver, c, time_limit, eps, first_order_iters) -> 
     constraint are both run and the smallest *certified* value is returned (in exact arithmetic lifted is at
     least as tight, but the repaired float64 proofs, the sorting-network rounds of GroupSort(g > 2) and the
     first-order paths can reverse that); never a looser value than another verified candidate."""
-    cands = [lipschitz_bound(net, norm, "lifted", solver, c, time_limit, eps, first_order_iters)]
+    t0 = time.perf_counter()  # a time limit is shared: lifted gets half, nsr what is left
+    cands = [lipschitz_bound(net, norm, "lifted", solver, c, None if time_limit is None else 0.5 * time_limit,
+                             eps, first_order_iters)]
+    left = None if time_limit is None else max(0.05, time_limit - (time.perf_counter() - t0))
     try:
-        cands.append(lipschitz_bound(net, norm, "nsr", solver, c, time_limit, eps, first_order_iters))
+        cands.append(lipschitz_bound(net, norm, "nsr", solver, c, left, eps, first_order_iters))
     except (UnsupportedOperationError, InvalidArgumentError) as exc:
         cands[0].message = (cands[0].message + "; " if cands[0].message else "") + f"nsr not applicable: {exc}"
     ok = [x for x in cands if x.certified]
@@ -366,15 +375,21 @@ def margin_lipschitz(net: Network, i: int, j: int, **kw) -> SDPCertificate:
 
 
 def sampled_lower_bound(net: Network, norm=2, c=None, n: int = 2000, seed: int = 0, scale: float = 1.0,
-                        batch: int = 500) -> LipschitzEstimate:
+                        batch: int = 500, time_limit: float | None = None) -> LipschitzEstimate:
     """max over random points of the dual norm of the gradient of c^T f (or the spectral norm of the
-    Jacobian for vector f, via power iteration): a heuristic LOWER estimate, never a certificate."""
+    Jacobian for vector f, via power iteration): a heuristic LOWER estimate, never a certificate.
+    ``time_limit`` (s): no new batch starts after it (at least one batch runs); ``n`` reports the points used."""
     norm = _norm(norm)
     g = torch.Generator(device="cpu").manual_seed(seed)
     best = 0.0
     dt, dev = net.dtype, net.device
     shape = net.input_shape
+    t0 = time.perf_counter()
+    used = 0
     for s in range(0, n, batch):
+        if used and time_limit is not None and time.perf_counter() - t0 > time_limit:
+            break
+        used += min(batch, n - s)
         x = (torch.randn((min(batch, n - s), *shape), generator=g, dtype=torch.float64) * scale).to(dev, dt)
         x.requires_grad_(True)
         y = net(x)
@@ -390,4 +405,4 @@ def sampled_lower_bound(net: Network, norm=2, c=None, n: int = 2000, seed: int =
             J = J.reshape(J.shape[0], J.shape[1], -1)
             val = torch.linalg.matrix_norm(J, 2)
         best = max(best, float(val.max()))
-    return LipschitzEstimate(best, norm, n, "max gradient norm at random points")
+    return LipschitzEstimate(best, norm, used, "max gradient norm at random points")

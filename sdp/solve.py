@@ -129,17 +129,19 @@ def available_bytes() -> int | None:
     return min(cands) if cands else None
 
 
-def memory_guard(solver: str, cone_sizes: list[int]) -> None:
-    """Raise :class:`SolverMemoryError` (one line: solver, need, available) before a solve that would not fit."""
+def memory_guard(solver: str, cone_sizes: list[int], extra_bytes: int = 0,
+                 advice: str = "use solver='FIRST_ORDER' (or 'auto', which routes there) or a smaller problem") -> None:
+    """Raise :class:`SolverMemoryError` (one line: solver, need, available) before a solve that would not fit.
+    ``extra_bytes``: memory the caller itself builds for the problem on top of the solver's (e.g. a dense
+    coefficient array), counted in the need; ``advice``: the end of the message (what to do instead)."""
     if str(solver).upper() not in MEMORY_MODEL or not cone_sizes:
         return
-    need = estimate_solver_bytes(solver, cone_sizes)
+    need = estimate_solver_bytes(solver, cone_sizes) + int(extra_bytes)
     have = available_bytes()
     if have is not None and need > MEMORY_FRACTION * have:
         raise SolverMemoryError(
             f"solver={solver!r} would need about {need / 2 ** 30:.2f} GiB for PSD cones of sizes up to "
-            f"{max(cone_sizes)} ({len(cone_sizes)} cones), only {have / 2 ** 30:.2f} GiB available; "
-            f"use solver='FIRST_ORDER' (or 'auto', which routes there) or a smaller problem")
+            f"{max(cone_sizes)} ({len(cone_sizes)} cones), only {have / 2 ** 30:.2f} GiB available; {advice}")
 
 
 def fits(solver: str, cone_sizes: list[int]) -> bool:
