@@ -185,15 +185,18 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=DEFAULT_G
 
 
 class _one_thread:
-    """torch on one thread for a block of small dense ops (SVDs of a few hundred rows, batched gradients):
+    """torch and BLAS on one thread for a block of small dense ops (SVDs of a few hundred rows, batched gradients):
     measured on the shared 2-core machine under load, the product of norms of the zoo CNN took 10 s with two
     threads (the threads wait on each other) and 0.16 s with one."""
 
     def __enter__(self):
+        from threadpoolctl import threadpool_limits
         self.n = torch.get_num_threads()
         torch.set_num_threads(1)
+        self.blas = threadpool_limits(limits=1)  # numpy's BLAS / LAPACK (the float64 proofs) likewise
 
     def __exit__(self, *exc):
+        self.blas.restore_original_limits()
         torch.set_num_threads(self.n)
 
 
@@ -207,13 +210,22 @@ def _best_output_c(net):
 def _product_bound(net, norm: str) -> float | None:
     """Product of layer operator norms (float64, rounded up): a certified but loose global bound.
 
-    Residual networks: the product carried through the graph (``relax.lipschitz.naive.graph_product``:
-    ``L(a + b) <= L(a) + L(b)``).  ``None`` only for an op without a rule.
+    :func:`sdp.certified_mp` where it applies (every norm proven in float64, weights of any scale: the
+    product is carried as mantissa and exponent, so entries of 1e160 and 1e-160 give a finite bound);
+    else (tanh / sigmoid, Householder in l_inf, graphs ``sdp.extract`` does not read) the product of
+    ``relax.lipschitz.naive``, carried through the graph for residual nets (``L(a + b) <= L(a) + L(b)``).
+    ``None`` only for an op without a rule or a product beyond float64.
     """
     from ..models.errors import UnsupportedOperationError
     from ..relax.lipschitz.api import certified
     from ..relax.lipschitz.chain import dense_chain
     from ..relax.lipschitz.naive import graph_product, naive_product
+    from ..sdp import certified_mp, extract
+    try:
+        v = certified_mp(extract(net), 2 if norm == "2" else "inf")
+        return v if math.isfinite(v) else None
+    except (UnsupportedOperationError, InvalidArgumentError, ValueError):
+        pass
     try:
         if net.is_chain():
             v = naive_product(dense_chain(net.to(torch.float64)), norm)
