@@ -25,6 +25,7 @@ from .records import (Certificate, GameResult, LipschitzResult, RobustnessResult
 from .params import (DEFAULT_GLOBAL_TIME_LIMIT, check_eps, check_method, check_time_limit,  # noqa: F401
                      check_timeout, parse_clip, parse_norm)  # (re-exported)
 from .progress import bar as progress_bar
+from ..sdp.threads import single_thread
 
 MIN_SDP_BUDGET = 0.5  # s: with less left after the product of norms, no SDP is started (it could not finish)
 RADIUS_CHUNK = 50  # min samples per certified-radius bisection (progress granularity; results do not depend on it)
@@ -117,7 +118,7 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=DEFAULT_G
         raise InvalidArgumentError("--norm inf needs a network with a flat output vector")
     n_sdp = 0 if method == "product" else (1 if norm == "2" else q)
     bar = progress_bar(total=n_sdp + 2, desc="global: product of norms", unit="phase")
-    with _one_thread():
+    with single_thread():
         naive = _product_bound(net, norm)
     bar.update(1)
     rows = None
@@ -166,7 +167,7 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=DEFAULT_G
         notes.append("time limit: no sampled lower estimate (no time left)")
     else:
         try:
-            with _one_thread():
+            with single_thread():
                 est = sdp.sampled_lower_bound(net, norm=2 if norm == "2" else "inf", n=lower_samples,
                                               c=None if norm == "2" else _best_output_c(net),
                                               batch=500 if rest is None else 100, time_limit=rest)
@@ -182,22 +183,6 @@ def task_global(lm, norm="2", solver="auto", method="auto", time_limit=DEFAULT_G
                             result=result, model=model_ref(lm), parameters={"norm": norm, "method": method,
                                                                             "solver": solver, "time_limit": time_limit},
                             solver=solver_used, total_s=time.perf_counter() - t0, notes=notes)
-
-
-class _one_thread:
-    """torch and BLAS on one thread for a block of small dense ops (SVDs of a few hundred rows, batched gradients):
-    measured on the shared 2-core machine under load, the product of norms of the zoo CNN took 10 s with two
-    threads (the threads wait on each other) and 0.16 s with one."""
-
-    def __enter__(self):
-        from threadpoolctl import threadpool_limits
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        self.blas = threadpool_limits(limits=1)  # numpy's BLAS / LAPACK (the float64 proofs) likewise
-
-    def __exit__(self, *exc):
-        self.blas.restore_original_limits()
-        torch.set_num_threads(self.n)
 
 
 def _best_output_c(net):
@@ -217,15 +202,15 @@ def _product_bound(net, norm: str) -> float | None:
     ``None`` only for an op without a rule or a product beyond float64.
     """
     from ..models.errors import UnsupportedOperationError
-    from ..relax.lipschitz.api import certified
-    from ..relax.lipschitz.chain import dense_chain
-    from ..relax.lipschitz.naive import graph_product, naive_product
     from ..sdp import certified_mp, extract
     try:
         v = certified_mp(extract(net), 2 if norm == "2" else "inf")
         return v if math.isfinite(v) else None
     except (UnsupportedOperationError, InvalidArgumentError, ValueError):
         pass
+    from ..relax.lipschitz.api import certified
+    from ..relax.lipschitz.chain import dense_chain
+    from ..relax.lipschitz.naive import graph_product, naive_product
     try:
         if net.is_chain():
             v = naive_product(dense_chain(net.to(torch.float64)), norm)
@@ -550,11 +535,16 @@ def run_demo(out, model: str = "digits_relu_mlp", samples: int = 50, echo=print,
 
     ``time_limit`` (s): budget of each of the two long parts, the global SDP (default
     :data:`DEFAULT_GLOBAL_TIME_LIMIT`) and the local Lipschitz constant (default: none)."""
-    from .report import write_report
     time_limit = check_time_limit(time_limit)
     out = Path(out)
     lm = resolve_model(model)
     X, y = resolve_data(None, lm.network, None, samples)
+    with single_thread():  # zoo-sized models: measured under load, the training run took 20.6 s on 2 threads, 0.65 s on 1
+        return _demo_parts(lm, X, y, out, model, time_limit, echo)
+
+
+def _demo_parts(lm, X, y, out, model, time_limit, echo) -> dict:
+    from .report import write_report
     certs = []
 
     def add(name, cert):

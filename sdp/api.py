@@ -16,8 +16,7 @@ from . import verify as V
 from .certificate import LipschitzEstimate, SDPCertificate
 from .first_order import optimize_sector
 from .formulations.common import row_space_reduction
-from .formulations.nsr import build_nsr
-from .formulations.sector import build_sector
+from .threads import single_thread
 from .structure import GROUP_ACTS, SLOPE_RESTRICTED, LayerList, extract, lift, pow2_normalize, scale_up
 
 # linear-algebra breakdowns (eigen/SVD/Cholesky not converging on extreme or ill-conditioned weights):
@@ -26,15 +25,6 @@ NUMERIC_ERRORS = (np.linalg.LinAlgError, torch.linalg.LinAlgError, FloatingPoint
 
 METHODS = ("auto", "lipsdp-neuron", "lipsdp-layer", "lifted", "nsr")
 # LipSDP-Network (coupled multipliers zeta_ij (e_i - e_j)(e_i - e_j)^T) is deliberately absent: unsound for ReLU.
-
-
-def _blas_threads(n):
-    try:
-        from threadpoolctl import threadpool_limits
-        return threadpool_limits(limits=n)
-    except ImportError:  # pragma: no cover
-        import contextlib
-        return contextlib.nullcontext()
 
 
 def _np(t):
@@ -152,6 +142,7 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
             (lambda m: certify_sector(blocks, W_out, 2, m))
     if not auto:
         _solve.memory_guard(str(solver).upper(), sizes)  # refuse before the cvxpy problem is even built
+    from .formulations.sector import build_sector  # (cvxpy: imported only for a cvxpy solve)
     built = build_sector(blocks, W_out, norm, per_layer=per_layer)
     s = _solve.choose_solver(solver, built.cone_sizes)
     res = _solve.run(built.problem, s, time_limit, eps)
@@ -210,6 +201,7 @@ def _run_nsr(layers: LayerList, norm, solver, time_limit, eps, iters, variant="S
     if norm == 2 and str(solver).upper() == "FIRST_ORDER":
         from .linf import run_nsr_l2  # same multiplicative first-order chain, l2 objective; proof: certify_nsr
         return run_nsr_l2(Ws, Ms, W_out, iters, time_limit, lambda m: certify_nsr(Ws, Ms, W_out, 2, m))
+    from .formulations.nsr import build_nsr  # (cvxpy: imported only for a cvxpy solve)
     built = build_nsr(Ws, Ms, W_out, norm)
     try:
         s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
@@ -271,6 +263,13 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
     Guarantee: if ``status == "certified"``, ``certified_value`` >= the true Lipschitz constant; it
     is recomputed from the (repaired) multipliers and proven in float64, never copied from the solver.
     """
+    with single_thread():  # small dense linear algebra throughout (sdp/threads.py: 13 s vs < 1 s under load)
+        return _lipschitz_bound(net, norm, method, solver, c, time_limit, eps, first_order_iters, residual_variant,
+                                time_budget)
+
+
+def _lipschitz_bound(net, norm, method, solver, c, time_limit, eps, first_order_iters, residual_variant,
+                     time_budget) -> SDPCertificate:
     t_start = time.perf_counter()
     if time_budget is not None and not (isinstance(time_budget, (int, float)) and math.isfinite(time_budget)
                                         and time_budget > 0):
@@ -318,8 +317,7 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
                               f"numerical failure before verification ({type(exc).__name__}: {str(exc)[:160]})")
     t0 = time.perf_counter()
     try:
-        with _blas_threads(1):  # matrices here are small: BLAS threading only adds contention
-            rho = certify(mult)
+        rho = certify(mult)
     except (*NUMERIC_ERRORS, ValueError) as exc:
         rho, msg = None, f"verification error: {exc}"
     else:
@@ -401,8 +399,10 @@ def sampled_lower_bound(net: Network, norm=2, c=None, n: int = 2000, seed: int =
         else:
             if norm != 2:
                 raise InvalidArgumentError("norm='inf' estimates need c")
-            J = torch.func.vmap(torch.func.jacrev(lambda z: net(z[None])[0]))(x.detach())
-            J = J.reshape(J.shape[0], J.shape[1], -1)
+            # one backward pass per output (not torch.func.vmap: its first call imports torch._dynamo, ~2-3 s)
+            y = y.reshape(y.shape[0], -1)
+            J = torch.stack([torch.autograd.grad(y[:, i].sum(), x, retain_graph=i + 1 < y.shape[1])[0]
+                             .reshape(y.shape[0], -1) for i in range(y.shape[1])], dim=1)
             val = torch.linalg.matrix_norm(J, 2)
         best = max(best, float(val.max()))
     return LipschitzEstimate(best, norm, used, "max gradient norm at random points")
