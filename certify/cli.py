@@ -186,10 +186,11 @@ def global_(model: str = ModelArg, norm: str = typer.Option("2", "--norm", help=
             solver: str = typer.Option("auto", "--solver", help="CLARABEL, SCS, MOSEK (licence needed), CVXOPT, "
                                                                 "FIRST_ORDER or auto"),
             method: str = typer.Option("auto", "--method", help="lipsdp-neuron, lipsdp-layer, lifted, nsr, auto "
-                                                                "(picks the SDP form and the solver by problem size: "
-                                                                "an interior-point solve for small nets, the "
-                                                                "first-order solver otherwise), or product (product "
-                                                                "of layer norms only)"),
+                                                                "(the lifted form, and NSR too for MaxMin / GroupSort "
+                                                                "/ Householder chains, the smaller verified value "
+                                                                "wins; the solver by problem size: interior point "
+                                                                "for small cones, first-order beyond), or product "
+                                                                "(product of layer norms only)"),
             time_limit: float = typer.Option(
                 DEFAULT_GLOBAL_TIME_LIMIT, "--time-limit",
                 help="wall-clock budget (s) for the whole run, loading included: the product of norms is computed "
