@@ -104,7 +104,7 @@ def test_budgeted_solve_returns_by_its_deadline_with_nothing_unverified():
         t = time.perf_counter()
         r = lipschitz_bound(net, 2, time_budget=budget)
         wall = time.perf_counter() - t
-        assert wall <= budget + 2.5, (budget, wall)
+        assert wall <= budget + SLACK, (budget, wall)  # kill latency on a loaded machine
         if r.certified:
             assert r.certified_value >= w
         else:
