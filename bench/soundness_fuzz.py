@@ -647,11 +647,12 @@ def random_conv_network(rng: np.random.Generator):
 
 
 def hand_built_variant(net, rng: np.random.Generator):
-    """A Network the loaders would not produce: Householder v of any norm, an all-zero layer, or an extreme
-    (power-of-ten) weight scale on one layer; the description's own evaluation stays the truth."""
+    """A Network the loaders would not produce: Householder v of any norm, an all-zero layer, an extreme
+    (power-of-ten) weight scale on one layer, or one layer whose entries are scaled by 1e160 or 1e-160 at random
+    ("mixed"; 1e+-30 in float32); the description's own evaluation stays the truth."""
     from dataclasses import replace as _replace
     nodes = [_replace(n, params=dict(n.params), attrs=dict(n.attrs)) for n in net.nodes]
-    kinds = ["zero", "scale"] + (["v_norm"] if any(n.op == "householder" for n in nodes) else [])
+    kinds = ["zero", "scale", "mixed"] + (["v_norm"] if any(n.op == "householder" for n in nodes) else [])
     kind = str(rng.choice(kinds))
     aff = [n for n in nodes if n.op in ("conv2d", "linear")]
     if kind == "v_norm":
@@ -661,6 +662,12 @@ def hand_built_variant(net, rng: np.random.Generator):
     elif kind == "zero":
         n = aff[int(rng.integers(0, len(aff)))]
         n.params["weight"] = torch.zeros_like(n.params["weight"])
+    elif kind == "mixed":  # entries of 1e160 and 1e-160 in one matrix (Gram matrices overflow float64)
+        n = aff[int(rng.integers(0, len(aff)))]
+        w = n.params["weight"]
+        sgn = torch.as_tensor(rng.choice([-1.0, 1.0], size=tuple(w.shape)), dtype=torch.float64)
+        n.params["weight"] = (w.double() * torch.pow(10.0, 160.0 * sgn)).to(w.dtype) if w.dtype == torch.float64 \
+            else w * torch.where(sgn > 0, 1e30, 1e-30).to(w.dtype)  # (float32: the largest scale it holds)
     else:
         n = aff[int(rng.integers(0, len(aff)))]
         s = float(10.0 ** rng.choice([-30, -8, 8, 30]))
@@ -968,7 +975,7 @@ def write_results(res: dict) -> None:
                "Conv -> [BatchNorm] -> MaxMin / GroupSort / Householder / LeakyReLU / ReLU -> [AvgPool] -> Conv -> act "
                "-> Flatten -> Linear (odd spatial shapes, strides, paddings, float32 and float64), and hand-built "
                "variants the loaders would not produce (Householder v of norm 0.3..3, an all-zero layer, a layer "
-               "scaled by 1e+-8 / 1e+-30).  Truth: secant ratios along the Jacobian's worst direction and gradient "
+               "scaled by 1e+-8 / 1e+-30, a layer whose entries are scaled by 1e160 or 1e-160 at random).  Truth: secant ratios along the Jacobian's worst direction and gradient "
                "ascent on |f(x) - f(y)| / |x - y| (global, and inside the local box), l2 and l_inf (scalar c^T f).",
                "", f"{cv['instances']} instances (seeds {cv.get('seeds', [cv.get('seed')])}), "
                f"**{cv['pairs']} pairs, {cv['violations']} violations**, {cv['seconds']} s of process time "

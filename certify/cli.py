@@ -22,6 +22,7 @@ from typing import List, Optional
 import typer
 
 from ..models.errors import InvalidArgumentError, NNCertifyError
+from .params import DEFAULT_GLOBAL_TIME_LIMIT
 from .verdict import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NOT_CERTIFIED, EXIT_OK
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -132,7 +133,8 @@ def demo(out: Path = typer.Option(Path("reports/demo"), "--out", help="output fo
          model: str = typer.Option("digits_relu_mlp", "--model", help="zoo model to certify"),
          samples: int = typer.Option(50, "--samples", help="test samples for the robustness part"),
          time_limit: Optional[float] = typer.Option(None, "--time-limit", help="budget (s) of each long part: the "
-                                                                             "global SDP and the local Lipschitz run")):
+                                                                             f"global SDP (default {DEFAULT_GLOBAL_TIME_LIMIT:g}) and the local "
+                                                                             "Lipschitz run (default: none)")):
     """Certify a shipped zoo model end to end and write certificates and a report under --out."""
     from .params import check_time_limit
     from .tasks import run_demo
@@ -183,21 +185,33 @@ def lipschitz(model: str = ModelArg, eps: float = typer.Option(0.01, "--eps", he
 def global_(model: str = ModelArg, norm: str = typer.Option("2", "--norm", help="input norm: 2 or inf"),
             solver: str = typer.Option("auto", "--solver", help="CLARABEL, SCS, MOSEK (licence needed), CVXOPT, "
                                                                 "FIRST_ORDER or auto"),
-            method: str = typer.Option("auto", "--method", help="lipsdp-neuron, lipsdp-layer, lifted, nsr, auto, "
-                                                                "or product (product of layer norms only)"),
-            time_limit: Optional[float] = typer.Option(
-                None, "--time-limit", help="hard wall-clock budget for the SDP solves (s): at the budget the "
-                                           "solve is stopped and the certified product of norms is reported"),
+            method: str = typer.Option("auto", "--method", help="lipsdp-neuron, lipsdp-layer, lifted, nsr, auto "
+                                                                "(the lifted form, and NSR too for MaxMin / GroupSort "
+                                                                "/ Householder chains, the smaller verified value "
+                                                                "wins; the solver by problem size: interior point "
+                                                                "for small cones, first-order beyond), or product "
+                                                                "(product of layer norms only)"),
+            time_limit: float = typer.Option(
+                DEFAULT_GLOBAL_TIME_LIMIT, "--time-limit",
+                help="wall-clock budget (s) for the whole run, loading included: the product of norms is computed "
+                     "first, the SDP gets what is left (a first-order solve stops at its limit and its best iterate "
+                     "is verified; a solve still running at the deadline is killed and the product of norms is "
+                     "reported). A larger value may give a tighter bound"),
             arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
             json_path: Optional[Path] = JsonOpt):
     """Certified GLOBAL Lipschitz upper bound by LipSDP (verified) and the product of layer norms."""
+    import time
+    started = time.perf_counter()  # --time-limit counts from here: loading the model included
     from .params import check_timeout, parse_norm
     from .tasks import task_global
     parse_norm(norm, ("2", "inf"))
-    if time_limit is not None:
-        check_timeout(time_limit, "--time-limit")
+    check_timeout(time_limit, "--time-limit")
+    if method != "product" and time_limit >= 10:  # (with less, the solver process could not start in time)
+        from ..sdp.budget import prewarm
+        prewarm()  # the SDP's solver process imports torch/cvxpy while this one loads the model
     lm = _load(model, arch, input_shape, trust_pickle)
-    _emit(task_global(lm, norm=norm, solver=solver, method=method, time_limit=time_limit), json_path)
+    _emit(task_global(lm, norm=norm, solver=solver, method=method, time_limit=time_limit, started=started),
+          json_path)
 
 
 @app.command()

@@ -11,12 +11,24 @@ if not __name__.startswith("nncertify."):  # the source folder imported as a top
     raise ImportError(f"the sdp/ folder is the package nncertify.sdp: import it as nncertify.sdp "
                       f"(found as {__name__!r} via {__file__})")
 
-from .api import METHODS, lipschitz_bound, margin_lipschitz, sampled_lower_bound
-from .baselines import certified_mp
-from .implicit import implicit_lipschitz_bound
-from .certificate import LipschitzEstimate, SDPCertificate
-from .solve import mosek_licensed
-from .structure import extract, lift
+# names imported lazily (PEP 562), so that a light submodule (``sdp.budget``, ``sdp.certificate``) can be
+# imported without torch / cvxpy: the CLI starts the solver's fork server before it loads anything heavy
+_LAZY = {"METHODS": "api", "lipschitz_bound": "api", "margin_lipschitz": "api", "sampled_lower_bound": "api",
+         "certified_mp": "baselines", "implicit_lipschitz_bound": "implicit", "LipschitzEstimate": "certificate",
+         "SDPCertificate": "certificate", "mosek_licensed": "solve", "extract": "structure", "lift": "structure"}
 
 __all__ = ["lipschitz_bound", "implicit_lipschitz_bound", "margin_lipschitz", "sampled_lower_bound", "SDPCertificate", "LipschitzEstimate",
            "METHODS", "mosek_licensed", "extract", "lift", "certified_mp"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -16,8 +16,7 @@ from . import verify as V
 from .certificate import LipschitzEstimate, SDPCertificate
 from .first_order import optimize_sector
 from .formulations.common import row_space_reduction
-from .formulations.nsr import build_nsr
-from .formulations.sector import build_sector
+from .threads import single_thread
 from .structure import GROUP_ACTS, SLOPE_RESTRICTED, LayerList, extract, lift, pow2_normalize, scale_up
 
 # linear-algebra breakdowns (eigen/SVD/Cholesky not converging on extreme or ill-conditioned weights):
@@ -26,15 +25,6 @@ NUMERIC_ERRORS = (np.linalg.LinAlgError, torch.linalg.LinAlgError, FloatingPoint
 
 METHODS = ("auto", "lipsdp-neuron", "lipsdp-layer", "lifted", "nsr")
 # LipSDP-Network (coupled multipliers zeta_ij (e_i - e_j)(e_i - e_j)^T) is deliberately absent: unsound for ReLU.
-
-
-def _blas_threads(n):
-    try:
-        from threadpoolctl import threadpool_limits
-        return threadpool_limits(limits=n)
-    except ImportError:  # pragma: no cover
-        import contextlib
-        return contextlib.nullcontext()
 
 
 def _np(t):
@@ -147,10 +137,12 @@ def _run_sector(layers: LayerList, norm, per_layer, solver, time_limit, eps, ite
             tb[0] = (C0 @ Vr, D0 @ Vr) + tb[0][2:]
         lams, rho, dt, _ = optimize_sector(tb, layers.W_out, iters=iters, time_limit=time_limit)
         mult = {"lam": lams}
-        return "FIRST_ORDER" if iters > 0 else "CLOSED_FORM", "done", rho, dt, mult, \
+        status = "time_limit" if time_limit and dt >= time_limit else "done"  # its best iterate is verified
+        return "FIRST_ORDER" if iters > 0 else "CLOSED_FORM", status, rho, dt, mult, \
             (lambda m: certify_sector(blocks, W_out, 2, m))
     if not auto:
         _solve.memory_guard(str(solver).upper(), sizes)  # refuse before the cvxpy problem is even built
+    from .formulations.sector import build_sector  # (cvxpy: imported only for a cvxpy solve)
     built = build_sector(blocks, W_out, norm, per_layer=per_layer)
     s = _solve.choose_solver(solver, built.cone_sizes)
     res = _solve.run(built.problem, s, time_limit, eps)
@@ -209,6 +201,7 @@ def _run_nsr(layers: LayerList, norm, solver, time_limit, eps, iters, variant="S
     if norm == 2 and str(solver).upper() == "FIRST_ORDER":
         from .linf import run_nsr_l2  # same multiplicative first-order chain, l2 objective; proof: certify_nsr
         return run_nsr_l2(Ws, Ms, W_out, iters, time_limit, lambda m: certify_nsr(Ws, Ms, W_out, 2, m))
+    from .formulations.nsr import build_nsr  # (cvxpy: imported only for a cvxpy solve)
     built = build_nsr(Ws, Ms, W_out, norm)
     try:
         s = _solve.choose_solver(None if str(solver).upper() == "FIRST_ORDER" else solver, built.cone_sizes)
@@ -262,12 +255,21 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
     the first-order optimiser of :mod:`sdp.first_order_linf` for both norms.  Householder nets with
     ``method="nsr"`` use Lemma 2 of Pauli et al. (:mod:`sdp.householder_nsr`).
     ``c``: output direction, e.g. ``e_i - e_j`` for margin certificates (radius = margin / L).
-    ``time_limit``: the solver's own (soft) limit.  ``time_budget``: a hard wall-clock limit (s) on the
+    ``time_limit``: the solver's own limit (s): CLARABEL / SCS / MOSEK get it as their time limit, the
+    first-order loops stop at it and verify their best iterate (status "time_limit", still certified);
+    cvxpy's compilation and the float64 verification are not counted.  ``time_budget``: a hard wall-clock limit (s) on the
     whole call, enforced by running the solve in a killable child process (:mod:`sdp.budget`); at
     the budget the result has status "failed", ``solver_status="time_budget"``.
     Guarantee: if ``status == "certified"``, ``certified_value`` >= the true Lipschitz constant; it
     is recomputed from the (repaired) multipliers and proven in float64, never copied from the solver.
     """
+    with single_thread():  # small dense linear algebra throughout (sdp/threads.py: 13 s vs < 1 s under load)
+        return _lipschitz_bound(net, norm, method, solver, c, time_limit, eps, first_order_iters, residual_variant,
+                                time_budget)
+
+
+def _lipschitz_bound(net, norm, method, solver, c, time_limit, eps, first_order_iters, residual_variant,
+                     time_budget) -> SDPCertificate:
     t_start = time.perf_counter()
     if time_budget is not None and not (isinstance(time_budget, (int, float)) and math.isfinite(time_budget)
                                         and time_budget > 0):
@@ -315,8 +317,7 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
                               f"numerical failure before verification ({type(exc).__name__}: {str(exc)[:160]})")
     t0 = time.perf_counter()
     try:
-        with _blas_threads(1):  # matrices here are small: BLAS threading only adds contention
-            rho = certify(mult)
+        rho = certify(mult)
     except (*NUMERIC_ERRORS, ValueError) as exc:
         rho, msg = None, f"verification error: {exc}"
     else:
@@ -330,6 +331,9 @@ def lipschitz_bound(net: Network, norm=2, method: str = "auto", solver: str | No
         cert = None if rho is None else scale_up(rho, E)
     if cert is not None and not math.isfinite(cert):
         cert, msg = None, "the certified bound overflows float64 (weights of extreme scale)"
+    if cert is not None and sstatus == "time_limit":
+        msg = (msg + "; " if msg else "") + (f"time limit: the first-order solve was stopped after {st:.2f} s and "
+                                             f"its best iterate is the one verified (a full solve may be tighter)")
     return SDPCertificate(raw_b, cert, "certified" if cert is not None else "failed", sname, st, method, norm,
                           naive, mult, vt, sstatus, msg)
 
@@ -339,9 +343,12 @@ def _best_verified(net, norm, solver, c, time_limit, eps, first_order_iters) -> 
     constraint are both run and the smallest *certified* value is returned (in exact arithmetic lifted is at
     least as tight, but the repaired float64 proofs, the sorting-network rounds of GroupSort(g > 2) and the
     first-order paths can reverse that); never a looser value than another verified candidate."""
-    cands = [lipschitz_bound(net, norm, "lifted", solver, c, time_limit, eps, first_order_iters)]
+    t0 = time.perf_counter()  # a time limit is shared: lifted gets half, nsr what is left
+    cands = [lipschitz_bound(net, norm, "lifted", solver, c, None if time_limit is None else 0.5 * time_limit,
+                             eps, first_order_iters)]
+    left = None if time_limit is None else max(0.05, time_limit - (time.perf_counter() - t0))
     try:
-        cands.append(lipschitz_bound(net, norm, "nsr", solver, c, time_limit, eps, first_order_iters))
+        cands.append(lipschitz_bound(net, norm, "nsr", solver, c, left, eps, first_order_iters))
     except (UnsupportedOperationError, InvalidArgumentError) as exc:
         cands[0].message = (cands[0].message + "; " if cands[0].message else "") + f"nsr not applicable: {exc}"
     ok = [x for x in cands if x.certified]
@@ -366,15 +373,21 @@ def margin_lipschitz(net: Network, i: int, j: int, **kw) -> SDPCertificate:
 
 
 def sampled_lower_bound(net: Network, norm=2, c=None, n: int = 2000, seed: int = 0, scale: float = 1.0,
-                        batch: int = 500) -> LipschitzEstimate:
+                        batch: int = 500, time_limit: float | None = None) -> LipschitzEstimate:
     """max over random points of the dual norm of the gradient of c^T f (or the spectral norm of the
-    Jacobian for vector f, via power iteration): a heuristic LOWER estimate, never a certificate."""
+    Jacobian for vector f, via power iteration): a heuristic LOWER estimate, never a certificate.
+    ``time_limit`` (s): no new batch starts after it (at least one batch runs); ``n`` reports the points used."""
     norm = _norm(norm)
     g = torch.Generator(device="cpu").manual_seed(seed)
     best = 0.0
     dt, dev = net.dtype, net.device
     shape = net.input_shape
+    t0 = time.perf_counter()
+    used = 0
     for s in range(0, n, batch):
+        if used and time_limit is not None and time.perf_counter() - t0 > time_limit:
+            break
+        used += min(batch, n - s)
         x = (torch.randn((min(batch, n - s), *shape), generator=g, dtype=torch.float64) * scale).to(dev, dt)
         x.requires_grad_(True)
         y = net(x)
@@ -386,8 +399,10 @@ def sampled_lower_bound(net: Network, norm=2, c=None, n: int = 2000, seed: int =
         else:
             if norm != 2:
                 raise InvalidArgumentError("norm='inf' estimates need c")
-            J = torch.func.vmap(torch.func.jacrev(lambda z: net(z[None])[0]))(x.detach())
-            J = J.reshape(J.shape[0], J.shape[1], -1)
+            # one backward pass per output (not torch.func.vmap: its first call imports torch._dynamo, ~2-3 s)
+            y = y.reshape(y.shape[0], -1)
+            J = torch.stack([torch.autograd.grad(y[:, i].sum(), x, retain_graph=i + 1 < y.shape[1])[0]
+                             .reshape(y.shape[0], -1) for i in range(y.shape[1])], dim=1)
             val = torch.linalg.matrix_norm(J, 2)
         best = max(best, float(val.max()))
-    return LipschitzEstimate(best, norm, n, "max gradient norm at random points")
+    return LipschitzEstimate(best, norm, used, "max gradient norm at random points")

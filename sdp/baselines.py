@@ -11,8 +11,16 @@
   contribute (1 + ||W2||_inf ||W||_inf).
 
 Guarantee: the returned float is >= the exact product.  ||W||_2 is bounded by :func:`sdp.verify.certify_lmax`
-on the Gram matrix (float64 proof including the product's rounding), row sums are inflated by
-gamma_{n+1}, and every multiplication is rounded up by one ulp (float products are correctly rounded).
+on the Gram matrix (float64 proof including the product's rounding and the absolute error of underflowing
+products), row sums are inflated by gamma_{n+1}, and every multiplication is rounded up by one ulp (float
+products are correctly rounded).
+
+Weights of any scale (e.g. entries 1e160 and 1e-160 in one matrix, whose Gram matrix overflows float64):
+each factor is computed as ``m * 2^e`` -- the matrix is divided by the power of two ``2^e`` of its largest
+entry (exact but for entries that underflow: each such entry moves by at most 2^-1075, so the norm by at
+most sqrt(#entries) 2^-1075 (Frobenius), which is added) -- and the product is carried as a mantissa in
+[1/2, 1) rounded up after every multiplication and an exact integer exponent, scaled to a float only at
+the end (:func:`sdp.structure.scale_up`, inf only when the product itself exceeds float64).
 """
 
 from __future__ import annotations
@@ -30,12 +38,19 @@ L2_OK = ("relu", "leaky_relu", "maxmin", "groupsort", "householder", "identity")
 LINF_OK = ("relu", "leaky_relu", "maxmin", "groupsort", "identity")
 
 
+TINY = 2.0 ** -1074   # the smallest subnormal: bounds the absolute error of one underflowing operation
+
+
 def norm2_up(W: np.ndarray) -> float:
-    """Proven upper bound of ||W||_2 (0 for an empty matrix, inf if the proof fails)."""
+    """Proven upper bound of ||W||_2 (0 for an empty matrix, inf if the proof fails or the Gram matrix
+    overflows; :func:`norm2_up_scaled` for weights of any scale)."""
     if W.size == 0 or not np.any(W):
         return 0.0
     a, b = (W, W.T) if W.shape[0] <= W.shape[1] else (W.T, W)
-    r = V.certify_lmax(a @ b, V.product_error(a, b))
+    with np.errstate(over="ignore", under="ignore"):
+        G = a @ b
+    # product_error is relative (gamma |A||B|); underflowing products add up to TINY each, k per entry
+    r = V.certify_lmax(G, V.product_error(a, b) + G.shape[0] * a.shape[1] * TINY)
     return math.inf if r is None else V.sqrt_up(r)
 
 
@@ -44,11 +59,71 @@ def norminf_up(W: np.ndarray) -> float:
     if W.size == 0:
         return 0.0
     s = float(np.abs(W).sum(axis=1).max())
-    return V.round_up(s * (1.0 + V.gamma(W.shape[1] + 1)))
+    return V.round_up(s * (1.0 + V.gamma(W.shape[1] + 1)) + W.shape[1] * TINY)
 
 
 def _mul(a: float, b: float) -> float:
     return V.round_up(a * b)
+
+
+# ----------------------------------------------------------------------------- scaled numbers m * 2^e
+def _pow2_scale(W: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """``(Ws, e, slack)``: ``Ws = fl(W / 2^e)`` with 2^e the power of two of the largest |entry| (so
+    |Ws| < 1), and ``slack`` >= ||W / 2^e - Ws||_F (0 when no entry underflowed: the division is exact)."""
+    amax = float(np.abs(W).max()) if W.size else 0.0
+    if amax == 0.0 or not math.isfinite(amax):
+        return W, 0, 0.0
+    e = math.frexp(amax)[1]
+    Ws = np.ldexp(W, -e)
+    exact = bool(np.array_equal(np.ldexp(Ws, e), W))
+    return Ws, e, 0.0 if exact else V.round_up(math.sqrt(W.size) * TINY * 2)
+
+
+def _norm_scaled(W: np.ndarray, norm) -> tuple[float, int]:
+    """``(m, e)`` with ||W||_{2 or inf} <= m 2^e, proven; any finite W (no overflow)."""
+    Ws, e, slack = _pow2_scale(W)
+    m = norm2_up(Ws) if norm == 2 else norminf_up(Ws)
+    return (V.round_up(m + slack) if slack else m), e
+
+
+def _normalize(m: float, e: int) -> tuple[float, int]:
+    """The same number with the mantissa in [1/2, 1) (exact: only the exponent moves)."""
+    if m == 0.0 or not math.isfinite(m):
+        return m, 0 if m == 0.0 else e
+    f, k = math.frexp(m)
+    return f, e + k
+
+
+def _mul_scaled(x: tuple[float, int], y: tuple[float, int]) -> tuple[float, int]:
+    """An upper bound of x * y for nonnegative scaled numbers (mantissas in [1/2, 1): the float product
+    never over- or underflows, one ulp up covers its rounding)."""
+    (a, ea), (b, eb) = _normalize(*x), _normalize(*y)
+    if a == 0.0 or b == 0.0:
+        return 0.0, 0
+    return _normalize(V.round_up(a * b), ea + eb)
+
+
+def _one_plus_scaled(x: tuple[float, int]) -> tuple[float, int]:
+    """An upper bound of 1 + x (x >= 0 scaled)."""
+    m, e = _normalize(*x)
+    if m == 0.0:
+        return 0.5, 1
+    if e <= 1000:
+        return _normalize(V.round_up(1.0 + math.ldexp(m, e)) if e > -1000 else V.round_up(1.0 + 2.0 ** -900), 0)
+    return _normalize(V.round_up(m), e)  # 1 + x <= x (1 + 2^-999) <= nextafter(m) 2^e for m in [1/2, 1)
+
+
+def householder_lip_up_scaled(v: np.ndarray) -> tuple[float, int]:
+    """:func:`householder_lip_up` as ``(m, e)``, also when sum v^2 overflows float64 (then the constant
+    2 ||v||^2 - 1 < 2 ||v||^2 is bounded from v / 2^e)."""
+    v = np.asarray(v, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        s = float((v * v).sum(1).max()) if v.size else 0.0
+    if math.isfinite(s):
+        return _normalize(householder_lip_up(v), 0)
+    vs, e, _ = _pow2_scale(v)  # only entries >= 2^(e-1) matter here; the underflow of tiny ones only lowers s
+    ss = float((vs * vs).sum(1).max()) + vs.shape[1] * TINY
+    return _normalize(V.round_up(2.0 * V.round_up(ss * (1.0 + V.gamma(vs.shape[1] + 2)))), 2 * e)
 
 
 def householder_lip_up(v: np.ndarray) -> float:
@@ -67,24 +142,24 @@ def householder_lip_up(v: np.ndarray) -> float:
 
 def certified_mp(layers: LayerList, norm) -> float:
     """Certified matrix-norm product of a :class:`sdp.structure.LayerList` (``norm``: 2 or "inf")."""
+    from .structure import scale_up
     ok = L2_OK if norm == 2 else LINF_OK
-    nrm = norm2_up if norm == 2 else norminf_up
-    p = 1.0
+    nrm = lambda W: _norm_scaled(W.detach().cpu().double().numpy(), norm)  # noqa: E731
+    p = (0.5, 1)  # 1.0
     for h in layers.hidden:
         if h.act not in ok or (h.act == "leaky_relu" and abs(float(h.attrs.get("negative_slope", 0.0))) > 1):
             raise UnsupportedOperationError(
                 f"layer {h.path}: activation {h.act!r} is not known to be 1-Lipschitz in the "
                 f"{'l2' if norm == 2 else 'l_inf'} norm; no matrix-norm product bound")
-        W = h.W.detach().cpu().double().numpy()
-        s = nrm(W)
+        s = nrm(h.W)
         if h.act == "householder":
-            s = _mul(s, householder_lip_up(h.params["v"].detach().cpu().double().numpy()))
+            s = _mul_scaled(s, householder_lip_up_scaled(h.params["v"].detach().cpu().double().numpy()))
         if h.residual:
-            s2 = 1.0 if h.W2 is None else nrm(h.W2.detach().cpu().double().numpy())
-            s = V.round_up(1.0 + _mul(s2, s))
-        p = _mul(p, s)
-    Wo = layers.W_out.detach().cpu().double().numpy()
-    return _mul(p, nrm(Wo))
+            s2 = (0.5, 1) if h.W2 is None else nrm(h.W2)
+            s = _one_plus_scaled(_mul_scaled(s2, s))
+        p = _mul_scaled(p, s)
+    m, e = _mul_scaled(p, nrm(layers.W_out))
+    return scale_up(m, e) if m > 0 else m
 
 
 def fallback_bound(net, norm=2, c=None):

@@ -10,8 +10,11 @@ user who asks for "at most T seconds" gets, from :func:`run_with_budget`, an ans
   that has :mod:`sdp.api` preloaded, so a child starts in milliseconds once the server is up (the
   server itself is started once per parent process, on first use, and its start-up counts against
   the first budget);
-* the child's own solver gets a soft ``time_limit`` of a fraction of the remaining budget, so that
-  it normally stops, verifies and reports on its own;
+* the child gets the absolute deadline (``time.monotonic()``, one clock for every process of the
+  machine) and, when it starts, gives its solver a soft ``time_limit`` of a fraction of what is left
+  *then* (the start-up of the fork server is not charged twice), so that it normally stops --
+  a first-order loop keeps its best iterate, CLARABEL/SCS their last one -- verifies and reports
+  on its own (a verified bound of that iterate, or a failed result);
 * at the deadline the parent kills the child (SIGKILL) and returns a certificate with status
   ``"failed"`` and ``solver_status="time_budget"``.  That answer is sound by construction: it
   certifies nothing.  Callers fall back to a cheaper certified bound (e.g. the product of norms).
@@ -38,6 +41,7 @@ from ..models.errors import InvalidArgumentError
 from .certificate import SDPCertificate
 
 SOFT_FRACTION = 0.7   # share of the remaining budget handed to the solver as its own (soft) limit
+MIN_START = 0.05      # s: with less than this left, no child is started (the answer is the exhausted budget)
 _CTX_LOCK = threading.Lock()
 _CTX = None
 
@@ -83,10 +87,31 @@ def _context():
         return _CTX
 
 
-def _child(conn, net, kwargs) -> None:
-    """Runs in the child: one ordinary (unbudgeted) solve, result or error sent to the parent."""
+def prewarm() -> None:
+    """Start the fork server now, in a daemon thread, so that its imports (torch, cvxpy, :mod:`sdp.api`: seconds)
+    overlap with the caller's own work (loading the model); the first budgeted solve then starts its child
+    in milliseconds.  Light: this module imports neither torch nor cvxpy.  Errors are left to the solve."""
+    def warm():
+        try:
+            ctx = _context()
+            if ctx.get_start_method() == "forkserver":
+                from multiprocessing import forkserver
+                with _without_main():  # the server itself would import the user's __main__ otherwise
+                    forkserver.ensure_running()
+        except Exception:  # noqa: BLE001 - the solve starts (or reports) the server itself
+            pass
+    threading.Thread(target=warm, name="sdp-forkserver-warm", daemon=True).start()
+
+
+def _child(conn, net, kwargs, deadline: float | None = None) -> None:
+    """Runs in the child: one ordinary (unbudgeted) solve, result or error sent to the parent.  ``deadline``
+    (``time.monotonic()``): the solver's soft limit is SOFT_FRACTION of what is left of it now."""
     try:
         from .api import lipschitz_bound
+        if deadline is not None:
+            soft = max(0.05, SOFT_FRACTION * (deadline - time.monotonic()))
+            kwargs = dict(kwargs, time_limit=soft if kwargs.get("time_limit") is None
+                          else min(float(kwargs["time_limit"]), soft))
         res = lipschitz_bound(net, **kwargs)
         conn.send(("ok", res))
     except (BrokenPipeError, ConnectionResetError):  # the parent stopped waiting (budget over): no traceback
@@ -123,13 +148,13 @@ def run_with_budget(net, kwargs: dict, budget: float, naive: float, start: float
     start = time.perf_counter() if start is None else start
     deadline = start + float(budget)
     method, norm = kwargs.get("method", "auto"), kwargs.get("norm", 2)
+    remaining = deadline - time.perf_counter()
+    if remaining < MIN_START:  # no time to start anything: the sound answer right away
+        return timed_out(budget, method, norm, naive, time.perf_counter() - start)
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
-    remaining = deadline - time.perf_counter()
     kw = dict(kwargs)
-    soft = max(0.05, SOFT_FRACTION * remaining)
-    kw["time_limit"] = soft if kw.get("time_limit") is None else min(float(kw["time_limit"]), soft)
-    proc = ctx.Process(target=_child, args=(child, net, kw), daemon=True)
+    proc = ctx.Process(target=_child, args=(child, net, kw, time.monotonic() + remaining), daemon=True)
     state: dict[str, Any] = {"started": False, "cancel": False, "error": None}
     lock = threading.Lock()
 

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from .first_order_linf import SMOOTHING, lmax_upper, sector_chain_Q0
+from .first_order_linf import SMOOTHING, OutOfTime, check_clock, lmax_upper, sector_chain_Q0
 
 
 def _dp(blocks, W_out, params, want_lams=False, mu: float = 0.0):
@@ -55,6 +55,7 @@ def optimize_sector(blocks, W_out, iters: int = 300, time_limit: float | None = 
     mu = [0.0]
 
     def closure():
+        check_clock(t0, time_limit)  # at the deadline: stop before another evaluation
         opt.zero_grad()
         rho, lams = _dp(blocks, W_out, params, mu=mu[0])
         val = torch.log(rho)
@@ -79,8 +80,8 @@ def optimize_sector(blocks, W_out, iters: int = 300, time_limit: float | None = 
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
         try:
             opt.step(closure)
-        except (RuntimeError, torch.linalg.LinAlgError):
-            pass  # numerical trouble: keep the best point found so far
+        except (RuntimeError, torch.linalg.LinAlgError, OutOfTime):
+            pass  # numerical trouble or the deadline: keep the best point found so far
     torch.set_num_threads(nthreads)
     if best[1] is None:
         with torch.no_grad():
@@ -122,6 +123,7 @@ def polish_nsr(Ws, Ms, W_out, lam0, gam0, iters: int = 300, time_limit: float | 
     best = [float("inf"), None]
 
     def closure():
+        check_clock(t0, time_limit)
         opt.zero_grad()
         rho, lams = _nsr_repair_map(Ws, Ms, W_out, a, g)
         v = float(rho.detach())
@@ -141,7 +143,7 @@ def polish_nsr(Ws, Ms, W_out, lam0, gam0, iters: int = 300, time_limit: float | 
                             tolerance_grad=1e-12, tolerance_change=1e-14)
     try:
         opt.step(closure)
-    except (RuntimeError, torch.linalg.LinAlgError):
+    except (RuntimeError, torch.linalg.LinAlgError, OutOfTime):
         pass
     torch.set_num_threads(nthreads)
     return best[1], best[0], time.perf_counter() - t0

@@ -123,13 +123,26 @@ def tau_from(Q0r, V, theta_in):
         return (torch.exp(theta_in) * lm).cpu().numpy()
 
 
+class OutOfTime(Exception):
+    """Raised inside an L-BFGS closure at its deadline: the optimiser stops at once (the best point so far,
+    a feasible one, is what the caller verifies)."""
+
+
+def check_clock(t0: float, time_limit: float | None) -> None:
+    """Raise :class:`OutOfTime` when ``time_limit`` seconds have passed since ``t0`` (``perf_counter``)."""
+    if time_limit and time.perf_counter() - t0 > time_limit:
+        raise OutOfTime
+
+
 def _lbfgs(params, f, iters, time_limit, record, best0=float("inf")):
-    """Minimise f() over params with L-BFGS; keep the best point (``record`` called on improvement)."""
+    """Minimise f() over params with L-BFGS; keep the best point (``record`` called on improvement).
+    Stops before an evaluation that would start after ``time_limit`` seconds."""
     t0 = time.perf_counter()
     best = [best0]
     evals = [0]
 
     def closure():
+        check_clock(t0, time_limit)
         opt.zero_grad()
         val = f()
         evals[0] += 1
@@ -146,8 +159,8 @@ def _lbfgs(params, f, iters, time_limit, record, best0=float("inf")):
                             line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
     try:
         opt.step(closure)
-    except (RuntimeError, torch.linalg.LinAlgError):
-        pass  # numerical trouble: keep the best point found
+    except (RuntimeError, torch.linalg.LinAlgError, OutOfTime):
+        pass  # numerical trouble or the deadline: keep the best point found
     return best[0], evals[0]
 
 

@@ -20,9 +20,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cvxpy as cp
+from typing import TYPE_CHECKING
 
 from ..models.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import cvxpy as cp
+
+
+def _cvxpy():
+    """cvxpy, imported on first use (seconds): the first-order path and the memory checks never need it."""
+    import cvxpy
+    return cvxpy
 
 CLARABEL_MAX_CONE = 40   # measured: 2 x 64-cones took 77 s in CLARABEL vs 1.2 s in SCS (eps 1e-7)
 SOLVERS = ("MOSEK", "CLARABEL", "SCS", "CVXOPT")
@@ -38,7 +47,7 @@ def mosek_licensed() -> bool:
         import mosek  # noqa: F401
     except Exception:
         return False
-    return "MOSEK" in cp.installed_solvers()
+    return "MOSEK" in _cvxpy().installed_solvers()
 
 
 def choose_solver(solver: str | None, cone_sizes: list[int]) -> str:
@@ -57,8 +66,9 @@ def choose_solver(solver: str | None, cone_sizes: list[int]) -> str:
         raise InvalidArgumentError(f"solver must be one of {', '.join(SOLVERS)}, 'FIRST_ORDER' or 'auto'; got {solver!r}")
     if s == "MOSEK" and not mosek_licensed():
         raise InvalidArgumentError("solver='MOSEK' needs a licence file (MOSEKLM_LICENSE_FILE or ~/mosek/mosek.lic)")
-    if s not in cp.installed_solvers():
-        raise InvalidArgumentError(f"solver {s!r} is not installed (installed: {', '.join(cp.installed_solvers())})")
+    installed = _cvxpy().installed_solvers()
+    if s not in installed:
+        raise InvalidArgumentError(f"solver {s!r} is not installed (installed: {', '.join(installed)})")
     memory_guard(s, cone_sizes)
     return s
 
@@ -129,17 +139,19 @@ def available_bytes() -> int | None:
     return min(cands) if cands else None
 
 
-def memory_guard(solver: str, cone_sizes: list[int]) -> None:
-    """Raise :class:`SolverMemoryError` (one line: solver, need, available) before a solve that would not fit."""
+def memory_guard(solver: str, cone_sizes: list[int], extra_bytes: int = 0,
+                 advice: str = "use solver='FIRST_ORDER' (or 'auto', which routes there) or a smaller problem") -> None:
+    """Raise :class:`SolverMemoryError` (one line: solver, need, available) before a solve that would not fit.
+    ``extra_bytes``: memory the caller itself builds for the problem on top of the solver's (e.g. a dense
+    coefficient array), counted in the need; ``advice``: the end of the message (what to do instead)."""
     if str(solver).upper() not in MEMORY_MODEL or not cone_sizes:
         return
-    need = estimate_solver_bytes(solver, cone_sizes)
+    need = estimate_solver_bytes(solver, cone_sizes) + int(extra_bytes)
     have = available_bytes()
     if have is not None and need > MEMORY_FRACTION * have:
         raise SolverMemoryError(
             f"solver={solver!r} would need about {need / 2 ** 30:.2f} GiB for PSD cones of sizes up to "
-            f"{max(cone_sizes)} ({len(cone_sizes)} cones), only {have / 2 ** 30:.2f} GiB available; "
-            f"use solver='FIRST_ORDER' (or 'auto', which routes there) or a smaller problem")
+            f"{max(cone_sizes)} ({len(cone_sizes)} cones), only {have / 2 ** 30:.2f} GiB available; {advice}")
 
 
 def fits(solver: str, cone_sizes: list[int]) -> bool:
@@ -175,7 +187,7 @@ def run(problem: cp.Problem, solver: str, time_limit: float | None = None, eps: 
     try:
         problem.solve(solver=solver, verbose=verbose, **opts)
         status = str(problem.status)
-    except cp.error.SolverError as exc:
+    except _cvxpy().error.SolverError as exc:
         status = f"solver_error: {exc}".splitlines()[0][:200]
     dt = time.perf_counter() - t0
     val = problem.value if problem.value is not None else float("nan")

@@ -51,7 +51,7 @@ def readme_commands() -> list[str]:
 
 # Smaller settings, only through flags the README line itself shows.
 SMALLER = {"--limit 100": "--limit 20", "--limit 256": "--limit 64", "--bab-timeout 10": "--bab-timeout 2",
-           "--time-limit 30": "--time-limit 10"}
+           "--time-limit 30": "--time-limit 10", "--time-limit 60": "--time-limit 10"}
 
 
 def test_readme_commands_run_as_shown(tmp_path):

@@ -2,6 +2,7 @@
 row sums, and in exact rational arithmetic for the l_inf row sums), >= every pattern's Jacobian norm,
 and refused for activations that are not 1-Lipschitz in the norm."""
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from nncertify import models
-from nncertify.models import HouseholderActivation, MaxMin
+from nncertify.models import HouseholderActivation, MaxMin, from_module
 from nncertify.models.errors import UnsupportedOperationError
 from nncertify.sdp.baselines import certified_mp
 from nncertify.sdp.structure import extract
@@ -68,3 +69,63 @@ def test_fallback_is_min_of_closed_form_and_mp_and_names_winner(norm):
     assert fb.solver == ("MP" if mp < cf.certified_value else "CLOSED_FORM")
     lb = sdp.sampled_lower_bound(net, norm, c=c, n=300).value
     assert lb <= fb.certified_value
+
+
+# ---------------------------------------------------------------------------- issue #19: weights of extreme scale
+def _gperm_net():
+    """Generalized permutation matrices (one nonzero per row and column, so ||W||_2 = ||W||_inf = max |entry|)
+    with entries 1e160 and 1e-160 in one matrix; the path x1 -> 1e160 -> 1e150 -> 5e-10 is linear for x1 >= 0
+    (zero biases, ReLU active), so the true Lipschitz constant equals the exact norm product 1e160 1e150 5e-10
+    = 5e300 (finite), while 1e160 1e150 = 1e310 overflows float64 and so does the Gram matrix of W1."""
+    m = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.ReLU(), torch.nn.Linear(3, 3, bias=False),
+                            torch.nn.ReLU(), torch.nn.Linear(3, 2, bias=False)).double()
+    W1, W2, W3 = (torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64),
+                  torch.zeros(2, 3, dtype=torch.float64))
+    W1[0, 1], W1[1, 0], W1[2, 2] = 1e160, 1e-160, 3.0
+    W2[0, 2], W2[1, 1], W2[2, 0] = 2.0 ** -600, 1e-160, 1e150
+    W3[0, 2], W3[1, 0] = 5e-10, 1e-300
+    with torch.no_grad():
+        m[0].weight.copy_(W1), m[2].weight.copy_(W2), m[4].weight.copy_(W3)
+    exact = Fraction(1e160) * Fraction(1e150) * Fraction(5e-10)
+    return m, from_module(m, (3,)), exact
+
+
+@pytest.mark.parametrize("norm", [2, "inf"])
+def test_certified_mp_finite_and_tight_on_mixed_1e160_weights(norm):
+    """certified_mp was inf here (the Gram matrix of a 1e160 matrix overflows; 1e160 * 1e150 overflows):
+    each norm is now bounded as m 2^e and the product carried in mantissa and exponent."""
+    m, net, exact = _gperm_net()
+    c = None if norm == 2 else torch.tensor([1.0, 0.0], dtype=torch.float64)
+    v = certified_mp(extract(net, c), norm)
+    assert math.isfinite(v), v
+    assert Fraction(v) >= exact, (v, float(exact))          # a certificate: never below the exact product
+    assert Fraction(v) <= exact * Fraction(1 + 1e-9), (v, float(exact))
+    # and the exact product is attained (so it is the Lipschitz constant): a secant along x1
+    x = torch.zeros(1, 3, dtype=torch.float64)
+    y = x.clone()
+    y[0, 1] = 1e-20
+    with torch.no_grad():
+        d = Fraction(float(m(y)[0, 0] - m(x)[0, 0])) / Fraction(1e-20)
+    assert Fraction(v) >= d and d >= exact * Fraction(1 - 1e-12)
+
+
+def test_product_bound_of_the_global_command_on_mixed_1e160_weights():
+    """``certify global --method product`` reports this product (certify.tasks._product_bound)."""
+    from nncertify.certify.tasks import _product_bound
+    _, net, exact = _gperm_net()
+    for norm in ("2", "inf"):
+        v = _product_bound(net, norm)
+        assert v is not None and Fraction(v) >= exact and Fraction(v) <= exact * Fraction(1 + 1e-9), (norm, v)
+
+
+def test_certified_mp_householder_whose_norm_square_overflows():
+    """Householder rows v with ||v||^2 = 1e320 (beyond float64): the constant 2 ||v||^2 - 1 (exact closed form,
+    sdp.baselines.householder_lip_up) times ||W_out|| = 1e-200 is finite; bounded from v / 2^e."""
+    from nncertify.sdp.structure import Hidden, LayerList
+    v = torch.tensor([[1e160, 0.0]], dtype=torch.float64)
+    W = torch.eye(2, dtype=torch.float64)
+    W_out = torch.tensor([[1e-200, 0.0]], dtype=torch.float64)
+    layers = LayerList([Hidden(W, "householder", params={"v": v})], W_out)
+    val = certified_mp(layers, 2)
+    exact = (2 * Fraction(1e160) ** 2 - 1) * Fraction(1e-200)
+    assert math.isfinite(val) and Fraction(val) >= exact and Fraction(val) <= exact * Fraction(1 + 1e-9), val

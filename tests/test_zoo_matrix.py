@@ -2,9 +2,10 @@
 
 Each run must end with exit 0, or with exit 1 / 2 and its reason on one line -- never exit 4 (an
 internal error) and never a traceback.  Runs go through ``certify.cli.main`` in this process (the
-console script's entry point) to keep the matrix fast.  ``demo`` is the slow one (a global SDP and
-certified radii): it runs on the convolutional model, the one that used to crash (exit 4, "expected
-m1 and m2 to have the same dtype"), with its own budget.
+console script's entry point) to keep the matrix fast.  ``global`` runs with its DEFAULT method
+(``auto``: the SDP form and solver chosen by problem size, under the time limit) as well as
+``--method product``; small settings only through flags (``--time-limit``, ``--limit``, ``--samples``).
+``demo`` (a global SDP, certified radii, local Lipschitz, a training run, a report) runs on every model.
 """
 
 import pytest
@@ -19,7 +20,9 @@ COMMANDS = {
     "inspect": [],
     "lipschitz": ["--eps", "0.02", "--time-limit", "2"],
     "lipschitz-l2-clip": ["--eps", "0.05", "--norm", "2", "--clip", "0,1", "--time-limit", "2"],
-    "global": ["--method", "product", "--norm", "inf"],
+    "global": ["--time-limit", "4"],                       # the default method (auto)
+    "global-inf": ["--norm", "inf", "--time-limit", "4"],  # the default method, one SDP per output
+    "global-product": ["--method", "product", "--norm", "inf"],
     "robustness": ["--eps", "0.02", "--limit", "3", "--no-radius"],
     "steps": ["--limit", "8"],
 }
@@ -58,10 +61,10 @@ def test_every_zoo_model_through_every_command(model, command, capsys):
 
 
 @pytest.mark.slow
-def test_demo_on_the_convolutional_zoo_model(tmp_path, capsys):
-    r = certify_inproc(capsys, "demo", "--model", "digits_relu_cnn", "--samples", "1", "--time-limit", "2",
-                       "--out", tmp_path)
-    check_outcome(r, "demo digits_relu_cnn")
+@pytest.mark.parametrize("model", MODELS)
+def test_demo_on_every_zoo_model(model, tmp_path, capsys):
+    r = certify_inproc(capsys, "demo", "--model", model, "--samples", "1", "--time-limit", "2", "--out", tmp_path)
+    check_outcome(r, f"demo {model}")
     assert r.returncode == 0
     assert (tmp_path / "report.html").is_file() and (tmp_path / "report.md").is_file()
     assert len(list((tmp_path / "certificates").glob("*.json"))) == 8

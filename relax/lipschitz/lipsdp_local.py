@@ -25,6 +25,11 @@ Certification (reference lipsdp.md §5.2 item 1): the solver's multipliers are c
 complement on the input block; requires ``K11`` positive definite, checked by Cholesky), then
 inflated by ``1e-7`` relative + ``1e-10`` and the full matrix ``-M(rho)`` is checked by a float64
 Cholesky factorization.  If any check fails the bound is ``inf`` (never certified by accident).
+
+Memory: the problem has one PSD cone of size ``N = n_0 + sum_k n_k`` and a dense ``(N^2, 1 + sum_k n_k)``
+coefficient array; before anything is built, :func:`sdp.solve.memory_guard` (the estimate and refusal of
+the global LipSDP, one model for both) refuses a solve that would not fit, with one line
+(:class:`sdp.solve.SolverMemoryError`, a bad-input error: exit 2 on the command line).
 """
 
 from __future__ import annotations
@@ -107,13 +112,16 @@ def certify_rho(W, slopes, lams, w_out) -> float:
 
 def lipsdp_bound(chain: DenseChain, fb, seeds: torch.Tensor, solver: str = "CLARABEL") -> torch.Tensor:
     """Certified upper bounds of ``sup ||grad(c^T f)||_2`` per seed row (float64 tensor)."""
-    import cvxpy as cp
     W = [w.cpu().numpy() for w in chain.weights]
-    slopes = slope_ranges(chain, fb)
     L = chain.depth
     sizes = [W[0].shape[1]] + [Wk.shape[0] for Wk in W[:-1]]
     offs = np.cumsum([0] + sizes)
     N, nh = int(offs[-1]), int(sum(sizes[1:]))
+    from ...sdp.solve import memory_guard
+    memory_guard(solver, [N], extra_bytes=2 * 8 * N * N * (1 + nh),  # A (float64) and cvxpy's copy of it
+                 advice="the local LipSDP has no first-order path: use method='crown' (or a smaller network)")
+    import cvxpy as cp
+    slopes = slope_ranges(chain, fb)
     # -M = rho E0 + sum_i lambda_i M_i - w w^T: one dense (N*N, 1 + nh) coefficient matrix
     A = np.zeros((N, N, 1 + nh))
     A[np.arange(sizes[0]), np.arange(sizes[0]), 0] = 1.0

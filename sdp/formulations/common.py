@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import cvxpy as cp
 import numpy as np
+
+if TYPE_CHECKING:  # (annotations only: this module is imported by the first-order path, which needs no cvxpy)
+    import cvxpy as cp
 
 
 @dataclass
