@@ -333,7 +333,12 @@ def _execute(unit: dict) -> dict:
     t0 = time.perf_counter()
     try:
         import torch
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # one CPU per unit: the batch runs as many units as there are CPUs
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(limits=1)  # numpy / scipy / solver BLAS as well
+        except ImportError:  # pragma: no cover
+            pass
         from .tasks import run_unit
         cert = run_unit(unit)
         return _record(unit, cert.status, t0, certificate=json.loads(cert.to_json(indent=None)))
@@ -544,13 +549,19 @@ def _run_dask(units: list[dict], workers: int, scheduler: str | None, on_result:
             cluster.close()
 
 
-def run_batch(units: Iterable[dict], out: str | Path, *, engine: str = "local", workers: int = 2,
+def run_batch(units: Iterable[dict], out: str | Path, *, engine: str = "local", workers: int | None = None,
               scheduler: str | None = None, progress: bool = True, retries: int = 0) -> dict:
     """Run every unit not yet in ``out``; returns counts by status for all units (old and new), plus
-    ``proven``: finished units whose certificate establishes something."""
+    ``proven``: finished units whose certificate establishes something.
+
+    ``workers``: units run at once (local engine; the LocalCluster's worker processes with Dask),
+    default :func:`certify.cpus.available_cpus` -- each unit uses one CPU (one torch / BLAS thread)."""
     from . import progress as prog
+    from .cpus import available_cpus
     out = Path(out)
     units = list(units)
+    if workers is None:
+        workers = available_cpus()
     if engine not in ("local", "dask"):
         raise InvalidArgumentError(f"engine {engine!r}: use 'local' or 'dask'")
     if workers < 1:
