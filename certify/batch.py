@@ -30,8 +30,12 @@ without prctl).  A unit past its timeout is killed the same way, group and all.
 
 Engines: ``local`` (default) runs at most ``workers`` unit processes at once; ``dask`` submits units
 to a Dask ``distributed`` cluster (a loopback ``LocalCluster`` unless ``scheduler`` gives an
-address), where each unit again runs in a guarded child of the Dask worker that the worker itself
-kills at the unit's timeout: a unit past its time is cancelled *on the worker*, not just forgotten.
+address), where each unit again runs in a guarded child of the Dask worker (from the worker's own
+preloaded fork server) that the worker itself kills at the unit's timeout, or as soon as the task is
+cancelled or its client disappears (``kill -9`` of a batch on a remote cluster): a unit past its time
+is cancelled *on the worker*, not just forgotten.  A ``LocalCluster``'s scheduler and nannies live in
+the batch process; its worker processes exit when the batch process dies (distributed's own parent
+pipe), and their units with them (the lifeline above, with the worker as parent).
 """
 
 from __future__ import annotations
@@ -329,7 +333,12 @@ def _execute(unit: dict) -> dict:
     t0 = time.perf_counter()
     try:
         import torch
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # one CPU per unit: the batch runs as many units as there are CPUs
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(limits=1)  # numpy / scipy / solver BLAS as well
+        except ImportError:  # pragma: no cover
+            pass
         from .tasks import run_unit
         cert = run_unit(unit)
         return _record(unit, cert.status, t0, certificate=json.loads(cert.to_json(indent=None)))
@@ -346,7 +355,13 @@ def _child(unit: dict, conn, lifeline, parent_pid: int | None, owner: int) -> No
     conn.close()
 
 
-PRELOAD = ["nncertify.certify._forkserver_guard", "nncertify.certify.tasks", "nncertify.relax", "nncertify.sdp"]
+# What every unit needs, imported once in the fork server instead of once per unit: our methods, and the
+# modules torch and scikit-learn import lazily on first use (torch.func's dynamo, fx shape propagation,
+# the digits data set), which cost a unit 2-6 s each time otherwise.  A module that fails to import is
+# skipped by multiprocessing (the unit then imports it itself).
+PRELOAD = ["nncertify.certify._forkserver_guard", "nncertify.certify.tasks", "nncertify.relax", "nncertify.sdp",
+           "torch._dynamo", "torch.fx.experimental.symbolic_shapes", "torch.fx.passes.shape_prop",
+           "sklearn.datasets", "sklearn.model_selection"]
 
 
 def unit_context():
@@ -367,13 +382,14 @@ class _Unit:
     lifetime is bound to ours by :func:`guard_process` instead."""
 
     def __init__(self, ctx, unit: dict):
-        self.unit, self.t0 = unit, time.perf_counter()
+        self.unit = unit
         self.conn, child = ctx.Pipe(duplex=False)
         life_r, self.life_w = ctx.Pipe(duplex=False)
         parent = os.getpid() if ctx.get_start_method() == "spawn" else None
         self.proc = ctx.Process(target=_child, args=(unit, child, life_r, parent, os.getpid()), daemon=False,
                                 name=f"certify-unit-{unit['id']}")
-        self.proc.start()
+        self.proc.start()  # the first one waits for the fork server's preload: not part of the unit's time
+        self.t0 = time.perf_counter()
         child.close()
         life_r.close()
 
@@ -435,9 +451,30 @@ def _run_local(units: list[dict], workers: int, on_result: Callable[[dict], bool
             r.close()
 
 
+def _dask_task_cancelled():
+    """A callable telling whether the Dask task running in this thread was cancelled or released (its
+    client cancelled it, or disconnected); None outside a Dask worker."""
+    try:
+        from distributed import get_worker
+        worker = get_worker()
+        key = worker.get_current_task()
+    except Exception:
+        return None
+
+    def cancelled() -> bool:
+        ts = worker.state.tasks.get(key)
+        return ts is None or ts.state in ("cancelled", "released", "forgotten")
+    return cancelled
+
+
 def execute_isolated(unit: dict) -> dict:
-    """Run ``unit`` in a guarded child of this process and kill it at its timeout (the Dask task)."""
-    ctx = mp.get_context("spawn")
+    """Run ``unit`` in a guarded child of this process (the Dask task) and kill it, process group and
+    all, at its timeout or as soon as the task is cancelled (``Future.cancel``, or the client that
+    submitted it went away, ``kill -9`` included): a unit is never left running on the worker.
+
+    The child comes from the same preloaded fork server as on the local engine (a per-worker one), so
+    a unit starts in milliseconds instead of re-importing torch."""
+    ctx = unit_context()
     me = mp.current_process()
     daemon = me._config.get("daemon")
     me._config["daemon"] = False  # Dask workers may be daemonic processes, which multiprocessing forbids children
@@ -445,6 +482,7 @@ def execute_isolated(unit: dict) -> dict:
         r = _Unit(ctx, unit)
     finally:
         me._config["daemon"] = daemon
+    cancelled = _dask_task_cancelled()
     try:
         while True:
             rec = r.poll()
@@ -452,6 +490,10 @@ def execute_isolated(unit: dict) -> dict:
                 if rec["status"] == "timeout":
                     rec["error"] += "; cancelled on the Dask worker"
                 return rec
+            if cancelled is not None and cancelled():
+                r.close()
+                return _record(unit, "error", r.t0, error="cancelled: the Dask task was cancelled or its client "
+                                                          "went away; the unit process was killed on the worker")
             time.sleep(0.05)
     finally:
         r.close()
@@ -507,13 +549,19 @@ def _run_dask(units: list[dict], workers: int, scheduler: str | None, on_result:
             cluster.close()
 
 
-def run_batch(units: Iterable[dict], out: str | Path, *, engine: str = "local", workers: int = 2,
+def run_batch(units: Iterable[dict], out: str | Path, *, engine: str = "local", workers: int | None = None,
               scheduler: str | None = None, progress: bool = True, retries: int = 0) -> dict:
     """Run every unit not yet in ``out``; returns counts by status for all units (old and new), plus
-    ``proven``: finished units whose certificate establishes something."""
+    ``proven``: finished units whose certificate establishes something.
+
+    ``workers``: units run at once (local engine; the LocalCluster's worker processes with Dask),
+    default :func:`certify.cpus.available_cpus` -- each unit uses one CPU (one torch / BLAS thread)."""
     from . import progress as prog
+    from .cpus import available_cpus
     out = Path(out)
     units = list(units)
+    if workers is None:
+        workers = available_cpus()
     if engine not in ("local", "dask"):
         raise InvalidArgumentError(f"engine {engine!r}: use 'local' or 'dask'")
     if workers < 1:

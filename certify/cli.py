@@ -301,7 +301,8 @@ def report(certificates: List[Path] = typer.Argument(..., help="certificate JSON
 def batch(plan: Path = typer.Argument(..., help="plan JSON (models x tasks x samples; see certify/batch.py)"),
           out: Path = typer.Option(Path("reports/batch.jsonl"), "--out", help="results JSONL (resumable)"),
           engine: str = typer.Option("local", "--engine", help="local (process pool) or dask"),
-          workers: int = typer.Option(2, "--workers", help="units run at once"),
+          workers: Optional[int] = typer.Option(None, "--workers", help="units run at once (default: the CPUs "
+                                                "this process may use: affinity mask and cgroup quota)"),
           retries: int = typer.Option(0, "--retries", help="re-run a failed or timed-out unit up to N more times"),
           scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address "
                                                                             "(default: a loopback LocalCluster)")):
@@ -312,7 +313,7 @@ def batch(plan: Path = typer.Argument(..., help="plan JSON (models x tasks x sam
     from .batch import load_plan, run_batch
     if engine not in ("local", "dask"):
         raise InvalidArgumentError(f"--engine {engine!r}: use local or dask")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise InvalidArgumentError(f"--workers must be >= 1, got {workers}")
     if retries < 0:
         raise InvalidArgumentError(f"--retries must be >= 0, got {retries}")

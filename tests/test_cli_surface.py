@@ -163,25 +163,13 @@ def test_batch_model_files_are_loaded_before_any_unit(hostile, tmp_path, capsys)
 
 
 def test_retries_rerun_a_timed_out_unit_and_record_every_reason(tmp_path):
-    units = expand_plan({"models": ["digits_relu_mlp"], "tasks": [{"task": "global", "method": "product"}],
-                         "timeout": 0.05})
+    units = expand_plan({"models": ["digits_relu_mlp"], "timeout": 0.5,  # 10^8 sampled gradients: minutes
+                         "tasks": [{"task": "global", "method": "product", "lower_samples": 10 ** 8}]})
     counts = run_batch(units, tmp_path / "r.jsonl", workers=1, progress=False, retries=1)
     assert counts == {"timeout": 1, "proven": 0}
     rec = next(iter(read_done(tmp_path / "r.jsonl").values()))
     assert rec["attempts"] == 2 and len(rec["retried"]) == 1 and rec["retried"][0].startswith("timeout")
     assert "timed out" in rec["error"]
-
-
-def test_dask_unit_past_its_timeout_is_cancelled_on_the_worker(tmp_path):
-    pytest.importorskip("distributed")
-    units = expand_plan({"models": ["digits_relu_mlp"], "tasks": [{"task": "global", "method": "product"}],
-                         "timeout": 0.5})
-    t0 = time.perf_counter()
-    counts = run_batch(units, tmp_path / "r.jsonl", engine="dask", workers=1, progress=False)
-    assert counts == {"timeout": 1, "proven": 0}
-    rec = next(iter(read_done(tmp_path / "r.jsonl").values()))
-    assert "cancelled on the Dask worker" in rec["error"]
-    assert time.perf_counter() - t0 < 120
 
 
 # ------------------------------------------------------------------------------------------ progress

@@ -136,9 +136,12 @@ def test_report_of_batch_results_shows_every_unit(tmp_path):
     lip = md.split("## Lipschitz bounds by method")[1].split("\n## ")[0]
     row = next(l for l in lip.splitlines() if "unverified" in l and "46.1" in l)
     assert "| certified |" not in row
-    # radius histograms: one panel per model, one histogram per ε
-    assert "one panel per model and one histogram per ε" in html
-    assert "net_a ε=0.01" in html and "net_b ε=0.02" in html
+    # radius histograms: one per model and ε (chunks merged), each listed with its counts
+    assert "one histogram per model, method and ε" in html
+    radii = md.split("## Certified radius distribution")[1].split("\n## ")[0]
+    for model in ("net_a", "net_b"):
+        for eps in ("0.01", "0.02"):
+            assert f"| {model} | robustness/crown | {eps} | 10 | 10 |" in radii, (model, eps)
 
 
 def test_figures_keep_their_labels_inside(tmp_path):
@@ -155,3 +158,77 @@ def test_figures_keep_their_labels_inside(tmp_path):
         a = np.asarray(Image.open(f).convert("L"))
         for edge in (a[:, :3], a[:, -3:], a[:3, :], a[-3:, :]):
             assert edge.min() > 200, f"{f.name}: content touches the edge of the image"
+
+
+def _flags(chrome, tmp_path):
+    return [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--force-device-scale-factor=1", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def test_radius_histograms_of_a_real_batch_in_the_browser(tmp_path):
+    """A real batch (two zoo models, two ε, CROWN robustness with certified radii, two chunks each) ->
+    `certify report`: every model x ε histogram is there with the counts of the records, and in
+    headless Chromium the radius figure is shown whole, its labels inside the picture."""
+    import numpy as np
+    from PIL import Image
+    from nncertify.certify.batch import expand_plan, read_done, run_batch
+    from nncertify.certify.report import load_inputs
+    chrome = _chromium()
+    plan = {"models": ["digits_relu_mlp", "digits_maxmin_mlp"], "samples": 8, "chunk": 4, "timeout": 120,
+            "tasks": [{"task": "robustness", "eps": [0.01, 0.03], "method": "crown", "radius": True,
+                       "radius_iters": 6}]}
+    out = tmp_path / "b.jsonl"
+    counts = run_batch(expand_plan(plan), out, progress=False)
+    assert counts.get("certified") == 8, counts
+    # what the records hold, per (model, ε): samples and radii
+    truth: dict = {}
+    for rec in read_done(out).values():
+        key = (rec["unit"]["model"], rec["unit"]["params"]["eps"])
+        t = truth.setdefault(key, {"samples": 0, "radii": []})
+        smp = rec["certificate"]["result"]["samples"]
+        t["samples"] += len(smp)
+        t["radii"] += [x["certified_radius"] for x in smp if x["certified_radius"] is not None]
+    assert len(truth) == 4 and all(t["samples"] == 8 and t["radii"] for t in truth.values())
+    certs, failures = load_inputs([out])
+    paths = write_report(certs, tmp_path / "rep", failures=failures)
+    md = paths["markdown"].read_text()
+    radii = md.split("## Certified radius distribution")[1].split("\n## ")[0]
+    rows = [r for r in radii.splitlines() if r.startswith("| digits_")]
+    assert len(rows) == 4
+    from nncertify.certify.verdict import fmt
+    for (model, eps), t in truth.items():
+        rs = sorted(t["radii"])
+        row = f"| {model} | robustness/crown | {fmt(eps)} | 8 | {len(rs)} | {fmt(rs[len(rs) // 2])} | {fmt(rs[-1])} |"
+        assert row in rows, (row, rows)
+    assert f"{sum(len(t['radii']) for t in truth.values())} sample radii" in md
+    # the figure: nothing touches its edges (labels inside the PNG)
+    a = np.asarray(Image.open(tmp_path / "rep" / "fig_radii.png").convert("L"))
+    for edge in (a[:, :3], a[:, -3:], a[:3, :], a[-3:, :]):
+        assert edge.min() > 200
+    # in the browser: where the radius figure is drawn, then a screenshot of the same page
+    html = paths["html"].read_text()
+    probe = ("<script>window.addEventListener('load', () => { const i = document.querySelector("
+             "'img[alt=\"Certified radius distribution\"]'); const r = i.getBoundingClientRect(); "
+             "document.body.setAttribute('data-rect', [r.left, r.top, r.width, r.height, i.naturalWidth, "
+             "i.naturalHeight, window.innerWidth].join(',')); });</script></body>")
+    page = tmp_path / "rep" / "probe.html"
+    page.write_text(html.replace("</body>", probe))
+    size = "--window-size=1100,3000"
+    dom = subprocess.run(_flags(chrome, tmp_path) + [size, "--dump-dom", page.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'data-rect="([^"]+)"', dom)
+    assert m, dom[:500]
+    left, top, width, height, nat_w, nat_h, inner = (float(v) for v in m.group(1).split(","))
+    assert nat_w > 0 and width > 0 and height > 0  # the image decoded and is shown
+    assert left >= 0 and left + width <= inner  # the whole figure is inside the page, nothing cut off
+    assert abs(height / width - nat_h / nat_w) < 0.02  # shown undistorted
+    shot = tmp_path / "shot.png"
+    subprocess.run(_flags(chrome, tmp_path) + [size, f"--screenshot={shot}", paths["html"].resolve().as_uri()],
+                   capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("L"))
+    box = img[int(top) + 2:int(top + height) - 2, int(left) + 2:int(left + width) - 2]
+    assert box.shape[0] > 100 and box.shape[1] > 100
+    for edge in (box[:, :2], box[:, -2:], box[:2, :], box[-2:, :]):
+        assert edge.min() > 180, "the radius figure's labels reach its border in the browser"
+    assert (box < 100).sum() > 2000  # drawn: bars, axes, tick labels and titles

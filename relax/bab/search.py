@@ -66,7 +66,10 @@ def branch_and_bound(roots: list, policy: BranchingPolicy, bound: Callable[[list
                      between: Callable[[DomainStore], Any] | None = None, start: float | None = None) -> BaBOutcome:
     """Run the best-first search from ``roots`` (already bounded: their ``key`` is set).
 
-    ``timeout``: seconds from ``start`` (default: now).  ``batch``: domains popped per step.
+    ``timeout``: seconds from ``start`` (default: now); each step pops at most the domains predicted (from
+    the previous step's cost per domain) to be split and bounded before the deadline, and the search
+    stops when not one is, so a run ends within the budget plus one step's misprediction.  ``batch``:
+    domains popped per step (at most).
     ``memory_budget``: bytes the open domains may hold.  ``max_domains``: stop (``unknown``) after
     bounding this many.  ``between(store)``: called after every batch (e.g. an attack from the worst
     domains); a non-None return is a witness that ends the search.
@@ -87,12 +90,17 @@ def branch_and_bound(roots: list, policy: BranchingPolicy, bound: Callable[[list
     def out(status, reason="", witness=None):
         return BaBOutcome(status, best(), visited, time.monotonic() - t0, reason, witness, len(store) + len(stuck))
 
+    per_parent = None  # measured seconds per popped domain (split + bound + bookkeeping), last batch
     while len(store):
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        # the batch is sized to what is predicted to fit before the deadline (with a 20 % margin); when not
+        # even one domain fits, stop now rather than overrun the budget by a whole batch
+        fit = batch if per_parent is None else int((deadline - now) / (1.2 * per_parent))
+        if now > deadline or fit < 1:
             return out("timeout", f"time budget of {timeout:g} s exhausted with {len(store) + len(stuck)} open domains")
         if max_domains is not None and visited >= max_domains:
             return out("unknown", f"domain limit {max_domains} reached")
-        parents = store.pop(batch)
+        parents = store.pop(min(batch, fit))
         kids = policy.split(parents)
         children = []
         for p, ks in zip(parents, kids):
@@ -110,6 +118,7 @@ def branch_and_bound(roots: list, policy: BranchingPolicy, bound: Callable[[list
             if not store.push(open_kids):
                 store.push(parents)  # the parents' bounds stay valid: keep the anytime bound honest
                 return out("unknown", f"memory budget of {memory_budget / 1e6:.0f} MB for open domains exceeded")
+        per_parent = (time.monotonic() - now) / len(parents)
         if progress is not None:
             progress(BaBProgress(len(store) + len(stuck), best(), time.monotonic() - t0, visited, len(parents)))
         if between is not None and len(store):

@@ -37,8 +37,12 @@ Algorithm (best-first over sub-boxes of the region's bounding box ``B``):
   the bound on ``|d(c_s^T f)/dx_i|`` (how fast the function varies along ``i``); ``"widest"``:
   the widest coordinate relative to the region.
 * **Stopping.**  ``timeout`` (wall seconds, batches are sized from the measured cost per box so that
-  the last one ends near the budget), ``max_domains`` (boxes bounded in total), ``rel_tol``
-  (``(upper - lower) <= rel_tol * upper``, status ``"converged"``), or no open domain (status
+  the last one ends near the budget; the deadline is checked before every bounding call of a batch,
+  which is abandoned -- its parents keep their valid bounds -- as soon as what is left of it is not
+  predicted to fit, and a call is kept to ~10 % of the budget, so a run ends within the budget plus
+  about one call's misprediction; the root bound, which is the certificate, always runs),
+  ``max_domains`` (boxes bounded in total), ``rel_tol`` (``(upper - lower) <= rel_tol * upper``,
+  status ``"converged"``), or no open domain (status
   ``"exact"``: every box was a leaf or dominated by the lower bound, so the upper bound is the
   maximum over the region up to the float margin).
 
@@ -434,10 +438,13 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
         cU[ar, dims] = Mr[ar, dims]          # lower half: x_j <= mid_j
         cL[m + ar, dims] = Mr[ar, dims]      # upper half: x_j >= mid_j
         parts = []
-        for i in range(0, cL.shape[0], chunk):
-            if parts and time.perf_counter() - t0 >= timeout:
-                break  # the budget ran out inside this batch (a cost estimate can be off under load)
-            parts.append(bound_boxes(bounder, cL[i:i + chunk], cU[i:i + chunk], seeds, norm, operator, enum_max,
+        # bounding calls of at most ~10 % of the budget (>= 50 ms): the deadline is checked between them
+        # (smaller calls cost throughput: at 2 % the 16-32x5-10 ReLU net bounded half as many boxes)
+        step = max(1, min(chunk, int(max(0.05, 0.1 * timeout) / max(per_box, 1e-9))))
+        for i in range(0, cL.shape[0], step):
+            if time.perf_counter() - t0 + per_box * (cL.shape[0] - i) > timeout:
+                break  # the rest of this batch is not predicted to fit (a cost estimate can be off under load)
+            parts.append(bound_boxes(bounder, cL[i:i + step], cU[i:i + step], seeds, norm, operator, enum_max,
                                      chunk))
         if sum(t[0].numel() for t in parts) < cL.shape[0]:
             # drop the half-bounded batch: its parent boxes go back to the pool with their (valid) bounds
