@@ -67,12 +67,14 @@ from torch import nn
 
 from ..models.errors import InvalidArgumentError
 from .ghosts import RadiusResult, _first_tensor, radius_from_dlogits
+from .graph_tangent import GraphUnsupported, GraphWatch, capture
 from .replay import (RecordedForward, ReplayJVP, ReplayUnsupported, RngState, _cuda_indices, _tensors,
                      fingerprint)
 
 _SAFETY = 1.0 - 1e-6
 _HALF = (torch.float16, torch.bfloat16)
-_ENGINES = {"auto": ("forward_ad", "double_vjp"), "forward_ad": ("forward_ad",), "double_vjp": ("double_vjp",)}
+_ENGINES = {"auto": ("graph", "forward_ad", "double_vjp"), "graph": ("graph",), "forward_ad": ("forward_ad",),
+            "double_vjp": ("double_vjp",)}
 
 
 @dataclass
@@ -214,6 +216,9 @@ class SafeStepController:
         self._pre_versions: list[int] | None = None
         self._last_rho: float | None = None
         self._replay = ReplayJVP(self.logits_module, logits_fn, model_mode)
+        # the graph engine reads the training forward's own graph: only for that forward's function
+        self._graph_on = method == "jvp" and engine in ("auto", "graph") and model_mode == "as_is" \
+            and capture == "forward"
         if attach:
             self.attach()
 
@@ -278,12 +283,20 @@ class SafeStepController:
         cuda = _cuda_indices(devs)
         low = self._half or any(torch.is_autocast_enabled(d) for d in {d.type for d in devs}
                                 if d in ("cpu", "cuda"))
+        stop = {id(t.grad_fn) for t in _tensors(args, kwargs) if t.grad_fn is not None}
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         kwargs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-        self._pending.append(RecordedForward(
+        rec = RecordedForward(
             args=args, kwargs=kwargs, versions=[t._version for t in _tensors(args, kwargs)],
             param_versions=[p._version for p in self._params], rng_before=RngState.capture(cuda, self._np_full),
-            low_precision=low, training=[m.training for m in self._mods]))
+            low_precision=low, training=[m.training for m in self._mods])
+        if self._graph_on:
+            if low:
+                rec.graph_reason = "half precision or autocast (the replay evaluates it in float32)"
+            else:
+                rec.graph_stop, rec.graph_watch = stop, GraphWatch()
+                rec.graph_watch.__enter__()  # left in the forward hook, also when the forward raises
+        self._pending.append(rec)
 
     def _own_parameters(self) -> bool:
         """Whether the module holds its own parameters now (not swapped by ``functional_call``)."""
@@ -293,6 +306,11 @@ class SafeStepController:
         if self._busy or not self._pending:
             return
         rec = self._pending.pop()
+        if rec is not None and rec.graph_watch is not None:
+            try:
+                rec.graph_watch.__exit__(None, None, None)
+            except Exception as e:  # noqa: BLE001 - the mode stack was changed inside the forward
+                rec.graph_reason = f"graph watch: {type(e).__name__}: {e}"
         try:
             self._record_post(rec, output)
         except Exception as e:  # noqa: BLE001 - never into the training forward
@@ -317,6 +335,18 @@ class SafeStepController:
         rec.z_fp, rec.z_stride = fingerprint(z)
         rec.z_shape = tuple(z.shape)
         rec.low_precision = rec.low_precision or z.dtype in _HALF
+        if rec.graph_watch is not None:
+            watch, rec.graph_watch = rec.graph_watch, None
+            if watch.hit:
+                rec.graph_reason = watch.hit
+            elif rec.low_precision:
+                rec.graph_reason = "half-precision logits (the replay evaluates the forward in float32)"
+            elif not rec.graph_reason:
+                try:  # before the backward frees the saved tensors
+                    rec.graph_tape = capture(z, self._params, rec.graph_stop)
+                except GraphUnsupported as e:
+                    rec.graph_reason = str(e)
+            rec.graph_stop = None
         self._forwards.append(rec)
         if len(self._forwards) > self.max_forwards:
             self._forwards.pop(0)
@@ -403,6 +433,11 @@ class SafeStepController:
         except BaseException:
             self._revert()
             raise
+        finally:
+            for f in forwards:  # the saved activations held since the forward are released now
+                if f is not None and f.graph_tape is not None:
+                    f.graph_tape.release()
+                    f.graph_tape = None
         if rec.kind == "certified" and math.isfinite(rec.rho_a) and rec.rho_a > 0:
             self._last_rho = rec.rho_a
         self.last = rec
@@ -446,6 +481,14 @@ class SafeStepController:
         self._busy = True
         try:
             for eng in engines:
+                if eng == "graph":
+                    try:
+                        res = [radius_from_dlogits(self._wide(self._graph_jvp(f, disp, norm)),
+                                                   temperature=self.temperature, method="jvp") for f in forwards]
+                        return _combine(res), eng, reasons
+                    except ReplayUnsupported as e:
+                        reasons.append(f"graph: {e}")
+                    continue
                 try:
                     fn = getattr(self._replay, eng)
                     res = [radius_from_dlogits(self._wide(fn(f, params, unit)), temperature=self.temperature,
@@ -464,6 +507,12 @@ class SafeStepController:
             return None, "", reasons
         finally:
             self._busy = False
+
+    def _graph_jvp(self, f: RecordedForward, disp: list[torch.Tensor], norm: float) -> torch.Tensor:
+        """The JVP from the forward's captured autograd graph (:mod:`certify.graph_tangent`) at θ_old."""
+        if f.graph_tape is None:
+            raise GraphUnsupported(f.graph_reason or "no graph captured for this forward")
+        return f.graph_tape.jvp(self._old, self._params, [d / norm for d in disp])
 
     @staticmethod
     def _wide(a: torch.Tensor) -> torch.Tensor:

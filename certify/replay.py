@@ -162,6 +162,10 @@ class RecordedForward:
     z_shape: tuple = ()
     low_precision: bool = False
     training: list[bool] = field(default_factory=list)
+    graph_tape: Any = None     # certify.graph_tangent.Tape of the forward's own autograd graph, if captured
+    graph_reason: str = ""     # why not (empty when captured or not attempted)
+    graph_watch: Any = None    # the GraphWatch active during the forward
+    graph_stop: Any = None     # ids of the grad_fn nodes of the forward's inputs
 
     def inputs_changed(self) -> bool:
         return [t._version for t in _tensors(self.args, self.kwargs)] != self.versions
