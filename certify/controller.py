@@ -18,15 +18,31 @@ step pre/post hooks (θ_old).  With the controller attached a training run compu
 computes without it -- losses, gradients, RNG consumption, buffers -- apart from the scaling of the step
 (``tests/test_controller_semantics.py`` checks this bit for bit: straight-through ``autograd.Function``,
 ``no_grad`` blocks, Python-random stochastic depth, reassigned tensor attributes, dropout, BatchNorm).
-The JVP is computed afterwards by *replaying* the recorded forward on the side at θ_old with the
-forward's own RNG state (:mod:`certify.replay`); the RNG is set back to where the training run left it.
-(The previous design ran the training forward through a ``torch.fx`` trace to reuse its activations;
-that changed training semantics and lost tied weights, so it and its tangent-rule engine were removed.)
+
+Engines (``engine="auto"`` tries them in this order):
+
+1. ``graph`` (:mod:`certify.graph_tangent`): the JVP pushed through the training step's *own* autograd
+   graph.  The forward hook walks ``logits.grad_fn`` before the backward frees it and keeps the saved
+   tensors the tangent rules need; after ``step()`` only the tangent is computed (no primal forward), with
+   saved views of parameters re-pointed to θ_old and every other saved tensor's version counter checked.
+   A tied parameter is one ``AccumulateGrad`` leaf; dropout masks are the forward's own.  During the
+   training forward a pass-through ``TorchFunctionMode`` (``GraphWatch``) only *flags* a tensor that
+   requires grad being used under ``no_grad`` or detached -- a path the graph cannot see -- which makes
+   the engine refuse.  It also refuses graphs with a node it has no rule for (custom ``autograd.Function``,
+   ``CopySlices``, RNN kernels, ...), half precision/autocast, ``model_mode`` other than ``"as_is"`` and
+   ``capture="manual"``; the reason goes to ``fallback_reason`` and the next engine runs.
+2. ``forward_ad`` / ``double_vjp`` (:mod:`certify.replay`): the recorded forward *replayed* on the side
+   at θ_old with the forward's own RNG state, forward-mode AD (reverse-over-reverse when an op lacks a
+   forward-AD formula); the RNG is set back to where the training run left it.
+(An earlier design ran the training forward through a ``torch.fx`` trace to reuse its activations; that
+changed training semantics and lost tied weights.  The graph engine reuses them by reading autograd's
+saved tensors instead, which leaves the training step untouched.)
 
 Certificate invariant.  A record is ``kind="certified"`` only when
 
-* its JVP was computed exactly (forward-mode AD, or reverse-over-reverse when an op lacks a forward-AD
-  formula) for *every* forward run with autograd enabled since the previous step (gradient accumulation:
+* its JVP was computed exactly (tangent rules on the step's own graph, forward-mode AD of the replay, or
+  reverse-over-reverse when an op lacks a forward-AD formula) for *every* forward run with autograd
+  enabled since the previous step (gradient accumulation:
   all micro-batches; the radius is the minimum over them), each replay reproducing the recorded
   forward (same random numbers consumed, same logits, no detached tangent path);
 * the direction and the JVP are in float32 or float64 whatever the model's dtype (bf16/fp16 parameters
@@ -46,8 +62,12 @@ by the last certified radius (``status="clipped_last_radius"``, an estimate) or 
 (``status="rejected_error"``), and ``fallback_reason`` says why.  Using the controller wrongly (no forward
 recorded before the step) raises :class:`InvalidArgumentError` after putting θ_old back.
 
-Cost.  One replayed forward with tangents per recorded forward (about a forward plus a backward's worth
-of multiply-adds), a second one on steps that were rescaled, θ_old/p in preallocated flat buffers.
+Cost.  Graph engine: one tangent pass per recorded forward (no primal recomputation; for SDPA one
+recomputation of the attention scores), a second one on steps that were rescaled; memory: the saved
+tensors the rules need stay alive from the forward until ``step()`` returns (the backward would have freed
+them earlier; with gradient accumulation every micro-batch's until the step).  Replay fallback: one
+replayed forward with tangents per recorded forward.  θ_old/p in preallocated flat buffers.
+``bench/results/lr_spike.md`` has the measured overheads.
 Each step appends a :class:`StepCertificate` to ``controller.records`` (and to a JSONL file if given).
 Adapters for PyTorch Lightning and Hugging Face ``Trainer`` are built on demand by
 :func:`lightning_callback` and :func:`hf_callback` (they import those packages lazily).
@@ -96,7 +116,7 @@ class StepCertificate:
     status: str               # ok | clipped | set | unbounded | zero_step | rejected_nonfinite | rejected_rounding
     #                           | clipped_last_radius | rejected_error
     temperature: float = 1.0
-    engine: str = ""          # forward_ad | double_vjp | fd | last_radius | ""
+    engine: str = ""          # graph | forward_ad | double_vjp | fd | last_radius | ""
     fallback_reason: str = ""  # why no exact engine was used / why the step was rejected (empty otherwise)
     n_forwards: int = 0       # recorded forwards (micro-batches) whose JVPs define ρ_a
     rho_applied: float = math.nan  # radius along the applied displacement (= rho_a when s = 1)
@@ -152,7 +172,8 @@ class SafeStepController:
     (hooks on ``logits_module``, default ``model``: every forward run with autograd enabled since the last
     step is recorded) or ``"manual"`` (call :meth:`observe` before each step); ``model_mode`` for the radius
     (``"as_is"`` = the training forward's own mode and random numbers; ``"train"``/``"eval"`` force one);
-    ``engine`` ``"auto"`` (forward AD, then reverse-over-reverse), ``"forward_ad"`` or ``"double_vjp"``;
+    ``engine`` ``"auto"`` (the step's own graph, then the replay's forward AD, then reverse-over-reverse),
+    ``"graph"``, ``"forward_ad"`` or ``"double_vjp"``;
     ``verify_applied`` recomputes the radius along the applied displacement when the step was rescaled
     (module doc; without it a rescaled step is an estimate); ``max_forwards`` caps the forwards kept per step (older ones dropped → estimate);
     ``jsonl`` a file to append records to.  Only the parameters of ``logits_module`` that are in the

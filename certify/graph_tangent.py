@@ -60,6 +60,9 @@ from torch.overrides import TorchFunctionMode
 from .replay import ReplayUnsupported
 
 
+_aten = torch.ops.aten
+
+
 class GraphUnsupported(ReplayUnsupported):
     """The graph engine cannot compute this JVP exactly (the controller falls back to the replay)."""
 
@@ -103,16 +106,30 @@ def _rule(names: tuple[str, ...], fn: Callable, need: Callable | None = None):
 
 
 def _addmm(s, t, meta):
+    """``β·ḃ + α(Ṁ₁M₂ + M₁Ṁ₂)`` as one ``addmm`` and one in-place ``addmm_`` (no separate elementwise adds)."""
     a, b = s.get("alpha", 1), s.get("beta", 1)
-    mm = _sum(t[1] @ s["mat2"] if t[1] is not None else None, s["mat1"] @ t[2] if t[2] is not None else None)
-    if mm is not None and a != 1:
-        mm = mm * a
-    bias = t[0] if (t[0] is None or b == 1) else t[0] * b
-    return _bshape(_sum(mm, bias), meta[0])
+    terms = [(x, y) for x, y in ((t[1], s.get("mat2")), (s.get("mat1"), t[2])) if x is not None and y is not None]
+    if not terms:
+        return _bshape(t[0] * b if b != 1 else t[0], meta[0])
+    (x, y), rest = terms[0], terms[1:]
+    out = torch.addmm(t[0], x, y, beta=b, alpha=a) if t[0] is not None else \
+        (torch.mm(x, y) if a == 1 else torch.mm(x, y).mul_(a))
+    for x, y in rest:
+        out.addmm_(x, y, alpha=a)
+    return out
 
 
 def _mm(s, t, meta):
-    return _sum(t[0] @ s["mat2"] if t[0] is not None else None, s["self"] @ t[1] if t[1] is not None else None)
+    bat = t[0].dim() == 3 if t[0] is not None else t[1].dim() == 3
+    terms = [(x, y) for x, y in ((t[0], s.get("mat2")), (s.get("self"), t[1])) if x is not None and y is not None]
+    (x, y), rest = terms[0], terms[1:]
+    out = torch.bmm(x, y) if bat else torch.mm(x, y)
+    for x, y in rest:
+        if bat:
+            out.baddbmm_(x, y)
+        else:
+            out.addmm_(x, y)
+    return out
 
 
 def _need_bilinear(a: str, b: str):
@@ -147,23 +164,6 @@ def _div(s, t, meta):
                         -(s["self"] * t[1]) / (o * o) if t[1] is not None else None), meta[0])
 
 
-def _gelu(s, t, meta):
-    x = s["self"]
-    if s["approximate"] == "tanh":
-        k = math.sqrt(2.0 / math.pi)
-        inner = k * (x + 0.044715 * x ** 3)
-        th = torch.tanh(inner)
-        d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * k * (1 + 3 * 0.044715 * x * x)
-    else:
-        d = 0.5 * (1 + torch.erf(x * (1 / math.sqrt(2)))) + x * torch.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
-    return t[0] * d
-
-
-def _silu(s, t, meta):
-    sg = torch.sigmoid(s["self"])
-    return t[0] * (sg * (1 + s["self"] * (1 - sg)))
-
-
 def _red_dims(dim, nd):
     return tuple(range(nd)) if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0) else dim
 
@@ -177,20 +177,22 @@ def _sum1(s, t, meta):
 
 
 def _layer_norm(s, t, meta):
-    x, mu, rstd = s.get("input"), s.get("result1"), s.get("result2")
+    """``ẏ = w ⊙ J_x̂ ẋ + x̂ ⊙ ẇ + ḃ`` with ``J_x̂ = rstd·(I − 11ᵀ/n − x̂x̂ᵀ/n)`` per row.  ``J_x̂`` is symmetric, so
+    ``J_x̂ ẋ`` is exactly what the fused backward kernel computes for the output gradient ``ẋ`` and no weight."""
+    x, mu, rstd = s["input"], s["result1"], s["result2"]
     w = s.get("weight")
-    nd = len(s["normalized_shape"])
-    dims = tuple(range(-nd, 0))
-    need_xhat = t[1] is not None or t[0] is not None
-    xh = (x - mu) * rstd if need_xhat else None
     out = None
     if t[0] is not None:
-        dx = t[0] - t[0].mean(dims, keepdim=True)
-        dxh = rstd * dx - xh * (rstd * (xh * dx).mean(dims, keepdim=True))
-        out = dxh * w if w is not None else dxh
+        out = torch.ops.aten.native_layer_norm_backward(t[0], x, s["normalized_shape"], mu, rstd, None, None,
+                                                        [True, False, False])[0]
+        if w is not None:
+            out = out.mul_(w)
     if t[1] is not None:
-        out = _sum(out, xh * t[1])
-    return _bshape(_sum(out, t[2]), meta[0])
+        xh = torch.sub(x, mu).mul_(rstd)
+        out = xh.mul_(t[1]) if out is None else out.addcmul_(xh, t[1])
+    if t[2] is not None:
+        out = _bshape(t[2], meta[0]) if out is None else out.add_(t[2])
+    return _bshape(out, meta[0])
 
 
 def _cshape(v: torch.Tensor, nd: int) -> torch.Tensor:
@@ -198,28 +200,29 @@ def _cshape(v: torch.Tensor, nd: int) -> torch.Tensor:
 
 
 def _batch_norm(s, t, meta):
+    """Training mode: per channel the same symmetric ``J_x̂`` as LayerNorm (over batch and positions), taken
+    from the fused backward kernel; eval mode: an affine map with the running statistics."""
     x, w = s["input"], s.get("weight")
     nd = x.dim()
+    out = None
     if s["training"]:
-        mu, istd = _cshape(s["result1"], nd), _cshape(s["result2"], nd)
-        dims = (0,) + tuple(range(2, nd))
-        xh = (x - mu) * istd
-        out = None
+        mu, istd = s["result1"], s["result2"]
         if t[0] is not None:
-            dx = t[0] - t[0].mean(dims, keepdim=True)
-            dxh = istd * dx - xh * (istd * (xh * dx).mean(dims, keepdim=True))
-            out = dxh * _cshape(w, nd) if w is not None else dxh
+            out = torch.ops.aten.native_batch_norm_backward(t[0], x, None, None, None, mu, istd, True, s["eps"],
+                                                            [True, False, False])[0]
+            if w is not None:
+                out = out.mul_(_cshape(w, nd))
+        mu, istd = _cshape(mu, nd), _cshape(istd, nd)
     else:
         istd = _cshape(torch.rsqrt(s["running_var"] + s["eps"]), nd)
         mu = _cshape(s["running_mean"], nd)
-        xh = (x - mu) * istd if t[1] is not None else None
-        out = None
         if t[0] is not None:
             out = t[0] * (istd * _cshape(w, nd) if w is not None else istd)
     if t[1] is not None:
-        out = _sum(out, xh * _cshape(t[1], nd))
+        xh = torch.sub(x, mu).mul_(istd).mul_(_cshape(t[1], nd))
+        out = xh if out is None else out.add_(xh)
     if t[2] is not None:
-        out = _sum(out, _cshape(t[2], nd))
+        out = _bshape(_cshape(t[2], nd), meta[0]) if out is None else out.add_(_cshape(t[2], nd))
     return _bshape(out, meta[0])
 
 
@@ -239,21 +242,18 @@ def _bn_cap(node, S, carry):
 def _group_norm(s, t, meta):
     x, w = s["input"], s.get("weight")
     n, c, g = s["N"], s["C"], s["group"]
-    shp = x.shape
-    xg = x.reshape(n, g, -1)
-    mu, rstd = s["result1"].reshape(n, g, 1), s["result2"].reshape(n, g, 1)
-    xh = (xg - mu) * rstd
+    shp, nd = x.shape, x.dim()
     out = None
     if t[0] is not None:
-        dg = t[0].reshape(n, g, -1)
-        dx = dg - dg.mean(-1, keepdim=True)
-        out = (rstd * dx - xh * (rstd * (xh * dx).mean(-1, keepdim=True))).reshape(shp)
+        out = torch.ops.aten.native_group_norm_backward(t[0], x, s["result1"], s["result2"], None, n, c, s["HxW"], g,
+                                                        [True, False, False])[0]
         if w is not None:
-            out = out * _cshape(w, len(shp))
+            out = out.mul_(_cshape(w, nd))
     if t[1] is not None:
-        out = _sum(out, xh.reshape(shp) * _cshape(t[1], len(shp)))
+        xh = ((x.reshape(n, g, -1) - s["result1"].reshape(n, g, 1)) * s["result2"].reshape(n, g, 1)).reshape(shp)
+        out = _sum(out, xh.mul_(_cshape(t[1], nd)))
     if t[2] is not None:
-        out = _sum(out, _cshape(t[2], len(shp)))
+        out = _sum(out, _cshape(t[2], nd))
     return _bshape(out, meta[0])
 
 
@@ -387,11 +387,13 @@ _SIMPLE = dict(
     RsqrtBackward0=_rule(("result",), lambda s, t, m: t[0] * (-0.5 * s["result"] ** 3)),
     ExpBackward0=_rule(("result",), lambda s, t, m: t[0] * s["result"]),
     LogBackward0=_rule(("self",), lambda s, t, m: t[0] / s["self"]),
-    TanhBackward0=_rule(("result",), lambda s, t, m: t[0] * (1 - s["result"] * s["result"])),
-    SigmoidBackward0=_rule(("result",), lambda s, t, m: t[0] * (s["result"] * (1 - s["result"]))),
-    ReluBackward0=_rule(("result",), lambda s, t, m: t[0] * (s["result"] > 0)),
-    GeluBackward0=_rule(("self", "approximate"), _gelu),
-    SiluBackward0=_rule(("self",), _silu),
+    # diagonal Jacobians: the fused backward kernel applied to the tangent is the JVP
+    TanhBackward0=_rule(("result",), lambda s, t, m: _aten.tanh_backward(t[0], s["result"])),
+    SigmoidBackward0=_rule(("result",), lambda s, t, m: _aten.sigmoid_backward(t[0], s["result"])),
+    ReluBackward0=_rule(("result",), lambda s, t, m: _aten.threshold_backward(t[0], s["result"], 0)),
+    GeluBackward0=_rule(("self", "approximate"),
+                        lambda s, t, m: _aten.gelu_backward(t[0], s["self"], approximate=s["approximate"])),
+    SiluBackward0=_rule(("self",), lambda s, t, m: _aten.silu_backward(t[0], s["self"])),
     LeakyReluBackward0=_rule(("self", "negative_slope"),
                              lambda s, t, m: torch.where(s["self"] > 0, t[0], t[0] * s["negative_slope"])),
     HardtanhBackward0=_rule(("self", "min_val", "max_val"),
@@ -399,8 +401,9 @@ _SIMPLE = dict(
     ClampBackward1=_rule(("self", "min", "max"), _clamp),
     ClampMinBackward0=_rule(("self", "min"), _clamp),
     ClampMaxBackward0=_rule(("self", "max"), _clamp),
-    SoftmaxBackward0=_rule(("result", "dim"), lambda s, t, m: s["result"] * (
-        t[0] - (s["result"] * t[0]).sum(s["dim"], keepdim=True))),
+    # softmax: J = diag(p) − ppᵀ is symmetric
+    SoftmaxBackward0=_rule(("result", "dim"), lambda s, t, m: _aten._softmax_backward_data(
+        t[0], s["result"], s["dim"], s["result"].dtype)),
     LogSoftmaxBackward0=_rule(("result", "dim"), lambda s, t, m: t[0] - (
         torch.exp(s["result"]) * t[0]).sum(s["dim"], keepdim=True)),
     MeanBackward0=_rule((), lambda s, t, m: t[0].mean()),
@@ -410,7 +413,7 @@ _SIMPLE = dict(
     NativeDropoutBackward0=_rule(("result1", "p"), lambda s, t, m: t[0] * s["result1"] * (
         1.0 / (1.0 - s["p"]) if s["p"] < 1 else 0.0)),
     NativeLayerNormBackward0=_rule(("input", "normalized_shape", "weight", "result1", "result2"), _layer_norm),
-    NativeGroupNormBackward0=_rule(("input", "weight", "result1", "result2", "N", "C", "group"), _group_norm),
+    NativeGroupNormBackward0=_rule(("input", "weight", "result1", "result2", "N", "C", "HxW", "group"), _group_norm),
     ConvolutionBackward0=_rule(("input", "weight", "stride", "padding", "dilation", "transposed",
                                 "output_padding", "groups"), _conv),
     EmbeddingBackward0=_rule(("indices",), lambda s, t, m: F.embedding(s["indices"], t[0])),
