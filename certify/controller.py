@@ -494,11 +494,11 @@ class SafeStepController:
         byid = {id(p): v for p, v in zip(self._params, values)}
         return {k: byid.get(id(p), p) for k, p in self.logits_module.named_parameters()}
 
-    def _radius(self, forwards: list[RecordedForward], params: dict[str, torch.Tensor],
+    def _radius(self, forwards: list[RecordedForward], params: dict[str, torch.Tensor] | None,
                 disp: list[torch.Tensor], norm: float, engines: tuple[str, ...]):
         """``(RadiusResult | None, engine, reasons)`` along ``disp/norm`` over all recorded forwards."""
-        unit = {k: d / norm for k, d in zip(self._names, disp)}
         reasons: list[str] = []
+        unit: dict[str, torch.Tensor] = {}
         self._busy = True
         try:
             for eng in engines:
@@ -510,6 +510,10 @@ class SafeStepController:
                     except ReplayUnsupported as e:
                         reasons.append(f"graph: {e}")
                     continue
+                if params is None:
+                    params = self._params_at(self._old)
+                if not unit:
+                    unit = {k: d / norm for k, d in zip(self._names, disp)}
                 try:
                     fn = getattr(self._replay, eng)
                     res = [radius_from_dlogits(self._wide(fn(f, params, unit)), temperature=self.temperature,
@@ -519,6 +523,10 @@ class SafeStepController:
                     reasons.append(f"{eng}: {e}")
                 except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
                     reasons.append(f"{eng}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            if params is None:
+                params = self._params_at(self._old)
+            if not unit:
+                unit = {k: d / norm for k, d in zip(self._names, disp)}
             try:
                 res = [radius_from_dlogits(self._wide(self._replay.central_difference(f, params, unit, self.eps)),
                                            temperature=self.temperature, method="fd") for f in forwards]
@@ -566,7 +574,7 @@ class SafeStepController:
             notes.append(f"{dropped} forward(s) beyond max_forwards were not kept")
         if rec_err:
             notes.append(rec_err)
-        params = self._params_at(self._old)
+        params = None  # θ_old by name, built only if a replay engine runs (the graph engine reads self._old)
         engines = _ENGINES[self.engine] if self.method == "jvp" else ()
         res, engine, reasons = self._radius(forwards, params, delta, tau, engines)
         reasons = notes + reasons
