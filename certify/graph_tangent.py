@@ -621,7 +621,10 @@ def capture(z: torch.Tensor, params: list[torch.Tensor], stop: set, max_nodes: i
     for i, p in enumerate(params):
         if not p.is_contiguous():
             raise GraphUnsupported("a controlled parameter is not contiguous")
-        pstore[p.untyped_storage().data_ptr()] = i
+        ptr = p.untyped_storage().data_ptr()
+        if ptr in pstore:
+            raise GraphUnsupported("two controlled parameters share one storage")
+        pstore[ptr] = i
     # iterative post-order
     index: dict[Any, int] = {}
     order: list[Any] = []
@@ -735,8 +738,12 @@ def _hold(t: torch.Tensor, held: list, pstore: dict, params: list[torch.Tensor],
     t = t.detach()
     i = pstore.get(t.untyped_storage().data_ptr()) if t.numel() else None
     if i is not None:
+        a = _Alias(i, t, params[i])
+        last = a.offset + sum((k - 1) * st for k, st in zip(a.size, a.stride) if k > 0)
+        if a.offset < 0 or last >= params[i].numel() or any(st < 0 for st in a.stride):
+            raise GraphUnsupported("a saved tensor shares storage with a parameter but is not a view inside it")
         alias[0] = True
-        return _Alias(i, t, params[i])
+        return a
     held.append((t, t._version))
     return t
 

@@ -401,3 +401,13 @@ def test_activation_checkpointing_is_unchanged_and_exact():
     assert [r.engine for r in c1.records] == ["graph"] * 3
     for r1, r2 in zip(c1.records, c2.records):
         assert r1.rho_a == pytest.approx(r2.rho_a, rel=1e-5)
+
+
+def test_parameters_sharing_one_storage_are_refused():
+    """Two controlled parameters that are views of one storage: a saved view could not be attributed to one
+    θ_old copy, so the graph engine refuses (the replay handles it)."""
+    base = torch.randn(20)
+    p1, p2 = nn.Parameter(base[:10].view(2, 5)), nn.Parameter(base[10:].view(5, 2))
+    z = (p1 @ p2).tanh()
+    with pytest.raises(GraphUnsupported, match="share one storage"):
+        capture(z, [p1, p2], set())
