@@ -212,20 +212,18 @@ def _batch_norm(s, t, meta):
     out = None
     if s["training"]:
         mu, istd = s["result1"], s["result2"]
-        if t[0] is not None:
-            out = torch.ops.aten.native_batch_norm_backward(t[0], x, None, None, None, mu, istd, True, s["eps"],
+        if t[0] is not None:  # J_x̂ is block-diagonal per channel and w constant per channel: J(w⊙ẋ) = w⊙Jẋ
+            out = torch.ops.aten.native_batch_norm_backward(t[0], x, w, None, None, mu, istd, True, s["eps"],
                                                             [True, False, False])[0]
-            if w is not None:
-                out = out.mul_(_cshape(w, nd))
         mu, istd = _cshape(mu, nd), _cshape(istd, nd)
     else:
         istd = _cshape(torch.rsqrt(s["running_var"] + s["eps"]), nd)
         mu = _cshape(s["running_mean"], nd)
         if t[0] is not None:
             out = t[0] * (istd * _cshape(w, nd) if w is not None else istd)
-    if t[1] is not None:
-        xh = torch.sub(x, mu).mul_(istd).mul_(_cshape(t[1], nd))
-        out = xh if out is None else out.add_(xh)
+    if t[1] is not None:  # x̂ ⊙ ẇ = (x − μ) ⊙ (istd·ẇ), the second factor per channel
+        f = istd * _cshape(t[1], nd)
+        out = torch.sub(x, mu).mul_(f) if out is None else out.addcmul_(torch.sub(x, mu), f)
     if t[2] is not None:
         out = _bshape(_cshape(t[2], nd), meta[0]) if out is None else out.add_(_cshape(t[2], nd))
     return _bshape(out, meta[0])
@@ -262,16 +260,31 @@ def _group_norm(s, t, meta):
     return _bshape(out, meta[0])
 
 
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+
 def _conv(s, t, meta):
-    args = (s["stride"], s["padding"], s["dilation"], s["transposed"], s["output_padding"], s["groups"])
+    """``conv(ẋ, w) + conv(x, ẇ) + ḃ`` (the non-transposed convolutions through ``F.convNd``, whose CPU path
+    is faster than the generic ``torch.convolution``; sums in place)."""
+    st, pad, dil, tr, opad, g = (s["stride"], s["padding"], s["dilation"], s["transposed"], s["output_padding"],
+                                 s["groups"])
+    fn = _CONV.get(len(meta[0])) if not tr else None
+
+    def conv(x, w):
+        if fn is not None:
+            return fn(x, w, None, st, pad, dil, g)
+        return torch.convolution(x, w, None, st, pad, dil, tr, opad, g)
+
     out = None
     if t[0] is not None:
-        out = torch.convolution(t[0], s["weight"], None, *args)
+        out = conv(t[0], s["weight"])
     if t[1] is not None:
-        out = _sum(out, torch.convolution(s["input"], t[1], None, *args))
+        o = conv(s["input"], t[1])
+        out = o if out is None else out.add_(o)
     if t[2] is not None:
-        out = _sum(out, _cshape(t[2], len(meta[0])))
-    return _bshape(out, meta[0])
+        b = _cshape(t[2], len(meta[0]))
+        out = _bshape(b, meta[0]) if out is None else out.add_(b)
+    return out
 
 
 def _sdpa_cpu(s, t, meta):
