@@ -39,7 +39,9 @@ makes the tape refuse (:class:`GraphUnsupported`), and the controller falls back
 Refusals (the controller falls back to the exact replay, with the reason recorded): a ``grad_fn`` with no
 rule in :data:`RULES` (custom ``autograd.Function`` -- a straight-through estimator's backward is not the
 derivative of its forward --, ``CopySlices``/``AsStrided`` from in-place ops on views, fused kernels
-without a rule), SDPA with dropout (its mask is not saved), a version mismatch, any error inside a rule.
+without a rule: the recurrent kernels, upsampling, weight_norm's fused kernel, ...), a fused SDPA kernel with
+dropout (its mask is not saved; on CPU dropout makes SDPA take its composite path, whose nodes have rules), a
+version mismatch, any error inside a rule.
 The controller also refuses the tape when the training forward used a parameter-dependent tensor where
 the graph cannot see it: under ``torch.no_grad`` or through ``.detach()``/``.data`` (the logits depend
 on it, the graph does not) -- see ``GraphWatch`` below; and for half-precision or autocast forwards (the
@@ -50,7 +52,13 @@ here (half precision is refused above); the direction is used as given (float32 
 
 Every rule is the exact derivative of the op as evaluated in the forward (ties, kinks: the same one-sided
 choice torch's forward-mode AD makes: ``relu'(0) = 0``, clamp's derivative 1 on the closed interval);
-``tests/test_controller_graph_engine.py`` checks each against ``torch.func.jvp``.
+``tests/test_controller_graph_engine.py`` checks each against ``torch.func.jvp``.  Where an op's Jacobian
+is diagonal (activations) or symmetric (softmax ``diag(p) − ppᵀ``; the normalizations' ``x ↦ x̂``,
+``rstd·(I − 11ᵀ/n − x̂x̂ᵀ/n)`` per normalized group) the JVP *is* the VJP, so the rule calls autograd's own
+fused backward kernel on the tangent (one pass instead of a chain of elementwise ops).
+
+Not seen by either engine (shared with the replay): a value leaving the tensor world inside the forward
+(``.item()``, ``.tolist()``, Python control flow on tensor values) is a constant for the JVP.
 """
 
 from __future__ import annotations
@@ -227,10 +235,6 @@ def _batch_norm(s, t, meta):
     if t[2] is not None:
         out = _bshape(_cshape(t[2], nd), meta[0]) if out is None else out.add_(_cshape(t[2], nd))
     return _bshape(out, meta[0])
-
-
-def _bn_need(c):
-    return ("input", "weight", "result1", "result2", "training", "eps", "running_mean", "running_var")
 
 
 def _bn_cap(node, S, carry):
