@@ -415,9 +415,10 @@ def main():
               "train/eval radius.",
               "- The measured overheads stay above the tangent-only floor because these small CPU steps are "
               "dispatch- and memory-bound: every tangent rule is a few elementwise kernels (LayerNorm's tangent "
-              "needs the normalized input again, GELU's derivative is recomputed from its input), the graph walk "
-              "and the rules run in Python (one node ~ 5-20 µs), and the watch mode adds a Python call per "
-              "torch call of the forward. What would get below the floor without giving up exactness: (1) fusing "
+              "needs the normalized input again, GELU's derivative is recomputed from its input), the rules are "
+              "dispatched from Python, the graph walk in the forward hook costs 0.16 / 0.29 / 0.41 ms per forward "
+              "(MLP+LN / Transformer / GPT, measured separately), and the watch mode adds a Python call per torch "
+              "call of the forward. What would get below the floor without giving up exactness: (1) fusing "
               "the elementwise tangent rules (torch.compile of the tangent program, cached per graph "
               "structure) -- removes the dispatch and memory traffic but not the GEMM floor; (2) a certified "
               "radius from a subset of the batch: the spread on a subset bounds the batch only with a certified "
