@@ -7,9 +7,10 @@ full-batch Adam at lr 0.015 for 200 steps, one step at step 50 with the learning
 training batch = the training set, train-mode BatchNorm statistics, exact JVP).  Metric: median final
 test accuracy over the seeds; a seed diverges if its final training loss exceeds 10.
 
-Overhead: per-step CPU and wall time of plain Adam vs. Adam + controller: the exact JVP (the recorded
-training forward replayed at θ_old with its RNG state, forward-mode AD; :mod:`certify.replay`) and the
-finite difference (an estimate), on the three digits models and a small GPT-style language model with
+Overhead: per-step CPU and wall time of plain Adam vs. Adam + controller: the exact JVP as shipped (the
+graph engine, :mod:`certify.graph_tangent`: the tangent pushed through the step's own autograd graph), the
+previous exact engine kept as its fallback (the recorded training forward replayed at θ_old with its RNG
+state, forward-mode AD; :mod:`certify.replay`) and the finite difference (an estimate), on the three digits models and a small GPT-style language model with
 tied embeddings (synthetic tokens); interleaved rounds, medians; plus the GEMM multiply-accumulate counts
 that bound an exact tangent from below (with and without the primal recomputation).
 
@@ -174,7 +175,8 @@ def gpt_batch():
 TIMING_ARCHS = {**ARCHS, "GPT (tied)": GPTTied}
 TIMING_ARMS = {  # arm -> SafeStepController kwargs (None: plain Adam)
     "plain": None,
-    "jvp": dict(method="jvp"),   # exact: the recorded forward replayed at θ_old (forward AD), certified
+    "jvp": dict(method="jvp"),   # exact: the step's own autograd graph, tangent only (graph engine), certified
+    "replay": dict(method="jvp", engine="forward_ad"),  # exact: the recorded forward replayed (forward AD)
     "fd": dict(method="fd"),     # estimate: central difference of the replayed forward (two forwards)
 }
 
@@ -212,6 +214,7 @@ def time_overhead(arch: str, data, rounds: int, k: int, arms=tuple(TIMING_ARMS))
     CPU time (``time.thread_time``, one torch thread) is the robust number on a shared machine: it does not
     count time spent waiting for a core.  Warm-up steps are not timed."""
     Xtr, ytr = gpt_batch() if arch == "GPT (tied)" else data[:2]
+    load0 = os.getloadavg()[0]
     wall, cpu, setups, warm = {}, {}, {}, {}
     for arm in arms:
         torch.manual_seed(0)
@@ -259,7 +262,8 @@ def time_overhead(arch: str, data, rounds: int, k: int, arms=tuple(TIMING_ARMS))
             "warmup_s": warm, "engines": engines, "kinds": kinds, "fallback_reasons": reasons,
             "rescaled_fraction": clipped,
             "gemm_macs": gemm_macs(setups["plain"][0], Xtr),
-            "overhead_jvp": mw["jvp"] / mw["plain"] - 1, "overhead_fd": mw["fd"] / mw["plain"] - 1}
+            "overhead_jvp": mw["jvp"] / mw["plain"] - 1, "overhead_fd": mw["fd"] / mw["plain"] - 1,
+            "load_avg_1m_start_end": [load0, os.getloadavg()[0]]}
 
 
 def main():
@@ -364,20 +368,25 @@ def main():
               f"{args.timing_steps} steps (CNN+BN: {args.timing_steps_cnn}), after 3 warm-up steps per arm. "
               "**CPU** = thread CPU time (one torch thread; it does not count time spent waiting for a core, so "
               "it is the robust number on this shared machine), **wall** = elapsed time. Arms: `jvp` = the exact "
-              "controller (the recorded training forward replayed at θ_old with its RNG state, forward-mode "
-              "AD; certified); `fd` = central difference of the replayed forward (an *estimate*). Adam lr 1e-3 "
-              "(GPT: 3e-4); a step the controller rescales costs a second replay (the radius is recomputed along "
-              "the rounded applied displacement), so the last column gives the fraction of rescaled steps.", "",
+              "controller as shipped: the graph engine (the tangent pushed through the training step's own autograd "
+              "graph, primal values read from its saved tensors; certified; :mod:`certify.graph_tangent`); "
+              "`replay` = the previous exact engine, kept as the fallback (the recorded training forward replayed "
+              "at θ_old with its RNG state, forward-mode AD; certified); `fd` = central difference of the replayed "
+              "forward (an *estimate*). Adam lr 1e-3 (GPT: 3e-4); a step the controller rescales costs a second "
+              "JVP (the radius is recomputed along the rounded applied displacement), so the last column gives "
+              "the fraction of rescaled steps.", "",
               f"Measured under load: the machine's 2 cores were shared with other jobs (1-minute load average "
               f"{load[0]:.1f} at the start of the timing, {load_end[0]:.1f} at its end).", "",
-              "| architecture | plain Adam ms (cpu / wall) | jvp (exact) | fd (estimate) | engines / kinds |",
-              "|---|---|---|---|---|"]
+              "| architecture | plain Adam ms (cpu / wall) | jvp = graph engine (exact) | replay (exact, previous) "
+              "| fd (estimate) | engines / kinds |",
+              "|---|---|---|---|---|---|"]
     for arch, t in timing.items():
         mc, mw, oc, ow = t["cpu_ms_per_step"], t["ms_per_step"], t["overhead_cpu"], t["overhead_wall"]
         cell = lambda a: f"{mc[a]:.2f} / {mw[a]:.2f} ms: **{100 * oc[a]:+.0f}%** cpu, {100 * ow[a]:+.0f}% wall"  # noqa: E731
         eng = "; ".join(f"{a}: {'/'.join(t['engines'][a])} ({'/'.join(t['kinds'][a])}, "
                         f"{100 * t['rescaled_fraction'][a]:.0f}% of steps rescaled)" for a in t["engines"])
-        lines.append(f"| {arch} | {mc['plain']:.2f} / {mw['plain']:.2f} | {cell('jvp')} | {cell('fd')} | {eng} |")
+        lines.append(f"| {arch} | {mc['plain']:.2f} / {mw['plain']:.2f} | {cell('jvp')} | {cell('replay')} | "
+                     f"{cell('fd')} | {eng} |")
     fb = {arch: t["fallback_reasons"] for arch, t in timing.items() if any(t["fallback_reasons"].values())}
     if fb:
         lines += ["", f"Fallback reasons in the timed steps: {fb}"]
@@ -385,36 +394,41 @@ def main():
               "A plain step does, per layer, the forward `W·h`, the weight gradient and (when `h` depends on the "
               "parameters) the input gradient. An exact tangent needs `ΔW·h` and (same condition) `W·ḣ`; the "
               "replay also recomputes the primal `W·h`.", "",
-              "| architecture | step MACs | tangent only (floor of any exact tangent) | replay = primal + tangent "
-              "(floor of this design) | measured jvp overhead (cpu) |", "|---|---|---|---|---|"]
+              "| architecture | step MACs | tangent only (floor of any exact tangent; the graph engine's design) "
+              "| replay = primal + tangent (floor of the replay) | measured overhead (cpu): graph / replay |",
+              "|---|---|---|---|---|"]
     for arch, t in timing.items():
         g = t["gemm_macs"]
         lines.append(f"| {arch} | {g['plain_step_macs'] / 1e6:.0f} M | {100 * g['ratio']:+.0f}% | "
-                     f"{100 * g['replay_ratio']:+.0f}% | {100 * t['overhead_cpu']['jvp']:+.0f}% |")
+                     f"{100 * g['replay_ratio']:+.0f}% | {100 * t['overhead_cpu']['jvp']:+.0f}% / "
+                     f"{100 * t['overhead_cpu']['replay']:+.0f}% |")
     lines += ["", "Reading these numbers:", "",
-              "- The controller no longer reuses the training forward's activations: it observes the forward "
-              "through hooks and replays it (issue #16: routing the training forward through an fx trace changed "
-              "training -- straight-through estimators, no_grad blocks, Python-random stochastic depth, "
-              "reassigned attributes -- and lost tied weights). Its exact path therefore costs a forward plus a "
-              "tangent: the replay floor in the table (about +100% of a step's GEMM work) instead of the "
-              "tangent-only floor (+63-66%); the measured overheads are above both because these CPU steps are "
-              "memory- and dispatch-bound in the elementwise layers and forward-mode AD runs each op's primal "
-              "and tangent kernels separately (a separate microbenchmark on this machine, 1,437 x 64 "
-              "activations, one thread: forward-mode LayerNorm 0.56 ms vs 0.08 ms primal, GELU 0.21 vs 0.06 ms, "
-              "Linear with dual weight and input 0.45 vs 0.13 ms; the whole MLP+LN replay 6.2 ms vs a 1.4 ms "
-              "primal forward).",
-              "- The issue's goal (+25% per step) is not met by any exact arm here. What would get below the "
-              "floors without giving up exactness: (1) a tangent pass that reads the primal values from the "
-              "step's own autograd graph (saved tensors of `grad_fn` nodes, taken in a forward hook before the "
-              "backward frees them; a tied parameter is one leaf and dropout masks are the forward's own) -- "
-              "removes the primal recomputation, back to the tangent-only floor; (2) a certified radius from a "
-              "subset: the spread on a subset bounds the batch only with a certified bound on the rest "
-              "(e.g. per-sample Lipschitz bounds of the logit JVP), else it is an estimate; (3) computing the "
-              "radius every k steps is not a certificate for the steps in between.",
+              "- The exact controller no longer recomputes the forward: during the training forward it only "
+              "watches (a pass-through TorchFunctionMode that flags no_grad/detach paths the graph cannot see), "
+              "and in the forward hook on the logits module it walks `logits.grad_fn` and keeps the saved "
+              "tensors the tangent rules need (before the backward frees them); after `step()` it pushes the "
+              "tangent through that graph at θ_old (saved views of parameters are re-pointed to the θ_old copy). "
+              "Its FLOP floor is therefore the tangent-only column (plus, for SDPA, one recomputation of the "
+              "attention scores, which the fused kernel does not save). The replay arm is the previous exact "
+              "engine, kept as the fallback for graphs with an op the table has no rule for, half precision, "
+              "autocast, no_grad/detach paths, in-place changes of saved tensors, and the forced "
+              "train/eval radius.",
+              "- The measured overheads stay above the tangent-only floor because these small CPU steps are "
+              "dispatch- and memory-bound: every tangent rule is a few elementwise kernels (LayerNorm's tangent "
+              "needs the normalized input again, GELU's derivative is recomputed from its input), the rules are "
+              "dispatched from Python, the graph walk in the forward hook costs 0.16 / 0.29 / 0.41 ms per forward "
+              "(MLP+LN / Transformer / GPT, measured separately), and the watch mode adds a Python call per torch "
+              "call of the forward. What would get below the floor without giving up exactness: (1) fusing "
+              "the elementwise tangent rules (torch.compile of the tangent program, cached per graph "
+              "structure) -- removes the dispatch and memory traffic but not the GEMM floor; (2) a certified "
+              "radius from a subset of the batch: the spread on a subset bounds the batch only with a certified "
+              "bound on the rest (e.g. per-sample Lipschitz bounds of the logit JVP), else it is an estimate; "
+              "(3) computing the radius every k steps is not a certificate for the steps in between.",
               "", "Paper (ResNet-18/CIFAR-10, GPU): +66% with finite differences, +129% with an exact JVP.", "",
-              "Accuracy runs above: cached in lr_spike.runs.json, produced with the earlier exact engine; on "
-              "these three float32 models (no tied weights, in-place ops or random layers) both "
-              "engines compute the same JVP up to float rounding, so they were not re-trained."]
+              "Accuracy runs above: cached in lr_spike.runs.json, produced with the replay engine; on these "
+              "three float32 models the graph engine computes the same JVP up to float32 rounding "
+              "(tests/test_controller_graph_engine.py compares them, radius within 1e-4 relative), so they were "
+              "not re-trained."]
     (rdir / "lr_spike.md").write_text("\n".join(lines) + "\n")
 
 

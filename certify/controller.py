@@ -18,15 +18,31 @@ step pre/post hooks (θ_old).  With the controller attached a training run compu
 computes without it -- losses, gradients, RNG consumption, buffers -- apart from the scaling of the step
 (``tests/test_controller_semantics.py`` checks this bit for bit: straight-through ``autograd.Function``,
 ``no_grad`` blocks, Python-random stochastic depth, reassigned tensor attributes, dropout, BatchNorm).
-The JVP is computed afterwards by *replaying* the recorded forward on the side at θ_old with the
-forward's own RNG state (:mod:`certify.replay`); the RNG is set back to where the training run left it.
-(The previous design ran the training forward through a ``torch.fx`` trace to reuse its activations;
-that changed training semantics and lost tied weights, so it and its tangent-rule engine were removed.)
+
+Engines (``engine="auto"`` tries them in this order):
+
+1. ``graph`` (:mod:`certify.graph_tangent`): the JVP pushed through the training step's *own* autograd
+   graph.  The forward hook walks ``logits.grad_fn`` before the backward frees it and keeps the saved
+   tensors the tangent rules need; after ``step()`` only the tangent is computed (no primal forward), with
+   saved views of parameters re-pointed to θ_old and every other saved tensor's version counter checked.
+   A tied parameter is one ``AccumulateGrad`` leaf; dropout masks are the forward's own.  During the
+   training forward a pass-through ``TorchFunctionMode`` (``GraphWatch``) only *flags* a tensor that
+   requires grad being used under ``no_grad`` or detached -- a path the graph cannot see -- which makes
+   the engine refuse.  It also refuses graphs with a node it has no rule for (custom ``autograd.Function``,
+   ``CopySlices``, RNN kernels, ...), half precision/autocast, ``model_mode`` other than ``"as_is"`` and
+   ``capture="manual"``; the reason goes to ``fallback_reason`` and the next engine runs.
+2. ``forward_ad`` / ``double_vjp`` (:mod:`certify.replay`): the recorded forward *replayed* on the side
+   at θ_old with the forward's own RNG state, forward-mode AD (reverse-over-reverse when an op lacks a
+   forward-AD formula); the RNG is set back to where the training run left it.
+(An earlier design ran the training forward through a ``torch.fx`` trace to reuse its activations; that
+changed training semantics and lost tied weights.  The graph engine reuses them by reading autograd's
+saved tensors instead, which leaves the training step untouched.)
 
 Certificate invariant.  A record is ``kind="certified"`` only when
 
-* its JVP was computed exactly (forward-mode AD, or reverse-over-reverse when an op lacks a forward-AD
-  formula) for *every* forward run with autograd enabled since the previous step (gradient accumulation:
+* its JVP was computed exactly (tangent rules on the step's own graph, forward-mode AD of the replay, or
+  reverse-over-reverse when an op lacks a forward-AD formula) for *every* forward run with autograd
+  enabled since the previous step (gradient accumulation:
   all micro-batches; the radius is the minimum over them), each replay reproducing the recorded
   forward (same random numbers consumed, same logits, no detached tangent path);
 * the direction and the JVP are in float32 or float64 whatever the model's dtype (bf16/fp16 parameters
@@ -46,8 +62,12 @@ by the last certified radius (``status="clipped_last_radius"``, an estimate) or 
 (``status="rejected_error"``), and ``fallback_reason`` says why.  Using the controller wrongly (no forward
 recorded before the step) raises :class:`InvalidArgumentError` after putting θ_old back.
 
-Cost.  One replayed forward with tangents per recorded forward (about a forward plus a backward's worth
-of multiply-adds), a second one on steps that were rescaled, θ_old/p in preallocated flat buffers.
+Cost.  Graph engine: one tangent pass per recorded forward (no primal recomputation; for SDPA one
+recomputation of the attention scores), a second one on steps that were rescaled; memory: the saved
+tensors the rules need stay alive from the forward until ``step()`` returns (the backward would have freed
+them earlier; with gradient accumulation every micro-batch's until the step).  Replay fallback: one
+replayed forward with tangents per recorded forward.  θ_old/p in preallocated flat buffers.
+``bench/results/lr_spike.md`` has the measured overheads.
 Each step appends a :class:`StepCertificate` to ``controller.records`` (and to a JSONL file if given).
 Adapters for PyTorch Lightning and Hugging Face ``Trainer`` are built on demand by
 :func:`lightning_callback` and :func:`hf_callback` (they import those packages lazily).
@@ -67,12 +87,14 @@ from torch import nn
 
 from ..models.errors import InvalidArgumentError
 from .ghosts import RadiusResult, _first_tensor, radius_from_dlogits
+from .graph_tangent import GraphUnsupported, GraphWatch, capture
 from .replay import (RecordedForward, ReplayJVP, ReplayUnsupported, RngState, _cuda_indices, _tensors,
                      fingerprint)
 
 _SAFETY = 1.0 - 1e-6
 _HALF = (torch.float16, torch.bfloat16)
-_ENGINES = {"auto": ("forward_ad", "double_vjp"), "forward_ad": ("forward_ad",), "double_vjp": ("double_vjp",)}
+_ENGINES = {"auto": ("graph", "forward_ad", "double_vjp"), "graph": ("graph",), "forward_ad": ("forward_ad",),
+            "double_vjp": ("double_vjp",)}
 
 
 @dataclass
@@ -94,7 +116,7 @@ class StepCertificate:
     status: str               # ok | clipped | set | unbounded | zero_step | rejected_nonfinite | rejected_rounding
     #                           | clipped_last_radius | rejected_error
     temperature: float = 1.0
-    engine: str = ""          # forward_ad | double_vjp | fd | last_radius | ""
+    engine: str = ""          # graph | forward_ad | double_vjp | fd | last_radius | ""
     fallback_reason: str = ""  # why no exact engine was used / why the step was rejected (empty otherwise)
     n_forwards: int = 0       # recorded forwards (micro-batches) whose JVPs define ρ_a
     rho_applied: float = math.nan  # radius along the applied displacement (= rho_a when s = 1)
@@ -150,7 +172,8 @@ class SafeStepController:
     (hooks on ``logits_module``, default ``model``: every forward run with autograd enabled since the last
     step is recorded) or ``"manual"`` (call :meth:`observe` before each step); ``model_mode`` for the radius
     (``"as_is"`` = the training forward's own mode and random numbers; ``"train"``/``"eval"`` force one);
-    ``engine`` ``"auto"`` (forward AD, then reverse-over-reverse), ``"forward_ad"`` or ``"double_vjp"``;
+    ``engine`` ``"auto"`` (the step's own graph, then the replay's forward AD, then reverse-over-reverse),
+    ``"graph"``, ``"forward_ad"`` or ``"double_vjp"``;
     ``verify_applied`` recomputes the radius along the applied displacement when the step was rescaled
     (module doc; without it a rescaled step is an estimate); ``max_forwards`` caps the forwards kept per step (older ones dropped → estimate);
     ``jsonl`` a file to append records to.  Only the parameters of ``logits_module`` that are in the
@@ -214,6 +237,9 @@ class SafeStepController:
         self._pre_versions: list[int] | None = None
         self._last_rho: float | None = None
         self._replay = ReplayJVP(self.logits_module, logits_fn, model_mode)
+        # the graph engine reads the training forward's own graph: only for that forward's function
+        self._graph_on = method == "jvp" and engine in ("auto", "graph") and model_mode == "as_is" \
+            and capture == "forward"
         if attach:
             self.attach()
 
@@ -278,12 +304,20 @@ class SafeStepController:
         cuda = _cuda_indices(devs)
         low = self._half or any(torch.is_autocast_enabled(d) for d in {d.type for d in devs}
                                 if d in ("cpu", "cuda"))
+        stop = {id(t.grad_fn) for t in _tensors(args, kwargs) if t.grad_fn is not None}
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         kwargs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-        self._pending.append(RecordedForward(
+        rec = RecordedForward(
             args=args, kwargs=kwargs, versions=[t._version for t in _tensors(args, kwargs)],
             param_versions=[p._version for p in self._params], rng_before=RngState.capture(cuda, self._np_full),
-            low_precision=low, training=[m.training for m in self._mods]))
+            low_precision=low, training=[m.training for m in self._mods])
+        if self._graph_on:
+            if low:
+                rec.graph_reason = "half precision or autocast (the replay evaluates it in float32)"
+            else:
+                rec.graph_stop, rec.graph_watch = stop, GraphWatch()
+                rec.graph_watch.__enter__()  # left in the forward hook, also when the forward raises
+        self._pending.append(rec)
 
     def _own_parameters(self) -> bool:
         """Whether the module holds its own parameters now (not swapped by ``functional_call``)."""
@@ -293,6 +327,11 @@ class SafeStepController:
         if self._busy or not self._pending:
             return
         rec = self._pending.pop()
+        if rec is not None and rec.graph_watch is not None:
+            try:
+                rec.graph_watch.__exit__(None, None, None)
+            except Exception as e:  # noqa: BLE001 - the mode stack was changed inside the forward
+                rec.graph_reason = f"graph watch: {type(e).__name__}: {e}"
         try:
             self._record_post(rec, output)
         except Exception as e:  # noqa: BLE001 - never into the training forward
@@ -317,6 +356,18 @@ class SafeStepController:
         rec.z_fp, rec.z_stride = fingerprint(z)
         rec.z_shape = tuple(z.shape)
         rec.low_precision = rec.low_precision or z.dtype in _HALF
+        if rec.graph_watch is not None:
+            watch, rec.graph_watch = rec.graph_watch, None
+            if watch.hit:
+                rec.graph_reason = watch.hit
+            elif rec.low_precision:
+                rec.graph_reason = "half-precision logits (the replay evaluates the forward in float32)"
+            elif not rec.graph_reason:
+                try:  # before the backward frees the saved tensors
+                    rec.graph_tape = capture(z, self._params, rec.graph_stop)
+                except GraphUnsupported as e:
+                    rec.graph_reason = str(e)
+            rec.graph_stop = None
         self._forwards.append(rec)
         if len(self._forwards) > self.max_forwards:
             self._forwards.pop(0)
@@ -403,6 +454,11 @@ class SafeStepController:
         except BaseException:
             self._revert()
             raise
+        finally:
+            for f in forwards:  # the saved activations held since the forward are released now
+                if f is not None and f.graph_tape is not None:
+                    f.graph_tape.release()
+                    f.graph_tape = None
         if rec.kind == "certified" and math.isfinite(rec.rho_a) and rec.rho_a > 0:
             self._last_rho = rec.rho_a
         self.last = rec
@@ -438,14 +494,26 @@ class SafeStepController:
         byid = {id(p): v for p, v in zip(self._params, values)}
         return {k: byid.get(id(p), p) for k, p in self.logits_module.named_parameters()}
 
-    def _radius(self, forwards: list[RecordedForward], params: dict[str, torch.Tensor],
+    def _radius(self, forwards: list[RecordedForward], params: dict[str, torch.Tensor] | None,
                 disp: list[torch.Tensor], norm: float, engines: tuple[str, ...]):
         """``(RadiusResult | None, engine, reasons)`` along ``disp/norm`` over all recorded forwards."""
-        unit = {k: d / norm for k, d in zip(self._names, disp)}
         reasons: list[str] = []
+        unit: dict[str, torch.Tensor] = {}
         self._busy = True
         try:
             for eng in engines:
+                if eng == "graph":
+                    try:
+                        res = [radius_from_dlogits(self._wide(self._graph_jvp(f, disp, norm)),
+                                                   temperature=self.temperature, method="jvp") for f in forwards]
+                        return _combine(res), eng, reasons
+                    except ReplayUnsupported as e:
+                        reasons.append(f"graph: {e}")
+                    continue
+                if params is None:
+                    params = self._params_at(self._old)
+                if not unit:
+                    unit = {k: d / norm for k, d in zip(self._names, disp)}
                 try:
                     fn = getattr(self._replay, eng)
                     res = [radius_from_dlogits(self._wide(fn(f, params, unit)), temperature=self.temperature,
@@ -455,6 +523,10 @@ class SafeStepController:
                     reasons.append(f"{eng}: {e}")
                 except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
                     reasons.append(f"{eng}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            if params is None:
+                params = self._params_at(self._old)
+            if not unit:
+                unit = {k: d / norm for k, d in zip(self._names, disp)}
             try:
                 res = [radius_from_dlogits(self._wide(self._replay.central_difference(f, params, unit, self.eps)),
                                            temperature=self.temperature, method="fd") for f in forwards]
@@ -464,6 +536,12 @@ class SafeStepController:
             return None, "", reasons
         finally:
             self._busy = False
+
+    def _graph_jvp(self, f: RecordedForward, disp: list[torch.Tensor], norm: float) -> torch.Tensor:
+        """The JVP from the forward's captured autograd graph (:mod:`certify.graph_tangent`) at θ_old."""
+        if f.graph_tape is None:
+            raise GraphUnsupported(f.graph_reason or "no graph captured for this forward")
+        return f.graph_tape.jvp(self._old, self._params, [d / norm for d in disp])
 
     @staticmethod
     def _wide(a: torch.Tensor) -> torch.Tensor:
@@ -496,7 +574,7 @@ class SafeStepController:
             notes.append(f"{dropped} forward(s) beyond max_forwards were not kept")
         if rec_err:
             notes.append(rec_err)
-        params = self._params_at(self._old)
+        params = None  # θ_old by name, built only if a replay engine runs (the graph engine reads self._old)
         engines = _ENGINES[self.engine] if self.method == "jvp" else ()
         res, engine, reasons = self._radius(forwards, params, delta, tau, engines)
         reasons = notes + reasons

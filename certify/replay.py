@@ -1,5 +1,10 @@
 """Exact logit JVPs of a *recorded* training forward, by replaying it on the side.
 
+The controller's first engine reads the JVP off the training step's own autograd graph
+(:mod:`certify.graph_tangent`, no recomputation); this module is its exact fallback for what that engine
+refuses (ops without a tangent rule, custom ``autograd.Function``, half precision and autocast,
+``no_grad``/``detach`` paths, saved tensors changed in place, a forced ``train``/``eval`` radius).
+
 What the safe-step controller needs.  A step ``p = θ_new − θ_old`` is certified by ``a = J_z(θ_old)·p̂``
 for the function the training forward computed: the same batch, the same random numbers (dropout
 masks, ``gumbel_softmax`` noise, Python-random stochastic depth), the same module mode, at θ_old.  The
@@ -162,6 +167,10 @@ class RecordedForward:
     z_shape: tuple = ()
     low_precision: bool = False
     training: list[bool] = field(default_factory=list)
+    graph_tape: Any = None     # certify.graph_tangent.Tape of the forward's own autograd graph, if captured
+    graph_reason: str = ""     # why not (empty when captured or not attempted)
+    graph_watch: Any = None    # the GraphWatch active during the forward
+    graph_stop: Any = None     # ids of the grad_fn nodes of the forward's inputs
 
     def inputs_changed(self) -> bool:
         return [t._version for t in _tensors(self.args, self.kwargs)] != self.versions

@@ -71,7 +71,7 @@ def test_clip_mode_never_exceeds_radius(method, opt_name, tmp_path):
         assert moved <= rho_ind * (1 + tol)
         assert rec.applied_norm == pytest.approx(moved, rel=1e-9)
         assert rec.kind == ("certified" if method == "jvp" else "estimate")
-        assert rec.engine == ("forward_ad" if method == "jvp" else "fd")  # exact path: replayed forward, forward AD
+        assert rec.engine == ("graph" if method == "jvp" else "fd")  # exact path: the step's own autograd graph
         clipped += rec.status == "clipped"
     assert clipped >= 3  # the huge learning rates really were clipped
     lines = [json.loads(s) for s in log.read_text().splitlines()]
@@ -191,7 +191,7 @@ def test_lightning_adapter():
     assert len(recs) == 4
     assert all(r.r_applied <= 1.0 for r in recs) and any(r.status == "clipped" for r in recs)
     # the forward runs inside optimizer.step(closure): the capture is still θ_old's
-    assert all(r.kind == "certified" and r.engine == "forward_ad" for r in recs)
+    assert all(r.kind == "certified" and r.engine == "graph" for r in recs)
     assert all(r.n_samples == 32 for r in recs)
 
 
@@ -227,7 +227,7 @@ def test_hf_adapter_with_trainer(tmp_path):
     trainer.train()
     recs = cb.controller.records
     assert len(recs) == 3 and all(r.r_applied <= 1.0 for r in recs) and all(r.n_samples == 16 for r in recs)
-    assert all(r.kind == "certified" and r.engine == "forward_ad" for r in recs)
+    assert all(r.kind == "certified" and r.engine == "graph" for r in recs)
     assert any(r.status == "clipped" for r in recs)
 
 

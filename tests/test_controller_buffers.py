@@ -44,7 +44,7 @@ def test_step_norms_and_applied_displacement_match_float64(model, lr):
         opt.step()  # an unclipped step applies the proposal itself, so both norms must equal the displacement
         rec = ctrl.last
         applied = _norm64([p.detach() - o for p, o in zip(m.parameters(), old)])
-        assert rec.engine == "forward_ad" and rec.kind == "certified"
+        assert rec.engine == "graph" and rec.kind == "certified"
         assert rec.applied_norm == pytest.approx(applied, rel=1e-12, abs=0)
         assert rec.r_applied <= 1.0 and applied <= rec.rho_applied
         if rec.status == "ok":
@@ -73,7 +73,7 @@ def test_forward_is_observed_by_hooks_only():
     assert torch.equal(rec.z_fp, z.detach().reshape(-1).double())
     F.cross_entropy(z, y).backward()
     opt.step()
-    assert ctrl.last.engine == "forward_ad" and ctrl.last.n_forwards == 1 and not ctrl._forwards
+    assert ctrl.last.engine == "graph" and ctrl.last.n_forwards == 1 and not ctrl._forwards
     with torch.no_grad():  # forwards without autograd (evaluation) are not recorded
         m(x)
     assert not ctrl._forwards

@@ -10,7 +10,11 @@ tied embeddings (GPT-style, causal SDPA), in-place ops (``clamp_``, ``tanh_``, `
 SDPA with dropout, ``gumbel_softmax``, ``weight_norm``, ``TransformerEncoderLayer`` (dropout 0.1 and 0.0),
 ``nn.MultiheadAttention``, GroupNorm/InstanceNorm, pooling, strided/dilated/grouped convolutions with
 BatchNorm, Linear→BatchNorm1d over ``(N, T, F)`` (T = F and T ≠ F), Python-random stochastic depth, RNNs,
-a hand-built :class:`~nncertify.models.graph.Network`, float64, bf16 parameters and CPU autocast."""
+a hand-built :class:`~nncertify.models.graph.Network`, float64, bf16 parameters and CPU autocast.
+
+The controller runs with its default engine: the step's own autograd graph where it applies, the replay
+elsewhere (``test_controller_graph_engine.py`` lists which architectures fall back and why), so this suite
+checks both against the independent JVP."""
 
 import copy
 import math

@@ -67,7 +67,7 @@ def test_tied_embeddings_applied_r_at_most_one(seed):
         old = snap(m)
         opt.step()
         rec = ctrl.last
-        assert rec.kind == "certified" and rec.engine == "forward_ad"
+        assert rec.kind == "certified" and rec.engine == "graph"
         da, nrm = exact_delta64(m, [ids], old, snap(m))
         assert nrm * da / math.pi <= 1.0, (rec.status, nrm * da / math.pi)
         assert rec.rho_applied <= math.pi / da * (1 + 1e-7)
@@ -197,7 +197,7 @@ def test_internal_failure_clips_by_last_radius_or_rejects():
     torch.manual_seed(1)
     m = FragileReplay()
     opt = torch.optim.SGD(m.parameters(), lr=5.0)
-    ctrl = SafeStepController(m, opt)
+    ctrl = SafeStepController(m, opt, engine="forward_ad")  # the replay engines (the graph engine runs no forward)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     FAIL["on"] = True
     try:
