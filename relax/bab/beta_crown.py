@@ -94,10 +94,12 @@ class ReluDomain:
     depth: int = 0
     split: int = -1            # the flat index to split next (chosen by the branching scores)
     nbytes: int = 0
+    cands: torch.Tensor | None = None  # FSB: candidate neurons to split (flat indices, -1 = none)
 
     def __post_init__(self):
         self.nbytes = int(self.signs.numel() * self.signs.element_size() + self.alpha.numel() * self.alpha.element_size()
-                          + self.beta.numel() * self.beta.element_size() + 64 * 8)
+                          + self.beta.numel() * self.beta.element_size() + 64 * 8
+                          + (self.cands.numel() * 8 if self.cands is not None else 0))
 
 
 class BetaCrown:
@@ -335,20 +337,44 @@ class BetaCrown:
         # ties / tiny scores: the most negative intercept term, then any free neuron
         alt = torch.where(free, -icp + 1e-12, torch.full_like(icp, -math.inf))
         use_alt = score.amax(1, keepdim=True) <= 1e-3
+        self._last_alt = alt  # the intercept scores: FSB's second candidate list (see candidates())
         return torch.where(use_alt, alt, score)
 
+    def candidates(self, scores: torch.Tensor, k: int) -> torch.Tensor:
+        """FSB's candidates per domain ``(n, 2k)``: the top-``k`` neurons by BaBSR score and the top-``k``
+        by intercept term (of the last :meth:`bound` call), ``-1`` where fewer free neurons exist or a
+        neuron is listed twice."""
+        n = scores.shape[0]
+        k = max(1, min(int(k), self.N))
+        alt = getattr(self, "_last_alt", None)
+        lists = [scores] + ([alt] if alt is not None and alt.shape == scores.shape else [])
+        idx, val = [], []
+        for t in lists:
+            v, i = t.topk(k, dim=1)
+            idx.append(i)
+            val.append(v)
+        idx, val = torch.cat(idx, 1), torch.cat(val, 1)
+        idx = torch.where(torch.isfinite(val), idx, torch.full_like(idx, -1))
+        if idx.shape[1] > k:  # drop repeats of a neuron already listed earlier in the row
+            same = (idx.unsqueeze(2) == idx.unsqueeze(1)) & (idx.unsqueeze(2) >= 0)
+            dup = torch.tril(same.to(torch.int8), diagonal=-1).any(2)
+            idx = torch.where(dup, torch.full_like(idx, -1), idx)
+        return idx.reshape(n, -1)
+
     # ------------------------------------------------------------------ domains
-    def make_domains(self, S, lower, alpha, beta, scores, depth) -> list[ReluDomain]:
+    def make_domains(self, S, lower, alpha, beta, scores, depth, fsb_k: int = 0) -> list[ReluDomain]:
         key = (lower.double() - self.d).amax(1)
         pick = scores.argmax(1) if scores.shape[1] else torch.zeros(S.shape[0], dtype=torch.long)
         can = torch.isfinite(scores.amax(1)) if scores.shape[1] else torch.zeros(S.shape[0], dtype=torch.bool)
+        cands = self.candidates(scores, fsb_k) if fsb_k > 0 and scores.shape[1] else None
         key_l, pick_l, can_l = key.tolist(), pick.tolist(), can.tolist()
         out = []
         for i in range(S.shape[0]):
             closed = key_l[i] > 0
             out.append(ReluDomain(key_l[i], S[i] if not closed else S[i][:0], alpha[i] if not closed else alpha[i][:0],
                                   beta[i] if not closed else beta[i][:0], lower[i], depth[i],
-                                  pick_l[i] if can_l[i] else -1))
+                                  pick_l[i] if can_l[i] else -1,
+                                  cands=cands[i] if cands is not None and not closed and can_l[i] else None))
         return out
 
     def root(self):
@@ -400,8 +426,70 @@ class BaBSRPolicy:
         return out
 
 
-def make_bounder(bc: BetaCrown):
-    """The bounding callback of the search: stacks the children, runs β-CROWN on them, sets keys."""
+class FSBPolicy:
+    """Filtered smart branching (De Palma et al. 2021, as α,β-CROWN's kFSB): for each domain, the
+    ``2k`` candidates of :meth:`BetaCrown.candidates` (top-``k`` by BaBSR score, top-``k`` by intercept)
+    are each tried: both children of every candidate of every domain of the batch are bounded in
+    **one** batched β-CROWN pass at the parent's fixed α, β (no optimization), and the candidate whose
+    worse child has the largest bound is split.  That pass's bounds are certified bounds on the
+    children (any α, β are valid), so they are handed on as the children's starting ``lower`` (the
+    optimized bound of the bounding step only raises it).  Domains without candidates fall back to
+    their BaBSR choice."""
+
+    def __init__(self, bc: "BetaCrown", k: int = 4, max_children: int = 4096):
+        self.bc, self.k, self.max_children = bc, int(k), int(max_children)
+        self.tried = 0  # candidate children bounded so far (for profiling)
+
+    def split(self, domains: list[ReluDomain]):
+        bc = self.bc
+        use = [i for i, d in enumerate(domains) if d.split >= 0 and d.cands is not None and bool((d.cands >= 0).any())]
+        choice = {i: domains[i].split for i in range(len(domains))}
+        lows = {}
+        step = max(1, self.max_children // max(1, 2 * (2 * self.k)))
+        for a in range(0, len(use), step):
+            part = use[a:a + step]
+            cand = torch.stack([domains[i].cands for i in part])  # (p, K)
+            p, K = cand.shape
+            valid = cand >= 0
+            c = cand.clamp(min=0)
+            S = torch.stack([domains[i].signs for i in part])  # (p, N)
+            Sk = S.unsqueeze(1).unsqueeze(1).repeat(1, K, 2, 1)  # (p, K, 2, N)
+            sg = torch.tensor([1, -1], dtype=S.dtype, device=S.device).view(1, 1, 2, 1)
+            Sk.scatter_(3, c.view(p, K, 1, 1).expand(p, K, 2, 1), sg.expand(p, K, 2, 1))
+            al = torch.stack([domains[i].alpha for i in part])
+            be = torch.stack([domains[i].beta for i in part])
+            rep = lambda t: t.unsqueeze(1).expand(p, 2 * K, *t.shape[1:]).reshape(p * 2 * K, *t.shape[1:])
+            with torch.no_grad():
+                low, _, _, _ = bc.bound(Sk.reshape(p * K * 2, -1), rep(al), rep(be), 0, 0.0, 0.0)
+            self.tried += p * K * 2
+            low = low.reshape(p, K, 2, -1)
+            key = (low.double() - bc.d).amax(3)  # (p, K, 2)
+            worst = key.amin(2)
+            worst = torch.where(valid, worst, torch.full_like(worst, -math.inf))
+            best = worst.argmax(1)
+            for r, i in enumerate(part):
+                j = int(best[r])
+                if math.isfinite(float(worst[r, j])):
+                    choice[i] = int(cand[r, j])
+                    lows[i] = (low[r, j, 0], low[r, j, 1])
+        out = []
+        for i, dom in enumerate(domains):
+            if dom.split < 0:
+                out.append(None)
+                continue
+            kids = []
+            for t, sgn in enumerate((1, -1)):
+                S = dom.signs.clone()
+                S[choice[i]] = sgn
+                low = dom.lower if i not in lows else torch.maximum(dom.lower, lows[i][t].to(dom.lower.dtype))
+                kids.append(ReluDomain(dom.key, S, dom.alpha, dom.beta, low, dom.depth + 1))
+            out.append(kids)
+        return out
+
+
+def make_bounder(bc: BetaCrown, fsb_k: int = 0):
+    """The bounding callback of the search: stacks the children, runs β-CROWN on them, sets keys
+    (and, with ``fsb_k > 0``, each open child's FSB candidates for :class:`FSBPolicy`)."""
     def bound(children: list[ReluDomain]):
         S = torch.stack([c.signs for c in children])
         alpha = torch.stack([c.alpha for c in children])
@@ -410,9 +498,9 @@ def make_bounder(bc: BetaCrown):
         # a child is never worse than its parent (both bounds are valid on the child)
         parent = torch.stack([c.lower for c in children]).to(lower.dtype)
         lower = torch.maximum(lower, parent)
-        new = bc.make_domains(S, lower, alpha, beta, scores, [c.depth for c in children])
+        new = bc.make_domains(S, lower, alpha, beta, scores, [c.depth for c in children], fsb_k=fsb_k)
         for c, nd in zip(children, new):
-            c.key, c.signs, c.alpha, c.beta, c.lower, c.split, c.nbytes = (nd.key, nd.signs, nd.alpha, nd.beta,
-                                                                            nd.lower, nd.split, nd.nbytes)
+            c.key, c.signs, c.alpha, c.beta, c.lower, c.split, c.nbytes, c.cands = (
+                nd.key, nd.signs, nd.alpha, nd.beta, nd.lower, nd.split, nd.nbytes, nd.cands)
         return None
     return bound
