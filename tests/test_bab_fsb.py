@@ -134,3 +134,58 @@ def test_bad_branching_options_are_named():
         verify_query(net, q, timeout=1, branching="smart")
     with pytest.raises(Exception, match="fsb_k"):
         verify_query(net, q, timeout=1, fsb_k=0)
+
+
+def test_memory_budget_spills_warm_starts_then_stops_with_unknown(single_thread):
+    """Near the budget the store drops the domains' warm starts (sound: any alpha/beta is valid) and goes on;
+    only when even that does not fit does the search end with unknown -- never a crash, never unsat."""
+    from nncertify.relax.bab import branch_and_bound
+
+    net = _mlp(0, (4, 16, 16, 3))
+    x = torch.linspace(-0.5, 0.5, 4)
+    y = int(net(x[None]).argmax())
+    q = robustness_query(x, y, 0.2, 3)
+    truths = [spec_min(net, s.lower, s.upper, s.C, s.d) for s in q.specs]
+    assert min(truths) > 0
+    i = min(range(len(truths)), key=lambda j: truths[j])  # the hardest specification
+    s = q.specs[i]
+
+    def run(budget, k=0):
+        bc = BetaCrown(net, s.lower, s.upper, s.C, s.d, torch.float32, iters=5)
+        root = bc.root()
+        seen = {"spilled": 0, "peak": 0}
+
+        def between(store):
+            seen["spilled"] = max(seen["spilled"], store.spilled)
+            seen["peak"] = max(seen["peak"], store.nbytes)
+            assert store.nbytes <= budget
+        policy = FSBPolicy(bc, k) if k else BaBSRPolicy()
+        out = branch_and_bound([root], policy, make_bounder(bc, k), timeout=60, batch=2, memory_budget=budget,
+                               between=between)
+        return root, out, seen
+
+    for k in (0, 2):
+        root, free, seen = run(1e9, k)
+        assert free.status == "proved" and seen["spilled"] == 0 and seen["peak"] > 0
+        assert free.best_bound <= truths[i] + 1e-6
+        _, out, s2 = run(0.8 * seen["peak"], k)
+        assert s2["spilled"] > 0, (out, s2)
+        if k == 0:  # BaBSR: the same tree, it went on after spilling and finished
+            assert out.status == "proved", out
+        else:  # FSB: spilled domains lose their candidates (BaBSR fallback), a different tree
+            assert out.status == "proved" or (out.status == "unknown" and "memory" in out.reason), out
+        assert out.best_bound <= truths[i] + 1e-6
+    _, out, _ = run(1.5 * root.nbytes)
+    assert out.status == "unknown" and "memory" in out.reason
+    assert out.best_bound <= truths[i] + 1e-6
+
+
+def test_shed_domain_is_bounded_from_default_warm_starts(single_thread):
+    net, lo, hi, C, bc, root = _setup()
+    kids = BaBSRPolicy().split([root])[0]
+    a = kids[0]
+    full = a.nbytes
+    freed = a.shed()
+    assert freed > 0 and a.nbytes == full - freed and a.alpha is None and a.shed() == 0
+    make_bounder(bc)(kids)  # one child with warm starts, one without: both bounded
+    assert all(math.isfinite(k.key) for k in kids) and kids[0].alpha is not None

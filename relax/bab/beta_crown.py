@@ -97,9 +97,22 @@ class ReluDomain:
     cands: torch.Tensor | None = None  # FSB: candidate neurons to split (flat indices, -1 = none)
 
     def __post_init__(self):
-        self.nbytes = int(self.signs.numel() * self.signs.element_size() + self.alpha.numel() * self.alpha.element_size()
-                          + self.beta.numel() * self.beta.element_size() + 64 * 8
-                          + (self.cands.numel() * 8 if self.cands is not None else 0))
+        self.nbytes = self._size()
+
+    def _size(self) -> int:
+        n = lambda t: 0 if t is None else t.numel() * t.element_size()
+        return int(n(self.signs) + n(self.alpha) + n(self.beta) + n(self.cands) + 64 * 8)
+
+    def shed(self) -> int:
+        """Spill (memory budget, relax/bab/store.py): drop the warm starts ``alpha``/``beta`` and the FSB
+        candidates -- optimizer starting points only, any value is sound; the next bounding starts from
+        the default slopes and zero multipliers.  Returns the bytes freed."""
+        if self.alpha is None and self.beta is None and self.cands is None:
+            return 0
+        old = self.nbytes
+        self.alpha = self.beta = self.cands = None
+        self.nbytes = self._size()
+        return old - self.nbytes
 
 
 class BetaCrown:
@@ -257,6 +270,20 @@ class BetaCrown:
             a = ln.phi.default_alpha(l, u, ln.attrs).to(self.dtype).reshape(1, -1).expand(self.m, -1)
             parts.append(a)
         return torch.cat(parts, 1) if parts else torch.zeros(self.m, 0, dtype=self.dtype, device=self.lo.device)
+
+    def warm(self, domains) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked warm starts ``(alpha (n, m, Na), beta (n, m, N))`` of ``domains``; a domain that spilled
+        them (:meth:`ReluDomain.shed`) gets the default slopes and zero multipliers."""
+        a0 = b0 = None
+        al, be = [], []
+        for d in domains:
+            if d.alpha is None:
+                a0 = self.default_alpha() if a0 is None else a0
+            if d.beta is None:
+                b0 = torch.zeros(self.m, self.N, dtype=self.dtype, device=self.lo.device) if b0 is None else b0
+            al.append(a0 if d.alpha is None else d.alpha)
+            be.append(b0 if d.beta is None else d.beta)
+        return torch.stack(al), torch.stack(be)
 
     # ------------------------------------------------------------------ bounding
     def bound(self, S: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, iters: int, lr_alpha: float,
@@ -456,8 +483,7 @@ class FSBPolicy:
             Sk = S.unsqueeze(1).unsqueeze(1).repeat(1, K, 2, 1)  # (p, K, 2, N)
             sg = torch.tensor([1, -1], dtype=S.dtype, device=S.device).view(1, 1, 2, 1)
             Sk.scatter_(3, c.view(p, K, 1, 1).expand(p, K, 2, 1), sg.expand(p, K, 2, 1))
-            al = torch.stack([domains[i].alpha for i in part])
-            be = torch.stack([domains[i].beta for i in part])
+            al, be = bc.warm([domains[i] for i in part])
             rep = lambda t: t.unsqueeze(1).expand(p, 2 * K, *t.shape[1:]).reshape(p * 2 * K, *t.shape[1:])
             with torch.no_grad():
                 low, _, _, _ = bc.bound(Sk.reshape(p * K * 2, -1), rep(al), rep(be), 0, 0.0, 0.0)
@@ -492,8 +518,7 @@ def make_bounder(bc: BetaCrown, fsb_k: int = 0):
     (and, with ``fsb_k > 0``, each open child's FSB candidates for :class:`FSBPolicy`)."""
     def bound(children: list[ReluDomain]):
         S = torch.stack([c.signs for c in children])
-        alpha = torch.stack([c.alpha for c in children])
-        beta = torch.stack([c.beta for c in children])
+        alpha, beta = bc.warm(children)
         lower, alpha, beta, scores = bc.bound(S, alpha, beta, bc.iters, bc.lr_alpha, bc.lr_beta)
         # a child is never worse than its parent (both bounds are valid on the child)
         parent = torch.stack([c.lower for c in children]).to(lower.dtype)

@@ -212,9 +212,15 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
             fsb_k = int(o["fsb_k"]) if o["branching"] == "fsb" else 0
             root = bc.make_domains(S0, l0, a0, b0, sc0, [0], fsb_k=fsb_k)[0]
             policy = FSBPolicy(bc, fsb_k) if fsb_k > 0 else BaBSRPolicy()
-            outc = branch_and_bound([root], policy, relu_bounder(bc, fsb_k), timeout=deadline - time.monotonic(),
-                                    batch=int(o["batch"] or 64), memory_budget=float(o["memory_budget"]),
-                                    max_domains=o["max_domains"], progress=prog, between=between)
+            try:
+                outc = branch_and_bound([root], policy, relu_bounder(bc, fsb_k), timeout=deadline - time.monotonic(),
+                                        batch=int(o["batch"] or 64), memory_budget=float(o["memory_budget"]),
+                                        max_domains=o["max_domains"], progress=prog, between=between)
+            except (MemoryError, RuntimeError) as e:  # the allocator, not the domain budget, ran out
+                if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+                    raise
+                return done("unknown", f"specification {i}: out of memory during branch-and-bound "
+                                       f"({str(e).splitlines()[0][:120]}); lower the batch or memory_budget")
         visited += outc.visited
         sb[i] = max(float(sb[i]), outc.best_bound)
         if outc.status == "witness":
