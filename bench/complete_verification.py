@@ -226,6 +226,7 @@ def main():
     ap.add_argument("--merge", default="", help="comma-separated result JSON files (of earlier runs) to combine "
                                                 "into --out instead of running")
     args = ap.parse_args()
+    torch.set_num_threads(max(1, args.threads))  # the checks too: many small ops, threads only contend on a loaded machine
     if args.merge:
         rows, metas = {}, []
         for f in args.merge.split(","):
