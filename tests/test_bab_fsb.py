@@ -189,3 +189,25 @@ def test_shed_domain_is_bounded_from_default_warm_starts(single_thread):
     assert freed > 0 and a.nbytes == full - freed and a.alpha is None and a.shed() == 0
     make_bounder(bc)(kids)  # one child with warm starts, one without: both bounded
     assert all(math.isfinite(k.key) for k in kids) and kids[0].alpha is not None
+
+
+def test_allocator_out_of_memory_in_the_search_is_unknown_not_a_crash(monkeypatch, single_thread):
+    from nncertify.relax.bab import beta_crown as bcm
+
+    net = _mlp(0, (4, 16, 16, 3))
+    x = torch.linspace(-0.5, 0.5, 4)
+    q = robustness_query(x, int(net(x[None]).argmax()), 0.2, 3)
+    real = bcm.BetaCrown.bound
+
+    msg = ["[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: not enough memory"]
+
+    def bound(self, S, *a, **k):
+        if (S != 0).any():  # only split domains: the root bounds run as usual
+            raise RuntimeError(msg[0])
+        return real(self, S, *a, **k)
+    monkeypatch.setattr(bcm.BetaCrown, "bound", bound)
+    v = verify_query(net, q, timeout=30, input_split=False, interm_iters=0)
+    assert v.status == "unknown" and "out of memory" in v.reason
+    msg[0] = "shape bug"
+    with pytest.raises(RuntimeError, match="shape bug"):  # other errors are not hidden
+        verify_query(net, q, timeout=30, input_split=False, interm_iters=0)
