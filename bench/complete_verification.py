@@ -44,6 +44,18 @@ ABCROWN_CPU = {  # alpha,beta-CROWN (8250d5f) on this project's 2-core CPU machi
 
 BEFORE = {"6x100": "9 / 4 / 17", "9x100": "6 / 3 / 21", "convsmall": "15 / 8 / 7"}  # engine 58e2991, 30 s/image
 
+PROFILE = (  # measured 2026-12-07 with cProfile, 1 thread, load average ~1 (the machine briefly idle), engine 9ba9644
+    "Where the time goes (cProfile, 6x100 image 2, 30 s, BaBSR, batch 64, 20 beta-CROWN iterations, load average ~1): "
+    "10,496 domains (350/s); 28.1 s of 30 in bounding the domains (engine backward passes 14.3 s, of which the "
+    "activation steps 7.3 s and box concretization 4.2 s; autograd for alpha/beta 8.6 s; Adam 2.8 s), branching "
+    "0.16 s, domain bookkeeping 0.4 s, PGD during the search 0.55 s, root intermediate alpha-CROWN 0.5 s. Larger "
+    "batches do not raise throughput on one thread (64 / 256 / 1024: 3200 / 2560 / 2048 domains in the same 25 s "
+    "at load ~9); 10 instead of 20 beta iterations: 1.8x the domains per second and the same domain counts on 5 "
+    "closable images (ConvSmall 2, 13, 19, 22; 6x100 23), 10-20 % less CPU time. FSB (k = 4 or 8) closed those with "
+    "149 / 85 / 60 domains (BaBSR: 123 / 79 / 66) at ~25 % more CPU per domain, so BaBSR stays the default. "
+    "On ConvSmall image 22 the root intermediate alpha-CROWN takes 3.4 s of 12.6 s. Under the load of the "
+    "benchmark runs (load average 12-17 on 2 cores) the same search gets 6-10x fewer domains per wall second.")
+
 PUBLISHED = {  # verified % on the first 1000 images (reference note section 5)
     "6x100": dict(eps=0.026, deeppoly=16.0, prima=51.0, beta_crown=68.6, upper=84.2, alpha_crown_100=22, alpha_crown_30=7),
     "9x100": dict(eps=0.026, deeppoly=18.2, prima=42.8, beta_crown=57.3, upper=82.0, alpha_crown_100=19, alpha_crown_30=3),
@@ -210,7 +222,7 @@ def write(rows, summ, args, wall, loads=None, runs=None):
         if n in ABCROWN_CPU:
             im, v, f, u, med = ABCROWN_CPU[n]
             lines.append(f"| {n} | {im} | {v} | {f} | {u} | {med} |")
-    lines += ["", "Per image: `bench/results/" + name + ".json` (commit of each run in `meta`)."]
+    lines += ["", PROFILE, "", "Per image: `bench/results/" + name + ".json` (commit of each run in `meta`)."]
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
