@@ -51,8 +51,8 @@ PROFILE = (  # measured 2026-12-07 with cProfile, 1 thread, load average ~1 (the
     "0.16 s, domain bookkeeping 0.4 s, PGD during the search 0.55 s, root intermediate alpha-CROWN 0.5 s. Larger "
     "batches do not raise throughput on one thread (64 / 256 / 1024: 3200 / 2560 / 2048 domains in the same 25 s "
     "at load ~9); 10 instead of 20 beta iterations: 1.8x the domains per second and the same domain counts on 5 "
-    "closable images (ConvSmall 2, 13, 19, 22; 6x100 23), 10-20 % less CPU time. FSB (k = 4 or 8) closed those with "
-    "149 / 85 / 60 domains (BaBSR: 123 / 79 / 66) at ~25 % more CPU per domain, so BaBSR stays the default. "
+    "closable images (ConvSmall 2, 13, 19, 22; 6x100 23), 10-20 % less CPU time. FSB (k = 4 or 8) closed ConvSmall 22, 19 "
+    "and 6x100 23 with 149 / 85 / 60 domains (BaBSR: 123 / 79 / 66) at ~25 % more CPU per domain, so BaBSR stays the default. "
     "On ConvSmall image 22 the root intermediate alpha-CROWN takes 3.4 s of 12.6 s. Under the load of the "
     "benchmark runs (load average 12-17 on 2 cores) the same search gets 6-10x fewer domains per wall second.")
 
