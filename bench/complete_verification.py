@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -41,6 +42,20 @@ ABCROWN_CPU = {  # alpha,beta-CROWN (8250d5f) on this project's 2-core CPU machi
     # off (no Gurobi licence), reference note section 5: (images, verified, falsified, unknown, median s)
     "6x100": ("0-29", 9, 4, 17, 61), "9x100": ("0-25", 5, 3, 18, 62), "convsmall": ("0-29", 20, 8, 2, 8.6)}
 
+BEFORE = {"6x100": "9 / 4 / 17", "9x100": "6 / 3 / 21", "convsmall": "15 / 8 / 7"}  # engine 58e2991, 30 s/image
+
+PROFILE = (  # measured 2026-12-07 with cProfile, 1 thread, load average ~1 (the machine briefly idle), engine 9ba9644
+    "Where the time goes (cProfile, 6x100 image 2, 30 s, BaBSR, batch 64, 20 beta-CROWN iterations, load average ~1): "
+    "10,496 domains (350/s); 28.1 s of 30 in bounding the domains (engine backward passes 14.3 s, of which the "
+    "activation steps 7.3 s and box concretization 4.2 s; autograd for alpha/beta 8.6 s; Adam 2.8 s), branching "
+    "0.16 s, domain bookkeeping 0.4 s, PGD during the search 0.55 s, root intermediate alpha-CROWN 0.5 s. Larger "
+    "batches do not raise throughput on one thread (64 / 256 / 1024: 3200 / 2560 / 2048 domains in the same 25 s "
+    "at load ~9); 10 instead of 20 beta iterations: 1.8x the domains per second and the same domain counts on 5 "
+    "closable images (ConvSmall 2, 13, 19, 22; 6x100 23), 10-20 % less CPU time. FSB (k = 4 or 8) closed ConvSmall 22, 19 "
+    "and 6x100 23 with 149 / 85 / 60 domains (BaBSR: 123 / 79 / 66) at ~25 % more CPU per domain, so BaBSR stays the default. "
+    "On ConvSmall image 22 the root intermediate alpha-CROWN takes 3.4 s of 12.6 s. Under the load of the "
+    "benchmark runs (load average 12-17 on 2 cores) the same search gets 6-10x fewer domains per wall second.")
+
 PUBLISHED = {  # verified % on the first 1000 images (reference note section 5)
     "6x100": dict(eps=0.026, deeppoly=16.0, prima=51.0, beta_crown=68.6, upper=84.2, alpha_crown_100=22, alpha_crown_30=7),
     "9x100": dict(eps=0.026, deeppoly=18.2, prima=42.8, beta_crown=57.3, upper=82.0, alpha_crown_100=19, alpha_crown_30=3),
@@ -55,6 +70,11 @@ def _state_dict(path):
 
 
 def eran_net(name: str):
+    return models.from_module(eran_module(name), (1, 28, 28), name=name)
+
+
+def eran_module(name: str) -> nn.Module:
+    """The ERAN network as a plain torch module (the independent checks run on it, not on nncertify's Network)."""
     if name in ("6x100", "9x100"):
         hidden = 5 if name == "6x100" else 8
         widths = [784] + [100] * hidden + [10]
@@ -63,23 +83,61 @@ def eran_net(name: str):
             mods += [nn.Linear(a, b), nn.ReLU()]
         m = nn.Sequential(*mods[:-1])
         m.load_state_dict(_state_dict(DATA / f"mnist_{name.replace('x', '_')}_nat.pth"))
-        return models.from_module(m.eval(), (1, 28, 28), name=name)
+        return m.eval()
     body = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
                          nn.Flatten(), nn.Linear(800, 100), nn.ReLU(), nn.Linear(100, 10))
     body.load_state_dict(_state_dict(DATA / "mnist_conv_small_nat.pth"))
     m = nn.Sequential(Normalize([0.1307], [0.3081]), body)
-    return models.from_module(m.eval(), (1, 28, 28), name="convsmall")
+    return m.eval()
 
 
-def run(nets, lo, hi, timeout, threads):
+def check_falsified(module64, x, label, lo, hi) -> str:
+    """'ok' if the counterexample lies in the box exactly and the float64 torch module (not nncertify's
+    Network) gives some class j != label a score >= the label's there."""
+    if not bool(((x >= lo) & (x <= hi)).all()):
+        return "WRONG: counterexample outside the box"
+    with torch.no_grad():
+        out = module64(x.reshape(1, *x.shape).double())[0]
+    others = torch.cat([out[:label], out[label + 1:]])
+    return "ok" if float(others.max()) >= float(out[label]) else "WRONG: the counterexample is classified correctly"
+
+
+def attack_verified(module64, x0, label, lo, hi, restarts=20, steps=100, seed=0) -> str:
+    """Independent falsification attempt of a verified image: float64 signed-gradient PGD on the margin
+    f_label - max_j!=label f_j from the centre and random starts in the box (plain torch, own loop)."""
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = lo.double(), hi.double()
+    x = torch.cat([x0.double().unsqueeze(0), lo + torch.rand((restarts, *lo.shape), generator=gen,
+                                                              dtype=torch.float64) * (hi - lo)])
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[label] = True
+    for it in range(steps + 1):
+        x = x.detach().requires_grad_(True)
+        out = module64(x)
+        margin = out[:, label] - out.masked_fill(mask, -math.inf).amax(1)
+        if bool((margin <= 0).any()) or it == steps:
+            break
+        g, = torch.autograd.grad(margin.sum(), x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - (hi - lo) * 0.25 * 0.97 ** it * g.sign(), lo), hi)
+    return "WRONG: PGD found a counterexample" if bool((margin <= 0).any()) else "ok"
+
+
+def run(nets, lo, hi, timeout, threads, opts=None, done=None, save=None):
     X = torch.as_tensor(np.load(DATA / "X_eran.npy")).float()
     y = torch.as_tensor(np.load(DATA / "y_eran.npy")).long()
     rows = {}
     for name in nets:
-        net = eran_net(name)
+        module = eran_module(name)
+        net = models.from_module(module, (1, 28, 28), name=name)
+        module64 = eran_module(name).double()
         eps = PUBLISHED[name]["eps"]
-        res = []
+        res = [r for r in (done or {}).get(name, []) if lo <= r["image"] < hi]
+        have = {r["image"] for r in res}
+        rows[name] = res
         for i in range(lo, hi):
+            if i in have:
+                continue
             t = time.monotonic()
             with torch.no_grad():
                 pred = int(net(X[i:i + 1]).argmax())
@@ -87,14 +145,20 @@ def run(nets, lo, hi, timeout, threads):
                 res.append(dict(image=i, status="falsified", reason="misclassified", time_s=0.0, domains=0))
             else:
                 q = robustness_query(X[i], int(y[i]), eps, 10, clip=(0.0, 1.0), source=f"{name}#{i}")
-                v = verify_query(net, q, timeout=timeout, threads=threads)
+                v = verify_query(net, q, timeout=timeout, threads=threads, **(opts or {}))
                 st = {"unsat": "verified", "sat": "falsified"}.get(v.status, v.status)
                 res.append(dict(image=i, status=st, reason=v.reason, time_s=round(time.monotonic() - t, 3),
                                 domains=v.domains))
+                box = q.specs[0].lower, q.specs[0].upper
+                if st == "falsified":
+                    res[-1]["check"] = check_falsified(module64, v.counterexample, int(y[i]), *box)
+                elif st == "verified":
+                    res[-1]["check"] = attack_verified(module64, X[i], int(y[i]), *box)
             r = res[-1]
-            print(f"{name} #{i}: {r['status']:<9} {r['time_s']:7.2f} s {r['domains']:7d} domains  {r['reason'][:90]}",
-                  flush=True)
-        rows[name] = res
+            print(f"{name} #{i}: {r['status']:<9} {r['time_s']:7.2f} s {r['domains']:7d} domains  "
+                  f"{r.get('check', '-')}  {r['reason'][:90]}", flush=True)
+            if save is not None:
+                save(rows)
     return rows
 
 
@@ -102,6 +166,8 @@ def summary(rows, timeout):
     out = {}
     for name, res in rows.items():
         c = {k: sum(r["status"] == k for r in res) for k in ("verified", "falsified", "unknown", "timeout")}
+        c["checked"] = sum("check" in r for r in res)
+        c["wrong"] = sum(r.get("check", "ok") != "ok" for r in res)
         solved = [r["time_s"] for r in res if r["status"] in ("verified", "falsified") and r["reason"] != "misclassified"]
         out[name] = dict(n=len(res), **c, median_s_all=statistics.median([r["time_s"] for r in res]) if res else None,
                          median_s_solved=statistics.median(solved) if solved else None, timeout_s=timeout)
@@ -123,7 +189,7 @@ def write(rows, summ, args, wall, loads=None, runs=None):
                         f"torch {torch.__version__}, {args.threads} thread(s)",
                 load=os.getloadavg() if loads is None else max(loads, key=lambda l: l[0]), images=args.images,
                 timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                code=_git_head())
+                code=_git_head(), branching=getattr(args, "branching", "") or "default")
     if runs:
         meta["runs"] = runs
     name = args.out or "complete_verification"
@@ -134,14 +200,21 @@ def write(rows, summ, args, wall, loads=None, runs=None):
              f"Images {args.images} of the ERAN test set, per-image budget {args.timeout:g} s "
              f"(attack -> CROWN -> alpha-CROWN -> beta-CROWN BaB). Published rows: first 1000 images, their hardware "
              f"(β-CROWN: one GPU; PRIMA: GPU + 20 CPUs).", "",
-             "| net (eps) | images | verified | falsified | unknown/timeout | median s (all) | DeepPoly % | PRIMA % | "
-             "β-CROWN % | PGD upper % | alpha-crown (100 img) | alpha-crown (30 img) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| net (eps) | images | verified | falsified | unknown/timeout | wrong (checked) | median s (all) | "
+             "DeepPoly % | PRIMA % | β-CROWN % | PGD upper % | alpha-crown (100 img) | alpha-crown (30 img) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, s in summ.items():
         p = PUBLISHED[n]
         lines.append(f"| {n} ({p['eps']}) | {s['n']} | {s['verified']} | {s['falsified']} | "
-                     f"{s['unknown'] + s['timeout']} | {s['median_s_all']:.2f} | {p['deeppoly']} | {p['prima']} | "
+                     f"{s['unknown'] + s['timeout']} | {s.get('wrong', '-')} ({s.get('checked', '-')}) | "
+                     f"{s['median_s_all']:.2f} | {p['deeppoly']} | {p['prima']} | "
                      f"{p['beta_crown']} | {p['upper']} | {p['alpha_crown_100']} | {p['alpha_crown_30']} |")
+    lines += ["", "Checks: every falsified image's counterexample is re-run through the float64 torch module (not "
+              "nncertify's Network) with exact box membership; every verified image is attacked by an independent "
+              "float64 PGD (centre + 20 random starts, 100 steps). A failed check counts as wrong. Misclassified "
+              "images (the clean image is the counterexample) are not counted as checked."]
+    lines += ["", f"Before this branch (session 2, 30 s per image, BaBSR, load ~14): 6x100 {BEFORE['6x100']}, "
+              f"9x100 {BEFORE['9x100']}, convsmall {BEFORE['convsmall']} verified / falsified / unknown of 30."]
     lines += ["", "Same kind of 2-core CPU machine, α,β-CROWN 8250d5f (pure β-CROWN BaB, MIP refinement off: no Gurobi "
               "licence), 60 s per image, from ../shared/reference/complete_verification.md §5:", "",
               "| net | images | verified | falsified | unknown | median s |", "|---|---|---|---|---|---|"]
@@ -149,7 +222,7 @@ def write(rows, summ, args, wall, loads=None, runs=None):
         if n in ABCROWN_CPU:
             im, v, f, u, med = ABCROWN_CPU[n]
             lines.append(f"| {n} | {im} | {v} | {f} | {u} | {med} |")
-    lines += ["", "Per image: `bench/results/" + name + ".json` (commit of each run in `meta`)."]
+    lines += ["", PROFILE, "", "Per image: `bench/results/" + name + ".json` (commit of each run in `meta`)."]
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -160,9 +233,12 @@ def main():
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="")
+    ap.add_argument("--branching", default="", help="fsb or babsr (default: verify_query's)")
+    ap.add_argument("--resume", action="store_true", help="keep the images already in bench/results/OUT.json")
     ap.add_argument("--merge", default="", help="comma-separated result JSON files (of earlier runs) to combine "
                                                 "into --out instead of running")
     args = ap.parse_args()
+    torch.set_num_threads(max(1, args.threads))  # the checks too: many small ops, threads only contend on a loaded machine
     if args.merge:
         rows, metas = {}, []
         for f in args.merge.split(","):
@@ -179,7 +255,13 @@ def main():
         sys.exit(f"{DATA} not found")
     a, b = (int(t) for t in args.images.split(":"))
     t0 = time.monotonic()
-    rows = run(args.nets.split(","), a, b, args.timeout, args.threads)
+    opts = {"branching": args.branching} if args.branching else {}
+    done = None
+    prev = OUT / f"{args.out or 'complete_verification'}.json"
+    if args.resume and prev.exists():
+        done = json.loads(prev.read_text())["rows"]
+    save = lambda rows: write(rows, summary(rows, args.timeout), args, time.monotonic() - t0)  # noqa: E731
+    rows = run(args.nets.split(","), a, b, args.timeout, args.threads, opts, done, save)
     summ = summary(rows, args.timeout)
     write(rows, summ, args, time.monotonic() - t0)
     print(json.dumps(summ, indent=1))

@@ -5,8 +5,10 @@ search must prove positive on it -- smaller = more urgent, popped first) and an 
 (an estimate of the memory it holds).  The store is a binary heap keyed by ``key`` (ties by insertion
 order), so :meth:`pop` returns the ``k`` worst domains: best-first search on the bound, which makes
 the anytime bound ``min key over open domains`` rise as fast as possible.  When the memory held would
-exceed ``memory_budget`` bytes, :meth:`push` refuses (returns False): the search then ends with
-``unknown`` instead of growing without limit.
+exceed ``memory_budget`` bytes, :meth:`push` first *spills*: every held domain that has a ``shed()``
+method is asked to drop what it does not need for soundness (e.g. optimizer warm starts; ``shed()``
+returns the bytes freed), and only if the domains still do not fit does it refuse (returns False):
+the search then ends with ``unknown`` instead of growing without limit.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class DomainStore:
         self._tie = itertools.count()
         self.nbytes = 0
         self.pushed = 0
+        self.spilled = 0  # bytes freed by spilling so far
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -36,16 +39,32 @@ class DomainStore:
         return self.nbytes + sum(int(getattr(d, "nbytes", 0)) for d in domains) <= self.memory_budget
 
     def push(self, domains) -> bool:
-        """Add ``domains`` (all or none); False (nothing added) when the budget would be exceeded."""
+        """Add ``domains`` (all or none); False (nothing added) when the budget would be exceeded even
+        after spilling (:meth:`spill`)."""
         domains = list(domains)
         if not self.fits(domains):
-            return False
+            self.spill()
+            for d in domains:
+                if hasattr(d, "shed"):
+                    self.spilled += int(d.shed())
+            if not self.fits(domains):
+                return False
         for d in domains:
             k = float(d.key)
             heapq.heappush(self._heap, (k if not math.isnan(k) else -math.inf, next(self._tie), d))
             self.nbytes += int(getattr(d, "nbytes", 0))
         self.pushed += len(domains)
         return True
+
+    def spill(self) -> int:
+        """Ask every held domain with a ``shed()`` method to drop its optional data; bytes freed."""
+        freed = 0
+        for _, _, d in self._heap:
+            if hasattr(d, "shed"):
+                freed += int(d.shed())
+        self.nbytes -= freed
+        self.spilled += freed
+        return freed
 
     def pop(self, k: int) -> list:
         """The (at most) ``k`` domains with the smallest keys, removed from the store."""
