@@ -26,13 +26,14 @@ from ...models.graph import Network
 from ..spec import Query, SpecBatch, Verdict, outward_box, working_dtype
 from .attack import check_counterexample, pgd_search
 from .beta_crown import BaBSRPolicy, BetaCrown, make_bounder as relu_bounder
-from .input_split import InputSplit, InputSplitPolicy, make_bounder as box_bounder
+from .box_crown import AffineReluChain
+from .input_split import ChainSplit, InputSplit, InputSplitPolicy, make_bounder as box_bounder
 from .search import BaBProgress, branch_and_bound
 
-DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts=10, alpha_iters=50, alpha_lr=0.1, seed=0, bab=True,
+DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts="auto", alpha_iters=50, alpha_lr=0.1, seed=0, bab=True,
                 input_split="auto", input_split_max=16, batch=None, memory_budget=2e9, bab_iters=20,
-                lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every=5.0, max_domains=None, threads=1,
-                interm_iters=20, interm_lr=0.25)
+                lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every="auto", max_domains=None, threads=1,
+                interm_iters=20, interm_lr=0.25, chain=True)
 
 
 def solve_query(net: Network, query: Query, *, timeout: float, start: float | None = None, **opts) -> Verdict:
@@ -56,12 +57,12 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     """The body of :func:`relax.spec.verify_query` (the query is already validated).
 
     Options: ``dtype`` (working dtype of the bounds; float64 when ``C`` is not exact in it),
-    ``pgd_steps``/``pgd_restarts`` (50/10), ``alpha_iters``/``alpha_lr`` (root α-CROWN, 50/0.1),
+    ``pgd_steps``/``pgd_restarts`` (50 / "auto": 500 before and 2000 per round during input splitting, 10 otherwise), ``alpha_iters``/``alpha_lr`` (root α-CROWN, 50/0.1),
     ``seed``, ``bab`` (True; False stops after α-CROWN), ``input_split`` ("auto": when the input has at
     most ``input_split_max`` = 16 values; or True/False), ``batch`` (domains popped per step; default 512
     for input splitting, 64 for activation splitting), ``memory_budget`` (bytes of open domains, 2e9),
     ``bab_iters``/``lr_alpha``/``lr_beta`` (β-CROWN per batch: 20 Adam steps, 0.1/0.05),
-    ``attack_every`` (seconds between PGD restarts during the search, 5), ``max_domains``,
+    ``attack_every`` (seconds between PGD rounds during the search; "auto": 1 for input splitting, 5 otherwise), ``max_domains``,
     ``interm_iters``/``interm_lr`` (alpha-CROWN on the intermediate bounds before the search, 20/0.25),
     ``progress(spec_index, BaBProgress)``: called after every domain batch; ``threads`` (CPU threads, 1).
     """
@@ -83,8 +84,19 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     def done(status, reason="", hit=None, x=None, y=None):
         return Verdict(status, x, y, time.monotonic() - t0, visited, reason, hit, sb.clone())
 
+    n_in = int(math.prod(net.input_shape))
+    use_input = (n_in <= int(o["input_split_max"])) if o["input_split"] == "auto" else bool(o["input_split"])
+    restarts = o["pgd_restarts"]
+    if restarts == "auto":  # random restarts are cheap and effective on low-dimensional inputs (ACAS Xu)
+        restarts = 500 if use_input else 10
+    restarts_in = 2000 if o["pgd_restarts"] == "auto" else int(restarts)  # during input splitting
+    every_in = 1.0 if o["attack_every"] == "auto" else float(o["attack_every"])
+    if o["attack_every"] == "auto":
+        o["attack_every"] = 5.0
+    o["pgd_restarts"] = int(restarts)
+
     # 1. attack
-    cand = pgd_search(net, batch, steps=int(o["pgd_steps"]), restarts=int(o["pgd_restarts"]), seed=seed,
+    cand = pgd_search(net, batch, steps=int(o["pgd_steps"]), restarts=int(restarts), seed=seed,
                       dtype=o["dtype"], deadline=deadline)
     hit, x, y = check_counterexample(net64, batch, cand)
     if hit is not None:
@@ -93,11 +105,12 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         return done("timeout", "time budget exhausted during the attack")
 
     dt = working_dtype(net, batch.C, o["dtype"])
-    n_in = int(math.prod(net.input_shape))
-    use_input = (n_in <= int(o["input_split_max"])) if o["input_split"] == "auto" else bool(o["input_split"])
 
     # 2. CROWN / alpha-CROWN per box; remember per-spec root domains for the search
     roots: dict[int, tuple] = {}  # spec -> (root key, builder)
+    chain = AffineReluChain.from_network(net) if use_input and o["chain"] else None
+    cdt = torch.float64 if dt == torch.float64 or net.dtype == torch.float64 else torch.float32
+    groups_open: list[tuple[int, list[int]]] = []  # input splitting on a chain: (group, open specs)
     refuted = torch.zeros(batch.n_specs, dtype=torch.bool)
     how = {}
     for g in range(batch.lower.shape[0]):
@@ -106,6 +119,22 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         lo64, hi64 = batch.lower[g], batch.upper[g]
         Cg, dg = batch.C[g][rows], batch.d[g][rows]
         own = batch.owner[g][rows]
+        if use_input and chain is not None:
+            # one batched CROWN over the box for every specification of the group (shared work)
+            local = {i: k for k, i in enumerate(specs_g)}
+            own_l = torch.tensor([local[int(i)] for i in own.tolist()], dtype=torch.long, device=dev)
+            cs = ChainSplit(chain, net64, lo64, hi64, Cg, dg, own_l, dtype=cdt, deadline=deadline)
+            rk = cs.root_spec_keys()
+            visited += 1
+            for i in specs_g:
+                sb[i] = float(rk[local[i]])
+                if rk[local[i]] > 0:
+                    refuted[i] = True
+                    how[i] = "crown"
+            open_g = [i for i in specs_g if not refuted[i]]
+            if open_g:
+                groups_open.append((g, open_g))
+            continue
         if use_input:
             for i in specs_g:
                 sel = own == i
@@ -168,6 +197,64 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     # 3. branch-and-bound, easiest specification first
     order = sorted(roots, key=lambda i: -roots[i][0])
     attack_seed = [seed + 1]
+
+    def attacker(specs_idx):
+        sub = SpecBatch.build([query.specs[i] for i in specs_idx], device=dev)
+        last = [time.monotonic()]
+
+        def between(store):
+            now = time.monotonic()
+            if now - last[0] < every_in or now > deadline:
+                return None
+            last[0] = now
+            attack_seed[0] += 1
+            starts = None
+            chunks = store.domains()
+            if chunks:  # also from the centres of the worst open boxes
+                w = min(chunks, key=lambda c: c.key)
+                k = min(len(w), 64)
+                idx = w.keys.topk(k, largest=False).indices
+                ctr = ((w.lo[idx] + w.hi[idx]) / 2).reshape(1, k, *net.input_shape)
+                starts = ctr.expand(sub.lower.shape[0], -1, *([-1] * len(net.input_shape)))
+            c = pgd_search(net, sub, steps=int(o["pgd_steps"]), restarts=int(restarts_in), seed=attack_seed[0],
+                           dtype=o["dtype"], deadline=deadline, starts=starts)
+            h, xx, yy = check_counterexample(net64, sub, c)
+            return None if h is None else (xx, yy, h[0])  # h[0]: index in specs_idx
+        return between
+
+    # 3a. input splitting on an affine-ReLU chain: one search per box group, its open specifications together
+    for g, open_g in sorted(groups_open, key=lambda t: -max(float(sb[i]) for i in t[1])):
+        rows = (batch.owner[g] >= 0) & torch.isin(batch.owner[g], torch.tensor(open_g, device=dev))
+        own = batch.owner[g][rows]
+        local = {i: k for k, i in enumerate(open_g)}
+        own_l = torch.tensor([local[int(i)] for i in own.tolist()], dtype=torch.long, device=dev)
+        cs = ChainSplit(chain, net64, batch.lower[g], batch.upper[g], batch.C[g][rows], batch.d[g][rows], own_l,
+                        dtype=cdt, deadline=deadline, chunk=int(o["batch"] or 256))
+        root = cs.root()
+        visited += 1
+        if cs.witness is not None:
+            s_, xx, yy = cs.witness
+            return done("sat", "counterexample at the root box", open_g[s_], xx, yy)
+        prog = None
+        if o["progress"] is not None:
+            prog = (lambda p, i=open_g[0]: o["progress"](i, p))
+        outc = branch_and_bound([root], cs, cs.bound, timeout=deadline - time.monotonic(), batch=4,
+                                memory_budget=float(o["memory_budget"]), max_domains=o["max_domains"],
+                                progress=prog, between=attacker(open_g), start=time.monotonic())
+        visited += cs.boxes
+        for i in open_g:
+            sb[i] = max(float(sb[i]), outc.best_bound)
+        if outc.status == "witness":
+            xx, yy, s_ = outc.witness
+            return done("sat", "counterexample found during input-split branch-and-bound", open_g[s_], xx, yy)
+        if outc.status == "proved":
+            for i in open_g:
+                refuted[i] = True
+                how[i] = "bab-input"
+            continue
+        left = int((~refuted).sum())
+        return done(outc.status, f"specifications {open_g}: {outc.reason} (certified lower bound of the margin "
+                                 f"{outc.best_bound:.4g}); {left} of {batch.n_specs} specifications not proved")
     for i in order:
         kind = roots[i][1][0]
         g = batch.group_of[i]

@@ -16,6 +16,7 @@ Counterexamples: the centre of every child box is evaluated in float64 (cheap) a
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -152,3 +153,182 @@ def make_bounder(isp: InputSplit):
             c.key, c.lower = keys[i], lower[i]
         return None
     return bound
+
+
+# ====================================================================== batched input splitting on affine-ReLU chains
+class BoxChunk:
+    """A set of open boxes handled together: one *domain* of :func:`relax.bab.search.branch_and_bound`.
+
+    Rows of ``lo/hi (n, n_in)`` (float64) are boxes; ``dim (n,)`` the coordinate each box is split along next
+    (chosen when it was bounded); ``pre``: its pre-activation bounds (intersected into its children's);
+    ``key``: the smallest box key (the chunk's certified lower bound of ``min_spec max_row (C f - d)``).
+    The boxes of a chunk and of all chunks together cover the open part of the root box."""
+
+    __slots__ = ("lo", "hi", "dim", "keys", "pre", "key", "nbytes", "depth", "stuck")
+
+    def __init__(self, lo, hi, dim, keys, pre, depth=0, stuck=False):
+        self.lo, self.hi, self.dim, self.keys, self.pre = lo, hi, dim, keys, pre
+        self.depth, self.stuck = depth, stuck
+        self.key = float(keys.min()) if keys.numel() else math.inf
+        self.nbytes = self.size()
+
+    def size(self) -> int:
+        """Bytes held (the store's memory accounting)."""
+        return int(self.lo.numel() * 16 + self.keys.numel() * 8 + self.lo.shape[0] * 8
+                   + sum(a.numel() * a.element_size() * 2 for a, _ in self.pre) + 256)
+
+    def __len__(self):
+        return self.lo.shape[0]
+
+
+def _cat_pre(pres):
+    return [(torch.cat([p[k][0] for p in pres]), torch.cat([p[k][1] for p in pres])) for k in range(len(pres[0]))]
+
+
+class ChainSplit:
+    """Input-space branch-and-bound of a group of specifications sharing one box, on an affine-ReLU chain.
+
+    ``C (M, n_out)``, ``d (M,)``, ``owner (M,)`` (specification index of each row, ``0..S-1``).  A box is
+    *closed* when every specification has a row whose certified lower bound (relax/bab/box_crown.py) is
+    ``> 0`` on it (``C f - d``); the specifications share every bound computation.  Its key is
+    ``min_spec max_row`` of the row bounds.  Branching ("sb"): the coordinate ``i`` maximising
+    ``|A_i| (hi_i - lo_i)`` for the best row of the worst specification (``A``: that row's CROWN coefficient
+    on the input, so ``|A_i| (hi_i - lo_i) / 2`` is the looseness coordinate ``i`` adds); zero-width
+    coordinates are never split.  Counterexamples: every bounded box's centre and the minimiser of its
+    worst row's linear bound are evaluated in float64 (vectorised) and a hit is re-checked alone."""
+
+    def __init__(self, chain, net64: Network, lo0, hi0, C, d, owner, *, dtype=torch.float32, chunk: int = 256,
+                 chunk_max: int = 4096, step_s: float = 0.4, deadline: float = math.inf):
+        from .box_crown import BoxCrown
+        self.net64 = net64
+        self.shape = tuple(lo0.shape)
+        self.lo0, self.hi0 = lo0.reshape(1, -1).to(torch.float64), hi0.reshape(1, -1).to(torch.float64)
+        self.C64, self.d64 = C.to(torch.float64), d.to(torch.float64).reshape(-1)
+        self.owner = owner.to(torch.long)
+        self.S = int(self.owner.max()) + 1
+        self.bc = BoxCrown(chain, self.C64, self.d64, dtype=dtype)
+        self.splittable = (self.hi0 - self.lo0).flatten() > 0
+        self.chunk, self.chunk_max, self.step_s = int(chunk), int(chunk_max), float(step_s)
+        self.deadline = deadline
+        self.witness = None
+        self.boxes = 0  # boxes bounded
+
+    # ------------------------------------------------------------ bounds, keys, branching, witnesses
+    def _spec_keys(self, low):
+        """``(n, S)`` per specification: max over its rows of the row bounds."""
+        n = low.shape[0]
+        out = torch.full((n, self.S), -math.inf, dtype=torch.float64, device=low.device)
+        return out.scatter_reduce(1, self.owner.unsqueeze(0).expand(n, -1), low, reduce="amax")
+
+    def bound_boxes(self, lo, hi, parent=None):
+        low, A, pre = self.bc.bound(lo, hi, parent)
+        self.boxes += lo.shape[0]
+        sk = self._spec_keys(low)
+        keys = sk.amin(1)
+        worst = sk.argmin(1)
+        rowsel = torch.where(self.owner.unsqueeze(0) == worst.unsqueeze(1), low, torch.full_like(low, -math.inf))
+        row = rowsel.argmax(1)
+        Ar = A[torch.arange(A.shape[0], device=A.device), row].to(torch.float64)
+        width = hi - lo
+        score = Ar.abs() * width
+        ok = self.splittable.unsqueeze(0) & (width > 0)
+        score = torch.where(ok, score, torch.full_like(score, -1.0))
+        # a row with no input dependence (A = 0 on the splittable coordinates): the widest relative coordinate
+        rel = torch.where(ok, width / (self.hi0 - self.lo0).clamp_min(1e-300), torch.full_like(width, -1.0))
+        flat = ~(score.amax(1, keepdim=True) > 0)
+        dim = torch.where(flat, rel, score).argmax(1)
+        # candidate counterexamples: centres and the minimisers of the worst row's linear bound
+        corner = torch.where(Ar > 0, lo, hi)
+        self._check(torch.cat([(lo + hi) / 2, corner]))
+        return keys, dim, pre
+
+    def _check(self, x):
+        """Float64 evaluation of candidate points ``x (n, n_in)``; the first that satisfies every row of some
+        specification (re-run alone, inside the root box) is kept in ``self.witness``."""
+        if self.witness is not None or x.shape[0] == 0:
+            return
+        x = torch.minimum(torch.maximum(x, self.lo0), self.hi0)
+        with torch.no_grad():
+            y = self.net64(x.reshape(-1, *self.shape)).flatten(1)
+        sat = self._spec_keys(y @ self.C64.T - self.d64)  # (n, S): <= 0 where every row of the spec holds
+        hits = (sat <= 0).any(1).nonzero().flatten()
+        for i in hits[:16].tolist():
+            xi = x[i].reshape(self.shape).clone()
+            with torch.no_grad():
+                yi = self.net64(xi.unsqueeze(0))[0]
+            r = self.C64 @ yi.flatten() - self.d64
+            for s in range(self.S):
+                if bool((r[self.owner == s] <= 0).all()) and bool(((xi.flatten() >= self.lo0[0]) &
+                                                                   (xi.flatten() <= self.hi0[0])).all()):
+                    self.witness = (s, xi, yi)
+                    return
+
+    def root(self) -> BoxChunk:
+        keys, dim, pre = self.bound_boxes(self.lo0, self.hi0)
+        return BoxChunk(self.lo0.clone(), self.hi0.clone(), dim, keys, pre)
+
+    def root_spec_keys(self):
+        low, _, _ = self.bc.bound(self.lo0, self.hi0)
+        return self._spec_keys(low)[0]
+
+    # ------------------------------------------------------------ the policy (search.py's BranchingPolicy)
+    def split(self, chunks: list[BoxChunk]):
+        """All boxes of the popped chunks, halved along their chosen coordinate, as children chunks of at
+        most ``chunk`` boxes (listed under the first parent; the other parents get none: the children of
+        all of them together cover them all).  Boxes whose coordinate cannot be halved in float64 any
+        more go to a ``stuck`` chunk, returned as it is."""
+        lo = torch.cat([c.lo for c in chunks])
+        hi = torch.cat([c.hi for c in chunks])
+        dim = torch.cat([c.dim for c in chunks])
+        pkeys = torch.cat([c.keys for c in chunks])
+        pre = _cat_pre([c.pre for c in chunks])
+        depth = max(c.depth for c in chunks) + 1
+        a = lo.gather(1, dim[:, None])
+        b = hi.gather(1, dim[:, None])
+        mid = (a + b) / 2
+        can = ((a < mid) & (mid < b)).flatten()
+        out: list = []
+        if not bool(can.all()):
+            st = ~can
+            out.append(BoxChunk(lo[st], hi[st], dim[st], pkeys[st], [(l[st], u[st]) for l, u in pre], depth, stuck=True))
+            lo, hi, dim, mid, pkeys = lo[can], hi[can], dim[can], mid[can], pkeys[can]
+            pre = [(l[can], u[can]) for l, u in pre]
+        if lo.shape[0]:
+            hi1 = hi.scatter(1, dim[:, None], mid)
+            lo2 = lo.scatter(1, dim[:, None], mid)
+            clo, chi = torch.cat([lo, lo2]), torch.cat([hi1, hi])
+            cpre = [(torch.cat([l, l]), torch.cat([u, u])) for l, u in pre]
+            ckeys, cdim = torch.cat([pkeys, pkeys]), torch.cat([dim, dim])  # the parents' (valid until bounded)
+            n = clo.shape[0]
+            for s in range(0, n, self.chunk):
+                sl = slice(s, s + self.chunk)
+                out.append(BoxChunk(clo[sl], chi[sl], cdim[sl], ckeys[sl], [(l[sl], u[sl]) for l, u in cpre], depth))
+        return [out] + [[] for _ in chunks[1:]]
+
+    # ------------------------------------------------------------ the bounding callback
+    def bound(self, children: list[BoxChunk]):
+        """Bound every child chunk's boxes (the parents' bounds intersected in), drop closed boxes, set keys;
+        a float64-checked counterexample ends the search.  Pieces of at most ``chunk_max`` boxes, the
+        deadline checked between them; boxes not bounded before it keep their parent's (valid) key."""
+        for ch in children:
+            if ch.stuck:
+                continue
+            t = time.monotonic()
+            if t > self.deadline:
+                continue  # the child keeps its parent's keys (valid on the sub-box); the search stops at its deadline
+            keys, dim, pre = self.bound_boxes(ch.lo, ch.hi, ch.pre)
+            if self.witness is not None:
+                s, x, y = self.witness
+                return x, y, s
+            op = ~(keys > 0)
+            closed_min = float(keys[~op].min()) if bool((~op).any()) else math.inf
+            ch.lo, ch.hi, ch.dim, ch.keys = ch.lo[op], ch.hi[op], dim[op], keys[op]
+            ch.pre = [(l[op], u[op]) for l, u in pre]
+            ch.key = float(ch.keys.min()) if bool(op.any()) else closed_min
+            ch.nbytes = ch.size()
+            # adapt the chunk size to the measured time per box (bounded work per step)
+            el = time.monotonic() - t
+            if len(op) >= self.chunk // 2 and el > 0:
+                per = el / len(op)
+                self.chunk = int(min(self.chunk_max, max(32, 0.5 * self.step_s / per)))
+        return None
