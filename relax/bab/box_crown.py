@@ -38,8 +38,7 @@ import math
 
 import torch
 
-from ...models.graph import Network
-from ..affine import AFFINE_HANDLERS
+from ...models.graph import AFFINE_OPS, Network, chain_stages
 
 
 class AffineReluChain:
@@ -52,46 +51,15 @@ class AffineReluChain:
 
     @staticmethod
     def from_network(net: Network) -> "AffineReluChain | None":
-        """The chain of ``net`` (nodes on the path from the output back to the input: affine nodes and
-        ReLUs only, one input each), or ``None`` when ``net`` is not such a chain."""
-        path = []
-        name = net.output
-        while True:
-            node = net[name]
-            path.append(node)
-            if node.op == "input":
-                break
-            if len(node.inputs) != 1 or (node.op not in AFFINE_HANDLERS and node.op != "relu"):
-                return None
-            name = node.inputs[0]
-        path.reverse()
-        n64 = net.to(dtype=torch.float64)
-        segs: list[list] = [[]]
-        for node in path[1:]:
-            if node.op == "relu":
-                segs.append([])
-            else:
-                segs[-1].append(n64[node.name])
-        if any(len(s) == 0 for s in segs[1:-1]) or len(segs[0]) == 0:
-            return None  # two ReLUs in a row, or a ReLU on the raw input: not handled here
-        shapes = {n.name: n.shape for n in net.nodes}
-        Ws, bs = [], []
-        in_shape = tuple(net.input_shape)
-        for s_i, seg in enumerate(segs):
-            if not seg:  # network ends with a ReLU: identity last layer after it (rare)
-                return None
-            out_shape = tuple(seg[-1].shape)
-            n_out = int(math.prod(out_shape))
-            A = torch.eye(n_out, dtype=torch.float64, device=net.device).reshape(1, n_out, *out_shape)
-            bias = torch.zeros(1, n_out, dtype=torch.float64, device=net.device)
-            for node in reversed(seg):
-                ishape = shapes[node.inputs[0]]
-                A, b = AFFINE_HANDLERS[node.op].backward(node, A, ishape)
-                if b is not None:
-                    bias = bias + b
-            Ws.append(A.reshape(n_out, -1))
-            bs.append(bias.reshape(n_out))
-            in_shape = out_shape
+        """The chain of ``net`` (models.graph.chain_stages on its float64 copy: consecutive affine nodes
+        composed into one dense map), or ``None`` when ``net`` is not a chain of affine nodes and ReLUs."""
+        if not net.is_chain() or net.output != net.nodes[-1].name:
+            return None
+        if any(n.op not in AFFINE_OPS and n.op != "relu" for n in net.nodes[1:]):
+            return None
+        stages = chain_stages(net.to(dtype=torch.float64))
+        Ws = [st.W for st in stages if st.kind == "affine"]
+        bs = [st.b for st in stages if st.kind == "affine"]
         return AffineReluChain(Ws, bs)
 
     @property
