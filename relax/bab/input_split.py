@@ -164,11 +164,11 @@ class BoxChunk:
     ``key``: the smallest box key (the chunk's certified lower bound of ``min_spec max_row (C f - d)``).
     The boxes of a chunk and of all chunks together cover the open part of the root box."""
 
-    __slots__ = ("lo", "hi", "dim", "keys", "pre", "key", "nbytes", "depth", "stuck")
+    __slots__ = ("lo", "hi", "dim", "keys", "pre", "key", "nbytes", "depth", "stuck", "bounded")
 
-    def __init__(self, lo, hi, dim, keys, pre, depth=0, stuck=False):
+    def __init__(self, lo, hi, dim, keys, pre, depth=0, stuck=False, bounded=False):
         self.lo, self.hi, self.dim, self.keys, self.pre = lo, hi, dim, keys, pre
-        self.depth, self.stuck = depth, stuck
+        self.depth, self.stuck, self.bounded = depth, stuck, bounded
         self.key = float(keys.min()) if keys.numel() else math.inf
         self.nbytes = self.size()
 
@@ -198,7 +198,7 @@ class ChainSplit:
     worst row's linear bound are evaluated in float64 (vectorised) and a hit is re-checked alone."""
 
     def __init__(self, chain, net64: Network, lo0, hi0, C, d, owner, *, dtype=torch.float32, chunk: int = 256,
-                 chunk_max: int = 4096, step_s: float = 0.4, deadline: float = math.inf):
+                 chunk_max: int = 4096, step_s: float = 0.3, deadline: float = math.inf, lookahead: str = "all"):
         from .box_crown import BoxCrown
         self.net64 = net64
         self.shape = tuple(lo0.shape)
@@ -212,6 +212,12 @@ class ChainSplit:
         self.deadline = deadline
         self.witness = None
         self.boxes = 0  # boxes bounded
+        if lookahead not in ("two", "all", "off"):
+            raise ValueError(f"lookahead must be 'two', 'all' or 'off', got {lookahead!r}")
+        self.lookahead = None if lookahead == "off" else lookahead
+        self.piece = 64  # boxes per look-ahead pass (adapted to the measured time)
+        self.gain = 0.2  # look-ahead where the "sb" split's worse child gains less than 20 % of the bound
+
 
     # ------------------------------------------------------------ bounds, keys, branching, witnesses
     def _spec_keys(self, low):
@@ -236,7 +242,12 @@ class ChainSplit:
         # a row with no input dependence (A = 0 on the splittable coordinates): the widest relative coordinate
         rel = torch.where(ok, width / (self.hi0 - self.lo0).clamp_min(1e-300), torch.full_like(width, -1.0))
         flat = ~(score.amax(1, keepdim=True) > 0)
-        dim = torch.where(flat, rel, score).argmax(1)
+        sc = torch.where(flat, rel, score)
+        top = sc.topk(min(2, sc.shape[1]), dim=1).indices
+        first = top[:, 0]
+        wide = rel.argmax(1)  # the alternative: the widest (relative) coordinate, else the second "sb" choice
+        alt = torch.where(wide != first, wide, top[:, -1])
+        dim = torch.stack([first, alt], 1)  # (n, 2)
         # candidate counterexamples: centres and the minimisers of the worst row's linear bound
         corner = torch.where(Ar > 0, lo, hi)
         self._check(torch.cat([(lo + hi) / 2, corner]))
@@ -283,8 +294,8 @@ class ChainSplit:
         pkeys = torch.cat([c.keys for c in chunks])
         pre = _cat_pre([c.pre for c in chunks])
         depth = max(c.depth for c in chunks) + 1
-        a = lo.gather(1, dim[:, None])
-        b = hi.gather(1, dim[:, None])
+        a = lo.gather(1, dim[:, :1])
+        b = hi.gather(1, dim[:, :1])
         mid = (a + b) / 2
         can = ((a < mid) & (mid < b)).flatten()
         out: list = []
@@ -293,9 +304,11 @@ class ChainSplit:
             out.append(BoxChunk(lo[st], hi[st], dim[st], pkeys[st], [(l[st], u[st]) for l, u in pre], depth, stuck=True))
             lo, hi, dim, mid, pkeys = lo[can], hi[can], dim[can], mid[can], pkeys[can]
             pre = [(l[can], u[can]) for l, u in pre]
-        if lo.shape[0]:
-            hi1 = hi.scatter(1, dim[:, None], mid)
-            lo2 = lo.scatter(1, dim[:, None], mid)
+        if lo.shape[0] and self.lookahead and time.monotonic() < self.deadline:
+            out += self._lookahead(lo, hi, dim, pkeys, pre, depth)
+        elif lo.shape[0]:
+            hi1 = hi.scatter(1, dim[:, :1], mid)
+            lo2 = lo.scatter(1, dim[:, :1], mid)
             clo, chi = torch.cat([lo, lo2]), torch.cat([hi1, hi])
             cpre = [(torch.cat([l, l]), torch.cat([u, u])) for l, u in pre]
             ckeys, cdim = torch.cat([pkeys, pkeys]), torch.cat([dim, dim])  # the parents' (valid until bounded)
@@ -304,6 +317,103 @@ class ChainSplit:
                 sl = slice(s, s + self.chunk)
                 out.append(BoxChunk(clo[sl], chi[sl], cdim[sl], ckeys[sl], [(l[sl], u[sl]) for l, u in cpre], depth))
         return [out] + [[] for _ in chunks[1:]]
+
+    def _lookahead(self, lo, hi, dim, pkeys, pre, depth):
+        """Children along the better of two candidate coordinates per box (``lookahead="two"``: the "sb"
+        choice and the widest coordinate, or the second "sb" choice) or of every splittable coordinate
+        (``"all"``), found by bounding both halves along each candidate (one batched pass over ``2 K N``
+        boxes) and keeping, per box, the coordinate whose worse child has the highest bound (ties: the better
+        child); the kept children are returned already bounded.  About ``K`` times the cost of a plain split
+        per box, with far fewer boxes where the CROWN coefficient alone points at the wrong coordinate.
+        Boxes are taken in pieces of bounded cost; after the deadline the rest is halved without bounding."""
+        N, n_in = lo.shape
+        if self.lookahead == "all":  # the "sb" choice first, then every other splittable coordinate
+            others = torch.tensor([j for j in range(n_in) if bool(self.splittable[j])], dtype=torch.long,
+                                  device=lo.device)
+            rest = others.unsqueeze(0).expand(N, -1)
+            rest = rest[rest != dim[:, :1]].reshape(N, -1) if bool((rest == dim[:, :1]).any(1).all()) else rest
+            cand = torch.cat([dim[:, :1], rest], 1)
+        else:
+            cand = dim
+        K = cand.shape[1]
+        out = []
+        s0 = 0
+        while s0 < N:
+            if time.monotonic() > self.deadline:  # plain halving along the "sb" coordinate, parents' keys
+                sl = slice(s0, N)
+                l_, h_, d_ = lo[sl], hi[sl], dim[sl]
+                m_ = (l_.gather(1, d_[:, :1]) + h_.gather(1, d_[:, :1])) / 2
+                clo = torch.cat([l_, l_.scatter(1, d_[:, :1], m_)])
+                chi = torch.cat([h_.scatter(1, d_[:, :1], m_), h_])
+                out.append(BoxChunk(clo, chi, torch.cat([d_, d_]), torch.cat([pkeys[sl], pkeys[sl]]),
+                                    [(torch.cat([l[sl], l[sl]]), torch.cat([u[sl], u[sl]])) for l, u in pre], depth))
+                break
+            n = max(1, min(N - s0, self.piece))
+            sl = slice(s0, s0 + n)
+            out += self._look_piece(lo[sl], hi[sl], cand[sl], pkeys[sl], [(l[sl], u[sl]) for l, u in pre], depth, K)
+            s0 += n
+        return out
+
+    def _halves(self, lo, hi, j):
+        """Both halves of every box along coordinate ``j (N, 1)``; and whether it can be halved."""
+        a, b = lo.gather(1, j), hi.gather(1, j)
+        m = (a + b) / 2
+        ok = ((a < m) & (m < b)).flatten() & self.splittable[j.flatten()]
+        return torch.cat([lo, lo.scatter(1, j, m)]), torch.cat([hi.scatter(1, j, m), hi]), ok
+
+    def _look_piece(self, lo, hi, cand, pkeys, pre, depth, K):
+        """Look-ahead on one piece: first the "sb" coordinate for every box; the other candidates only for
+        the boxes where its worse child gained less than ``gain`` (relative) over the parent's bound."""
+        N = lo.shape[0]
+        t = time.monotonic()
+        c0lo, c0hi, ok0 = self._halves(lo, hi, cand[:, :1])
+        k0, d0, p0 = self.bound_boxes(c0lo, c0hi, [(l.repeat(2, 1), u.repeat(2, 1)) for l, u in pre])
+        w0 = torch.minimum(k0[:N], k0[N:])
+        b0 = torch.maximum(k0[:N], k0[N:])
+        score0 = torch.where(ok0, w0 + 1e-6 * b0.clamp(max=1e6), torch.full_like(w0, -math.inf))
+        poor = ~(w0 > 0) & ~((w0 - pkeys) > self.gain * pkeys.abs()) & ok0 if K > 1 else torch.zeros_like(ok0)
+        kids = [(c0lo, c0hi, k0, d0, p0)]
+        chosen_lo, chosen_hi = torch.cat([c0lo[:N], c0lo[N:]]), torch.cat([c0hi[:N], c0hi[N:]])
+        keys_s, dims_s, pre_s = k0, d0, p0
+        idx = poor.nonzero().flatten()
+        if idx.numel() and K > 1:
+            M = idx.numel()
+            lo_p, hi_p = lo[idx], hi[idx]
+            pre_p = [(l[idx], u[idx]) for l, u in pre]
+            los, his, valid = [], [], []
+            for k in range(1, K):  # a loop over candidate slots, not over boxes
+                cl, ch, ok = self._halves(lo_p, hi_p, cand[idx, k:k + 1])
+                los.append(cl)
+                his.append(ch)
+                valid.append(ok)
+            clo, chi = torch.cat(los), torch.cat(his)
+            keys, dims, kpre = self.bound_boxes(clo, chi, [(l.repeat(2 * (K - 1), 1), u.repeat(2 * (K - 1), 1))
+                                                            for l, u in pre_p])
+            k2 = keys.reshape(K - 1, 2, M)
+            worse, better = k2.amin(1), k2.amax(1)
+            sc = torch.where(torch.stack(valid), worse + 1e-6 * better.clamp(max=1e6), torch.full_like(worse, -math.inf))
+            bv, bk = sc.max(0)
+            take = bv > score0[idx]  # a candidate beats the "sb" coordinate: replace that box's children
+            if bool(take.any()):
+                ar = torch.arange(M, device=lo.device)
+                src = torch.cat([(bk * 2) * M + ar, (bk * 2 + 1) * M + ar])[torch.cat([take, take])]
+                dst = torch.cat([idx, idx + N])[torch.cat([take, take])]
+                chosen_lo, chosen_hi = chosen_lo.clone(), chosen_hi.clone()
+                chosen_lo[dst], chosen_hi[dst] = clo[src], chi[src]
+                keys_s, dims_s = keys_s.clone(), dims_s.clone()
+                keys_s[dst], dims_s[dst] = keys[src], dims[src]
+                pre_s = [(l.clone(), u.clone()) for l, u in pre_s]
+                for (l, u), (kl, ku) in zip(pre_s, kpre):
+                    l[dst], u[dst] = kl[src], ku[src]
+        el = time.monotonic() - t
+        if el > 0:  # pieces of about step_s seconds
+            self.piece = int(min(self.chunk_max, max(8, self.step_s * N / el)))
+        out = []
+        for s0 in range(0, chosen_lo.shape[0], self.chunk):
+            sl = slice(s0, s0 + self.chunk)
+            out.append(BoxChunk(chosen_lo[sl], chosen_hi[sl], dims_s[sl], keys_s[sl],
+                                [(l[sl], u[sl]) for l, u in pre_s], depth, bounded=True))
+        return out
 
     # ------------------------------------------------------------ the bounding callback
     def bound(self, children: list[BoxChunk]):
@@ -316,7 +426,10 @@ class ChainSplit:
             t = time.monotonic()
             if t > self.deadline:
                 continue  # the child keeps its parent's keys (valid on the sub-box); the search stops at its deadline
-            keys, dim, pre = self.bound_boxes(ch.lo, ch.hi, ch.pre)
+            if ch.bounded:  # bounded by the look-ahead of split()
+                keys, dim, pre = ch.keys, ch.dim, ch.pre
+            else:
+                keys, dim, pre = self.bound_boxes(ch.lo, ch.hi, ch.pre)
             if self.witness is not None:
                 s, x, y = self.witness
                 return x, y, s
