@@ -73,7 +73,8 @@ def _relu_lines(l, u):
     active = (l >= 0).to(l.dtype)
     den = torch.where(unstable, u - l, torch.ones_like(u))
     aU = torch.where(unstable, u / den, active)
-    bU = torch.where(unstable, -aU * l, torch.zeros_like(l))
+    # the chord through (l, 0) and (u, u); of the two rounded intercepts the larger, as relax/activations.py
+    bU = torch.where(unstable, torch.maximum(-aU * l, u - aU * u), torch.zeros_like(l))
     aL = torch.where(unstable, (u >= -l).to(l.dtype), active)
     return aL, aU, bU
 
@@ -136,7 +137,8 @@ class BoxCrown:
             mag = mag + A.abs() @ self.babs[j]
             A = A @ self.W[j]
         val, m2 = self._concretize(A, const, c, r, cabs)
-        return val - self.gamma * (mag + m2), A
+        self.last_margin = self.gamma * (mag + m2)
+        return val - self.last_margin, A
 
     def _ibp(self, k, l, u):
         """Interval bounds of ``z_k = W_k relu(z_{k-1}) + b_k`` from those of ``z_{k-1}`` (widened for rounding)."""
@@ -204,6 +206,7 @@ class BoxCrown:
             A = W0.unsqueeze(0).expand(N, -1, -1)
             val, m2 = self._concretize(A, self.b[0].expand(N, -1), c, r, cabs)
             low = val - self.gamma * (m2 + self.babs[0])
+            self.margin = (self.gamma * (m2 + self.babs[0])).to(torch.float64)
             return self._finite(low), A, []
         mid = c @ W0.T + self.b[0]
         rad = r @ self.Wabs[0].T
@@ -234,6 +237,8 @@ class BoxCrown:
             relax.append(_relu_lines(il, iu))
         low, A = self._backward(L - 1, self.W[-1].unsqueeze(0), relax, c, r, cabs)
         low = low + self.b[-1] - self.gamma * self.babs[-1]
+        # the rounding margin subtracted from each final row (N, m): what a float64 pass could win back
+        self.margin = (self.last_margin + self.gamma * self.babs[-1]).to(torch.float64)
         return self._finite(low), A, pre
 
     @staticmethod

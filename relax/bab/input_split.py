@@ -1,16 +1,25 @@
 """Input-space branch-and-bound for low-dimensional inputs (e.g. ACAS Xu: 5 inputs).
 
-A domain is a sub-box ``[lo, hi]`` of the specification's box (kept in float64; rounded outward to the
-working dtype for bounding, relax/spec.py:outward_box).  Its bound is the engine's CROWN (or
-α-CROWN) lower bound of every row of ``C f(x)`` over the sub-box, with intermediate bounds recomputed on
-the sub-box -- the reason input splitting wins when the input has few dimensions: every split
-tightens every neuron's bounds.  A domain is closed when some row's lower bound exceeds ``d`` (compared
-in float64).  Children: the box halved at the midpoint of one coordinate; the two halves cover it.
+Two implementations of the same search, both on relax/bab/search.py's loop:
 
-Branching ("sb"-style, cheap form): the coordinate with the largest width relative to the root box,
-weighted by the sensitivity ``|∂ (worst row) / ∂ x_i|`` at the box centre, (``+10%`` of the plain
-relative width so no coordinate starves); zero-width coordinates are never split.
-Counterexamples: the centre of every child box is evaluated in float64 (cheap) and checked exactly.
+* :class:`ChainSplit` (affine-ReLU chains, what relax/bab/complete.py uses whenever
+  :meth:`relax.bab.box_crown.AffineReluChain.from_network` accepts the network): a *domain* of the
+  search is a :class:`BoxChunk`, a tensor of boxes ``(n, n_in)`` with their keys, next split coordinate and
+  pre-activation bounds, so that splitting, bounding (one batched CROWN pass over all popped boxes,
+  relax/bab/box_crown.py, the parents' intermediate bounds intersected in), closing and witness checks
+  are tensor operations with no per-box Python.  The specifications of a VNN-LIB disjunction that share a
+  box are searched together: a box is closed when every one of them has a refuting row on it.
+  Branching: "sb" (the coordinate ``i`` maximising ``|A_i| (hi_i - lo_i)``, ``A`` the CROWN input
+  coefficient of the worst specification's best row) with an optional look-ahead (both halves along every
+  other coordinate bounded for the boxes where the "sb" split gains little; the coordinate whose worse
+  child is best kept).
+* :class:`InputSplit` (any network, the generic engine relax/engine.py, one domain per box): the
+  fallback for networks that are not affine-ReLU chains (LeakyReLU, residual adds, sorting activations).
+
+A box is a sub-box ``[lo, hi]`` of the specification's box (float64; rounded outward to the working dtype
+for bounding).  Children: the box halved at the midpoint of one coordinate (the two halves cover it);
+zero-width coordinates are never split.  Counterexamples: candidate points (box centres, minimisers of
+the linear bound) evaluated in float64 and re-checked alone; only a re-checked point ends the search.
 """
 
 from __future__ import annotations
@@ -198,7 +207,7 @@ class ChainSplit:
     worst row's linear bound are evaluated in float64 (vectorised) and a hit is re-checked alone."""
 
     def __init__(self, chain, net64: Network, lo0, hi0, C, d, owner, *, dtype=torch.float32, chunk: int = 256,
-                 chunk_max: int = 4096, step_s: float = 0.3, deadline: float = math.inf, lookahead: str = "all"):
+                 chunk_max: int = 4096, step_s: float = 0.3, deadline: float = math.inf, lookahead: str = "all", width_mix: float = 0.0):
         from .box_crown import BoxCrown
         self.net64 = net64
         self.shape = tuple(lo0.shape)
@@ -207,6 +216,8 @@ class ChainSplit:
         self.owner = owner.to(torch.long)
         self.S = int(self.owner.max()) + 1
         self.bc = BoxCrown(chain, self.C64, self.d64, dtype=dtype)
+        self.bc64 = BoxCrown(chain, self.C64, self.d64, dtype=torch.float64) if dtype != torch.float64 else None
+        self.mix = float(width_mix)
         self.splittable = (self.hi0 - self.lo0).flatten() > 0
         self.chunk, self.chunk_max, self.step_s = int(chunk), int(chunk_max), float(step_s)
         self.deadline = deadline
@@ -229,6 +240,16 @@ class ChainSplit:
     def bound_boxes(self, lo, hi, parent=None):
         low, A, pre = self.bc.bound(lo, hi, parent)
         self.boxes += lo.shape[0]
+        if self.bc64 is not None:
+            # boxes that only the working dtype's rounding margin keeps open: bounded again in float64
+            # (the parents' bounds still intersected in; both results are valid, the larger is kept)
+            near = (~(self._spec_keys(low).amin(1) > 0)) & (self._spec_keys(low + self.bc.margin).amin(1) > 0)
+            idx = near.nonzero().flatten()
+            if idx.numel():
+                par = None if parent is None else [(l[idx].double(), u[idx].double()) for l, u in parent]
+                low64, _, _ = self.bc64.bound(lo[idx], hi[idx], par)
+                low = low.clone()
+                low[idx] = torch.maximum(low[idx], low64)
         sk = self._spec_keys(low)
         keys = sk.amin(1)
         worst = sk.argmin(1)
@@ -243,6 +264,9 @@ class ChainSplit:
         rel = torch.where(ok, width / (self.hi0 - self.lo0).clamp_min(1e-300), torch.full_like(width, -1.0))
         flat = ~(score.amax(1, keepdim=True) > 0)
         sc = torch.where(flat, rel, score)
+        if self.mix > 0:  # the "sb" share times the relative width, plus a part of the relative width alone
+            share = score / score.amax(1, keepdim=True).clamp_min(1e-300)
+            sc = torch.where(ok, rel * (share + self.mix), torch.full_like(rel, -1.0))
         top = sc.topk(min(2, sc.shape[1]), dim=1).indices
         first = top[:, 0]
         wide = rel.argmax(1)  # the alternative: the widest (relative) coordinate, else the second "sb" choice
