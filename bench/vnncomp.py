@@ -20,7 +20,7 @@ Independent checks of every answer ("wrong" must be 0):
 Writes bench/results/vnncomp_<bench>.json and .md, side by side with the published rows.
 
 Usage: .venv/bin/python bench/vnncomp.py [--bench acasxu mnistfc] [--timeout-scale 1] [--every 1]
-       [--work /tmp/vnncomp_work] [--attack-restarts 20]
+       [--work /tmp/vnncomp_work] [--attack-restarts 20] [--tag _full]
 """
 
 from __future__ import annotations
@@ -179,8 +179,9 @@ def run(bench: str, args) -> dict:
         "wall_s": wall, "sum_instance_s": sum(r["time_s"] for r in rows), "summary": summary, "median_solved_s": statistics.median(solved_t) if solved_t else None,
         "instances": rows, "published": PUBLISHED[bench], "cpu_abcrown": CPU_ABCROWN[bench],
     }
-    (OUT / f"vnncomp_{bench}.json").write_text(json.dumps(res, indent=1))
-    (OUT / f"vnncomp_{bench}.md").write_text(markdown(res))
+    name = f"vnncomp_{bench}{args.tag}"
+    (OUT / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (OUT / f"{name}.md").write_text(markdown(res))
     return res
 
 
@@ -215,6 +216,8 @@ def markdown(res: dict) -> str:
         for p in sorted(by, key=lambda q: int(q.split("_")[1])):
             ours = ", ".join(f"{k} {v}" for k, v in sorted(by[p].items()))
             lines.append(f"| {p} | {ours} | {truth.get(p, ACAS_TRUTH.get(p, '').replace('unsat', 'holds').replace('sat', 'violated'))} |")
+    for note in res.get("notes", []):
+        lines += ["", note]
     lines += ["", f"On a CPU like ours: {res['cpu_abcrown']} (reference §5).", "",
               f"Checks: {s['checked_sat']} sat answers re-read from their result files and re-run in a fresh "
               f"onnxruntime session (box membership exact); {s['checked_unsat_by_truth']} unsat answers compared "
@@ -228,7 +231,7 @@ def markdown(res: dict) -> str:
 
 
 def rewrite(bench: str) -> None:
-    """Regenerate bench/results/vnncomp_<bench>.md from its JSON (no run)."""
+    """Regenerate bench/results/vnncomp_<bench>.md from its JSON (no run); ``bench`` may carry the tag."""
     res = json.loads((OUT / f"vnncomp_{bench}.json").read_text())
     res.setdefault("sum_instance_s", sum(r["time_s"] for r in res["instances"]))
     res["subset"] = res["subset"].replace("every 2th row", "every 2-th csv row")
@@ -244,10 +247,11 @@ def main():
     ap.add_argument("--work", default="/tmp/vnncomp_work")
     ap.add_argument("--attack-restarts", type=int, default=20)
     ap.add_argument("--rewrite", action="store_true", help="only regenerate the .md files from the .json files")
+    ap.add_argument("--tag", default="", help="suffix of the result files (vnncomp_<bench><tag>.json/.md)")
     args = ap.parse_args()
     if args.rewrite:
         for b in args.bench:
-            rewrite(b)
+            rewrite(b + args.tag)
         return
     torch.set_num_threads(1)  # the checks are many small ops: one thread is much faster on a shared machine
     if not DATA.is_dir():

@@ -4,7 +4,8 @@
 * :mod:`.search` -- the search loop (:func:`branch_and_bound`: branching policy + bounding callback,
   time/memory budgets, anytime bound, progress callback);
 * :mod:`.beta_crown` -- β-CROWN bounds on activation-split domains and BaBSR branching;
-* :mod:`.input_split` -- CROWN bounds on input boxes and input-space branching (low-dimensional inputs);
+* :mod:`.box_crown` -- CROWN of affine-ReLU chains over a batch of input boxes (the bounding of input splitting);
+* :mod:`.input_split` -- input-space branching (low-dimensional inputs): box chunks on chains, or the generic engine;
 * :mod:`.attack` -- counterexample search (PGD with restarts) and its float64 re-check.
 """
 
