@@ -29,9 +29,8 @@ SOLVER_NAME = "nncertify VNN-LIB 2.0 solver (certified linear bounds; witnesses 
 
 
 def _capabilities() -> dict[str, list[str]]:
-    from ..models.onnx_import import SUPPORTED
-    from ..relax.vnnlib2 import SUPPORTED_VERSIONS
-    from .vnnlib2_solve import ELEMENT_TYPES, MODEL_ELEMENT_TYPES, ONNX_OPSETS
+    from ..models.onnx_support import (ELEMENT_TYPES, MODEL_ELEMENT_TYPES, ONNX_OPSETS, SUPPORTED,  # torch-free
+                                       SUPPORTED_VERSIONS)
 
     ver = [f"{a}.{b}" for a, b in SUPPORTED_VERSIONS]
     return {

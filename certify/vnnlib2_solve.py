@@ -40,9 +40,7 @@ from ..models.errors import (InvalidArgumentError, ModelLoadError, NNCertifyErro
 from ..relax.vnnlib2 import (SUPPORTED_VERSIONS, VarDecl, VNNLib2, clause_holds, read_vnnlib2, theories,
                                to_query)
 
-ELEMENT_TYPES = ("real",)      # sound element types (the engine's bounds are for the real-valued network)
-MODEL_ELEMENT_TYPES = ("float32",)  # ONNX tensor types the importer holds exactly
-ONNX_OPSETS = (7, 21)          # Reshape/Gemm/BatchNormalization/Add semantics checked over this range
+from ..models.onnx_support import ELEMENT_TYPES, MODEL_ELEMENT_TYPES, ONNX_OPSETS  # noqa: E402
 
 _ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
                9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 14: "complex64",

@@ -25,8 +25,7 @@ import torch
 from .errors import ModelLoadError, UnsupportedOperationError
 from .graph import Network, Node
 
-SUPPORTED = ("Gemm", "MatMul", "Conv", "Relu", "LeakyRelu", "Tanh", "Sigmoid", "Flatten", "Reshape", "Add", "Sub",
-             "Mul", "Div", "AveragePool", "BatchNormalization", "Identity", "Dropout", "Constant", "Shape")
+from .onnx_support import SUPPORTED  # noqa: E402  (the table lives torch-free, for `nncertify-solver supports`)
 
 
 def load_onnx(path: str | Path, name: str | None = None) -> Network:

@@ -54,7 +54,7 @@ from .outward import float_row, round_down, round_up  # noqa: F401 (re-exported)
 from .spec import Query, Specification
 
 MAX_CLAUSES = 100_000  # refuse disjunctive normal forms larger than this
-SUPPORTED_VERSIONS = ((2, 0), (2, 0))  # what vnnlib>=1.0.2 parses (2.1's `initialized` it rejects)
+from ..models.onnx_support import SUPPORTED_VERSIONS  # noqa: E402  (what vnnlib>=1.0.2 parses; 2.1 rejected)
 
 _DTYPE_NAMES = {  # vnnlib.DType member name -> ONNX element type name (the standard's spelling)
     "F16": "float16", "F32": "float32", "F64": "float64", "BF16": "bfloat16", "F8E4M3FN": "float8e4m3fn",

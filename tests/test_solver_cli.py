@@ -388,3 +388,19 @@ def test_witness_lies_in_the_exact_decimal_box(tmp_path, capsys):
     assert rc == 0 and out.startswith("sat\n"), err
     x = [Fraction(v) for v in out.splitlines()[2:4]]
     assert all(0 <= v <= Fraction("0.029999999329447746") for v in x) and sum(x) >= Fraction("0.05999999865889548")
+
+
+def test_name_version_and_supports_do_not_import_torch():
+    """A harness asks one capability per process: `--name`, `--version` and every `supports` answer
+    come from torch-free tables (models/onnx_support.py), so each answer costs a bare interpreter."""
+    import subprocess
+    import sys
+    code = ("import sys; from nncertify.certify.solver_cli import console_main; "
+            "rc = console_main(sys.argv[1:]); "
+            "sys.stderr.write('TORCH=%s\\n' % ('torch' in sys.modules)); sys.exit(rc)")
+    for args in (["--name"], ["--version"], ["supports", "--onnx-operators"], ["supports", "--vnnlib-versions"],
+                 ["supports", "--onnx-element-types", "--onnx-opset-versions"]):
+        p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, (args, p.stderr)
+        assert p.stdout.strip(), args
+        assert "TORCH=False" in p.stderr, (args, p.stderr)
