@@ -419,8 +419,8 @@ def controller_certificate(controller, model_name: str = "training run", lm=None
 
 
 def _engine_notes(recs: list[dict]) -> list[str]:
-    """Which engine computed the radii (forward AD / reverse-over-reverse on the replayed forward, or the
-    finite-difference estimate), and why any step did not use the first exact engine."""
+    """Which engine computed the radii (the step's own autograd graph, forward AD / reverse-over-reverse on the
+    replayed forward, or the finite-difference estimate), and why any step did not use the first exact engine."""
     engines: dict[str, int] = {}
     for r in recs:
         if r.get("engine"):
