@@ -33,7 +33,8 @@ def test_budget_is_honoured_within_a_few_percent_and_certifies_nothing():
         t0 = time.perf_counter()
         r = sdp.lipschitz_bound(net, norm=2, method="lifted", solver="SCS", time_budget=budget)
         elapsed = time.perf_counter() - t0
-        assert elapsed <= budget * 1.05, (budget, elapsed)
+        # 5 % plus 0.2 s of scheduling jitter: on a loaded 2-core machine the parent may wait ~0.1 s for a core
+        assert elapsed <= budget * 1.05 + 0.2, (budget, elapsed)
         assert r.status == "failed" and r.certified_value is None and not r.certified
         assert r.solver_status == "time_budget" and "time budget" in r.message
         assert r.radius(1.0) == 0.0
