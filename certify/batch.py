@@ -339,6 +339,12 @@ def _execute(unit: dict) -> dict:
             threadpool_limits(limits=1)  # numpy / scipy / solver BLAS as well
         except ImportError:  # pragma: no cover
             pass
+        import threading
+
+        from tqdm import tqdm
+        # tqdm's default lock is a multiprocessing semaphore (torch.fx makes a hidden bar while loading a
+        # model); a unit killed at its timeout would leak it ("leaked semaphore" warning at the end)
+        tqdm.set_lock(threading.RLock())
         from .tasks import run_unit
         cert = run_unit(unit)
         return _record(unit, cert.status, t0, certificate=json.loads(cert.to_json(indent=None)))

@@ -248,3 +248,16 @@ def test_kill_9_of_a_batch_on_a_remote_cluster_kills_its_unit_on_the_worker(tmp_
         time.sleep(0.05)
     assert not _alive(units), f"unit processes still running on the worker 5 s after kill -9 of the batch"
     assert _alive(workers) == workers
+
+
+def test_a_killed_unit_leaves_no_warning_behind(tmp_path):
+    """A unit killed at its timeout: exit 1, the one summary line, and nothing on stderr (the unit used
+    to leak tqdm's multiprocessing lock -- torch.fx makes a hidden bar while loading a model -- and the
+    resource tracker warned about a leaked semaphore at the end of the batch)."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({**LONG_UNIT, "timeout": 1}))
+    r = subprocess.run([sys.executable, "-m", "nncertify", "batch", str(plan), "--out", str(tmp_path / "r.jsonl")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.strip().startswith("1 units: 0 done") and "1 timed out" in r.stdout
+    assert r.stderr == "", r.stderr
