@@ -278,7 +278,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                 span = deadline - now if len(css) == 1 else min(slice_s, deadline - now)
                 c_k.deadline = now + span
                 outc = branch_and_bound(opens[k], c_k, c_k.bound, timeout=span, batch=4,
-                                        memory_budget=float(o["memory_budget"]), max_domains=o["max_domains"],
+                                        memory_budget=float(o["memory_budget"]) / len(css),
+                                        max_domains=o["max_domains"],
                                         progress=prog, between=between, start=now)
                 if outc.status != "timeout":
                     break
