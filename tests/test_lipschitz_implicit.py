@@ -43,11 +43,13 @@ def test_implicit_bounds_are_sound_and_match_the_dense_interval_bound(monkeypatc
     dense_ibp = local_lipschitz(net, (lo, hi), method="ibp", forward="ibp", attack=False).upper
     dense_naive = local_lipschitz(net, (lo, hi), method="naive", attack=False).upper
     monkeypatch.setattr(api, "DENSE_LIMIT_BYTES", 0)  # force the dense-free path
-    r = local_lipschitz(net, (lo, hi), method="ibp", attack_options={"n_samples": 64})
+    r = local_lipschitz(net, (lo, hi), method="ibp", forward="ibp", attack_options={"n_samples": 64})
+    rc = local_lipschitz(net, (lo, hi), method="ibp", attack=False)  # engine CROWN forward bounds
+    assert rc.upper <= r.upper * (1 + 1e-9)  # tighter pre-activation bounds, never looser
     nv = local_lipschitz(net, (lo, hi), method="naive", attack=False)
     assert r.method == "ibp-implicit" and r.lower_kind == "sampled"
     truth = sampled(module, lo, hi)
-    assert 0 < r.lower <= truth * (1 + 1e-5) and truth <= r.upper
+    assert 0 < r.lower <= truth * (1 + 1e-5) and truth <= rc.upper <= r.upper * (1 + 1e-9)
     assert r.upper == pytest.approx(dense_ibp, rel=1e-8)  # the same interval bound, computed as ops
     assert nv.upper >= dense_naive * (1 - 1e-9) and nv.upper >= r.upper  # per-op norms >= composed norms
 

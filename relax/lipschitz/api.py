@@ -127,7 +127,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         res.timings["total"] = time.perf_counter() - t0
         return res
     if net64.is_chain() and dense_bytes(net64) > DENSE_LIMIT_BYTES:  # e.g. a CIFAR-sized CNN
-        return _implicit(net64, input_set, norm, c, method, bab_timeout, attack, attack_options, t0)
+        return _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0)
     chain = chain_of(net64)
     xl, xu = input_box(net64, input_set)
     seeds = _seeds(chain, c)
@@ -225,7 +225,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     return res
 
 
-def _implicit(net64, input_set, norm, c, method, bab_timeout, attack, attack_options, t0) -> LipschitzResult:
+def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0) -> LipschitzResult:
     """Bounds without dense layer matrices (:mod:`.implicit`) for a chain whose dense matrices would
     exceed ``DENSE_LIMIT_BYTES``: ``method`` "ibp" or "naive"; anything else is refused, naming the size."""
     from .implicit import dense_bytes, implicit_lipschitz, sampled_lower
@@ -241,7 +241,8 @@ def _implicit(net64, input_set, norm, c, method, bab_timeout, attack, attack_opt
     from .bab_input import _SeedShape
     seeds = _seeds(_SeedShape(n_out, xl), c)
     tb = time.perf_counter()
-    res = implicit_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None)
+    fwd = "crown" if forward in ("auto", "crown", "alpha-crown") else forward  # (alpha: not dense-free here)
+    res = implicit_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
     res.timings["bound"] = time.perf_counter() - tb
     if attack:
         ta = time.perf_counter()

@@ -44,6 +44,7 @@ from .norms import row_dual_upper
 from .result import LipschitzResult
 
 IMPLICIT_ACTS = ("relu", "leaky_relu")
+CROWN_CHUNK = 2 ** 23  # elements per back-substitution chunk of the engine's CROWN (~64 MB of float64)
 REL = 1e-12  # relative rounding margin per step (see the module docstring)
 _OFFSETS = ("bias", "shift")
 
@@ -156,12 +157,34 @@ def _interval_mul(a, b, gl, gu):
     return lo - REL * m, hi + REL * m
 
 
-def jacobian_intervals(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor):
+def forward_bounds_implicit(net: Network, xl: torch.Tensor, xu: torch.Tensor, forward: str = "crown"):
+    """Pre-activation bounds of every node (batch 1, node shape): interval arithmetic, intersected for
+    ``forward="crown"`` with the bound engine's CROWN bounds (``relax.compute_bounds``, which applies
+    convolutions as ops and chunks its back-substitution) of every activation's input."""
+    fb = forward_intervals(net, xl, xu)
+    if forward == "crown":
+        from ...relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
+        shape = (1, *net.input_shape)
+        res = compute_bounds(net, Box(xl.reshape(shape), xu.reshape(shape)), "crown", dtype=torch.float64,
+                             bound_lower=False, bound_upper=False, chunk_elems=CROWN_CHUNK)
+        for n in net.nodes[1:]:
+            if n.op in IMPLICIT_ACTS and n.inputs[0] in res.intermediate:
+                l0, u0 = fb[n.inputs[0]]
+                cl, cu = res.intermediate[n.inputs[0]]
+                fb[n.inputs[0]] = (torch.maximum(l0, cl.reshape(l0.shape).to(l0)),
+                                   torch.minimum(u0, cu.reshape(u0.shape).to(u0)))
+    elif forward != "ibp":
+        raise UnsupportedOperationError(f"forward={forward!r}: the dense-free bounds take 'ibp' or 'crown'")
+    return fb
+
+
+def jacobian_intervals(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, forward: str = "ibp"):
     """Element-wise bounds ``(gl, gu)`` ``(S, n_0)`` of ``c_s^T J(x)`` over the box, every Clarke Jacobian included.
 
-    ``net``: a float64 chain (affine ops and ReLU / LeakyReLU); ``seeds``: (S, n_out) float64."""
+    ``net``: a float64 chain (affine ops and ReLU / LeakyReLU); ``seeds``: (S, n_out) float64;
+    ``forward``: pre-activation bounds, :func:`forward_bounds_implicit`."""
     _check(net)
-    fb = forward_intervals(net, xl, xu)
+    fb = forward_bounds_implicit(net, xl, xu, forward)
     nodes = net.nodes
     shape_of = {nodes[0].name: tuple(net.input_shape)}
     for n in nodes[1:]:
@@ -188,9 +211,10 @@ def jacobian_intervals(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: 
     return gl.reshape(S, -1), gu.reshape(S, -1)
 
 
-def implicit_ibp_rows(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, norm: str = "inf"):
+def implicit_ibp_rows(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, norm: str = "inf",
+                      forward: str = "ibp"):
     """Per-row bounds (not yet certified) of ``sup ||c_s^T J||_q`` by :func:`jacobian_intervals`."""
-    gl, gu = jacobian_intervals(net, xl, xu, seeds)
+    gl, gu = jacobian_intervals(net, xl, xu, seeds, forward)
     l1 = torch.maximum(gl.abs(), gu.abs()).sum(-1)
     return row_dual_upper(norm, gl, gu, l1)
 
@@ -223,7 +247,7 @@ def implicit_naive_rows(net: Network, seeds: torch.Tensor) -> torch.Tensor:
 
 
 def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, norm: str = "inf",
-                       method: str = "ibp", operator: bool = False) -> LipschitzResult:
+                       method: str = "ibp", operator: bool = False, forward: str = "crown") -> LipschitzResult:
     """Certified bound (``method`` "ibp" or "naive") on a chain net without dense matrices; ``upper`` is the max
     over the seed rows (for ``operator`` and ``norm != "inf"`` the caller combines the rows)."""
     from .bounds import certified
@@ -234,7 +258,7 @@ def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: 
             raise UnsupportedOperationError("the dense-free product of norms supports the l_inf input norm only")
         rows = implicit_naive_rows(net, seeds)
     elif method == "ibp":
-        rows = implicit_ibp_rows(net, xl.to(torch.float64), xu.to(torch.float64), seeds, norm)
+        rows = implicit_ibp_rows(net, xl.to(torch.float64), xu.to(torch.float64), seeds, norm, forward)
     else:
         raise UnsupportedOperationError(
             f"method={method!r} needs dense layer matrices, which do not fit for {net.name!r} "
@@ -245,4 +269,4 @@ def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: 
     else:
         up = float(rows_c.max())
     return LipschitzResult(up, 0.0, norm, method + "-implicit", per_output_upper=[float(v) for v in rows_c],
-                           forward_method="ibp-implicit")
+                           forward_method=forward if method == "ibp" else "")
