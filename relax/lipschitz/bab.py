@@ -21,7 +21,9 @@ A domain is (seed row ``s``, partial activation pattern): each neuron is free, s
    ones are exact.  The LP maximizes the normalized margin ``t`` of all sign constraints, and when
    ``t > 0`` its solution is an interior point where autograd's gradient is evaluated: an exact,
    attained lower bound.
-4. Best-first: the ``batch`` domains with the largest bounds are split on the unstable neuron with
+4. The search is the shared loop :func:`...bab.search.branch_and_bound` (:class:`_ActivationSearch` is
+   its branching policy and bounding callback; a domain's key is ``-bound``, so the loop's smallest
+   key first is the largest bound first).  Best-first: the ``batch`` domains with the largest bounds are split on the unstable neuron with
    the largest ``|CROWN coefficient| * max(|l_g|, |u_g|)`` (the looseness of its chord relaxation),
    weighted by ``(1 + layer_bias)^(layers above it)``: splits near the input are preferred, since
    their half-spaces are exact and narrow the input polytope for every later neuron (measured:

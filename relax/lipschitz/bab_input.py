@@ -36,6 +36,9 @@ Algorithm (best-first over sub-boxes of the region's bounding box ``B``):
   coordinate maximizing ``width_i * (G_i + 0.1 mean G)`` with ``G_i = sum_s max(|l_si|, |u_si|)``
   the bound on ``|d(c_s^T f)/dx_i|`` (how fast the function varies along ``i``); ``"widest"``:
   the widest coordinate relative to the region.
+* **Loop.**  The search is the shared :func:`...bab.search.branch_and_bound` (:class:`_InputSearch`:
+  branching policy + bounding callback; key ``-bound``, so the largest bound is split first); its
+  ``between`` hook stops it at ``rel_tol`` or the domain limit.
 * **Stopping.**  ``timeout`` (wall seconds, batches are sized from the measured cost per box so that
   the last one ends near the budget), ``max_domains`` (boxes bounded in total), ``rel_tol``
   (``(upper - lower) <= rel_tol * upper``, status ``"converged"``), or no open domain (status
