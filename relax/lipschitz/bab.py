@@ -218,6 +218,7 @@ class _ActivationSearch:
         self.stats = {"domains_bounded": 0, "leaves": 0, "infeasible": 0, "pruned": 0, "lp_calls": 0, "batches": 0}
         self.witness: dict = {}
         self.root_sb = None  # the root domains' switch bounds (after their re-bounding): valid for every domain
+        self.sec_per_domain, self.budget = 0.0, math.inf  # measured bounding cost; the search's time budget
 
     # ------------------------------------------------------------------ bounding (vectorized over domains)
     def _fixed_tensors(self, rows: np.ndarray) -> list[torch.Tensor]:
@@ -283,13 +284,23 @@ class _ActivationSearch:
     def _late(self) -> bool:
         return time.perf_counter() >= self.deadline
 
+    def _chunk(self) -> int:
+        """Domains per bounding call: at most ``chunk``, and (from the measured cost per domain) few enough
+        that one call takes at most ~2% of the budget -- the deadline is checked between calls."""
+        if self.sec_per_domain <= 0 or not math.isfinite(self.budget):
+            return self.chunk
+        return max(1, min(self.chunk, int(0.02 * self.budget / self.sec_per_domain)))
+
     def bound(self, children: list) -> None:
-        """The bounding callback: sets every child's key (chunks of ``chunk`` domains; past the deadline
-        the remaining children keep their parent's bound, which covers them)."""
-        for i in range(0, len(children), self.chunk):
+        """The bounding callback: sets every child's key (chunks of at most ``chunk`` domains; past the
+        deadline the remaining children keep their parent's bound, which covers them)."""
+        i = 0
+        while i < len(children):
             if self._late():
                 break
-            part = children[i:i + self.chunk]
+            tc = time.perf_counter()
+            part = children[i:i + self._chunk()]
+            i += len(part)
             seed_idx = torch.tensor([d.seed for d in part], device=self.dev)
             fixed = self._fixed_tensors(np.stack([d.fixed for d in part]))
             ub, score, unst, empty, signs, _ = self.raw_bound(seed_idx, fixed)
@@ -316,6 +327,8 @@ class _ActivationSearch:
                     ok = cand_ok[j]
                     ok[0] = True  # an unstable switch exists: the best candidate is one
                     d.cand = cand_j[j][ok]
+            spd = (time.perf_counter() - tc) / len(part)
+            self.sec_per_domain = spd if self.sec_per_domain <= 0 else 0.5 * (self.sec_per_domain + spd)
         return None  # a witness here is a lower bound, not the end of the search
 
     # ------------------------------------------------------------------ branching
@@ -470,7 +483,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     srch.deadline = math.inf  # the roots are always bounded (their bound is the search's starting point)
     srch.open.update(roots)
     srch.bound(roots)
-    srch.deadline = t0 + timeout
+    srch.deadline, srch.budget = t0 + timeout, float(timeout)
     history = [(time.perf_counter() - t0, root.upper, float(srch.lb_seed.max()))]
     last_log = [0.0]
 
