@@ -40,6 +40,7 @@ from nncertify.relax.lipschitz import local_lipschitz  # noqa: E402
 from nncertify.relax.lipschitz.exact import exact_local_lipschitz  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
+ANYTIME_POINTS = (1.0, 5.0, 10.0, 30.0, 60.0)
 OUT = ROOT / "bench" / "results"
 
 # reference §4 (published code; CROWN-mode numbers from auto_LiRPA 0.7.1 optimize=False)
@@ -109,7 +110,7 @@ def synthetic_box(eps):
     return (x0 - eps).clamp(-1, 2), (x0 + eps).clamp(-1, 2)
 
 
-def mnist_models():
+def mnist_models(eps_6x100=(0.005, 0.01, 0.02)):
     out = []
     d = SHARED / "mnist"
     if not d.is_dir():
@@ -127,6 +128,8 @@ def mnist_models():
     m = mlp([784] + [100] * 5 + [10])
     m.load_state_dict({f"{int(k.split('.')[0]) - 1}.{k.split('.')[1]}": v for k, v in sd.items()})
     out.append(("mnist 6x100 (eps 0.026)", m, box))
+    for eps in eps_6x100:
+        out.append((f"mnist 6x100 (eps {eps:g})", m, ((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))))
     return out
 
 
@@ -169,6 +172,9 @@ def run_one(name, module, box, bab_timeout, exact_limit):
     def at(sec):
         vals = [h[1] for h in hist if h[0] <= sec]
         return min(vals) if vals else hist[0][1]
+    row["anytime"] = [{"t": t, "upper": min(at(t), row["crown"]),
+                       "lower": max([h[2] for h in hist if h[0] <= t] + [row["attack_lb"] or 0.0])}
+                      for t in ANYTIME_POINTS if t <= bab_timeout + 1e-9]
     row["bab10"] = min(at(10.0), row["crown"])
     row["bab60"] = min(at(60.0), row["crown"])
     row["bab_stats"] = {k: v for k, v in r.stats.items() if k != "witness"}
@@ -203,6 +209,99 @@ def run_one(name, module, box, bab_timeout, exact_limit):
     return row
 
 
+# ---------------------------------------------------------------------------------------------- CNNs
+CNN_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "nncertify_bench_cache"
+
+
+def convsmall_model():
+    """ERAN ConvSmall (MNIST), with its normalization (mean 0.1307, std 0.3081) in front; None if the data is absent."""
+    from nncertify.models.layers import Normalize
+    d = SHARED / "mnist"
+    if not (d / "mnist_conv_small_nat.pth").exists():
+        return None
+    import numpy as np
+    sd = torch.load(d / "mnist_conv_small_nat.pth", weights_only=True)["state_dict"][0]
+    m = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(800, 100), nn.ReLU(), nn.Linear(100, 10))
+    m.load_state_dict(sd)
+    x = torch.as_tensor(np.load(d / "X_eran.npy")[:1])
+    return nn.Sequential(Normalize([0.1307], [0.3081]), m), x, (1, 28, 28)
+
+
+def cifar_cnn_model():
+    """A CIFAR-shaped 4-layer CNN (conv 3->32 k3, conv 32->32 k3, fc 256, fc 10; stride 1, no padding --
+    the reference's cnn_4layer shape) trained 2 epochs on synthetic 3x32x32 data (10 Gaussian class
+    templates + noise, seeded), cached in CNN_CACHE; returns (module, a held-out image, input shape)."""
+    g = torch.Generator().manual_seed(0)
+    templates = torch.rand(10, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (3000,), generator=g)
+    X = (0.6 * templates[y] + 0.4 * torch.rand(3000, 3, 32, 32, generator=g)).clamp(0, 1)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(32 * 28 * 28, 256), nn.ReLU(), nn.Linear(256, 10))
+    path = CNN_CACHE / "cifar_cnn4_synthetic.pt"
+    if path.exists():
+        m.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        for _ in range(2):
+            perm = torch.randperm(2500, generator=g)
+            for i in range(0, 2500, 100):
+                idx = perm[i:i + 100]
+                opt.zero_grad()
+                nn.functional.cross_entropy(m(X[idx]), y[idx]).backward()
+                opt.step()
+        CNN_CACHE.mkdir(parents=True, exist_ok=True)
+        torch.save(m.state_dict(), path)
+    with torch.no_grad():
+        acc = (m(X[2500:]).argmax(1) == y[2500:]).float().mean().item()
+    return m, X[2500:2501], (3, 32, 32), acc
+
+
+CNN_JOBS = [("mnist ConvSmall", 0.005), ("mnist ConvSmall", 0.02), ("cifar cnn 4-layer (synthetic)", 2 / 255),
+            ("cifar cnn 4-layer (synthetic)", 8 / 255)]
+
+
+def cnn_one(name, eps, method):
+    """One (CNN, eps, method) cell, run in its own process so that ru_maxrss is this cell's peak memory."""
+    import resource
+    made = convsmall_model() if name.startswith("mnist") else cifar_cnn_model()
+    if made is None:
+        return None
+    m, x, shape = made[:3]
+    net = models.from_module(m, input_shape=shape)
+    box = ((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
+    from nncertify.relax.lipschitz.implicit import dense_bytes
+    out = {"model": name, "eps": eps, "method": method, "dense_gb": dense_bytes(net) / 1e9}
+    if len(made) > 3:
+        out["val_acc"] = made[3]
+    t = time.perf_counter()
+    try:
+        r = local_lipschitz(net, box, method=method, attack=(method != "naive"))
+        out.update(upper=r.upper, lower=r.lower, lower_kind=r.lower_kind, impl=r.method)
+    except models.UnsupportedOperationError as exc:
+        out.update(upper=None, error=str(exc))
+    out["time_s"] = time.perf_counter() - t
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def cnn_rows():
+    import subprocess
+    rows = []
+    for name, eps in CNN_JOBS:
+        for method in ("naive", "ibp", "crown"):
+            p = subprocess.run([sys.executable, __file__, "--cnn-one", name, repr(eps), method], capture_output=True,
+                               text=True, timeout=1800)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+            if not line:
+                rows.append({"model": name, "eps": eps, "method": method, "error": p.stderr.strip()[-300:]})
+            else:
+                rows.append(json.loads(line[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def run_l2(name, module, box):
     """l2 input norm, max over outputs of sup ||grad f_j||_2: naive, CROWN box bound, local / global LipSDP."""
     from nncertify.relax.lipschitz.chain import dense_chain
@@ -229,12 +328,19 @@ def main():
     ap.add_argument("--quick", action="store_true", help="only the two smallest synthetic models")
     ap.add_argument("--models", nargs="*", default=None, help="only models whose name contains one of these")
     ap.add_argument("--no-l2", action="store_true", help="skip the l2 (LipSDP) rows (carried over)")
+    ap.add_argument("--no-cnn", action="store_true", help="skip the CNN rows (carried over)")
+    ap.add_argument("--cnn-one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if args.cnn_one:
+        print(json.dumps(cnn_one(args.cnn_one[0], float(args.cnn_one[1]), args.cnn_one[2])))
+        return
     jobs = [("random 16-16-16-10", random_model([16, 16, 16, 10]), synthetic_box(0.1), 60),
             ("random 16-32-32-10", random_model([16, 32, 32, 10]), synthetic_box(0.1), 0)]
     if not args.quick:
         jobs += [("random 16-64-64-10", random_model([16, 64, 64, 10]), synthetic_box(0.1), 0),
+                 ("random 16-128-128-10", random_model([16, 128, 128, 10]), synthetic_box(0.1), 0),
+                 ("random 16-256-256-10", random_model([16, 256, 256, 10]), synthetic_box(0.1), 0),
                  ("random 16-32x3-10", random_model([16, 32, 32, 32, 10]), synthetic_box(0.1), 0),
                  ("random 16-32x5-10", random_model([16] + [32] * 5 + [10]), synthetic_box(0.1), 0)]
         tm, acc = trained_model([16, 16, 16, 10])
@@ -260,13 +366,18 @@ def main():
         l2_rows = [{**r, "carried_over": True} for r in prev.get("l2_rows", [])]
     else:
         l2_rows = [run_l2(n, m, b) for n, m, b, _ in jobs if "16-16-16" in n]
+    if args.no_cnn or args.quick:
+        c_rows = [{**r, "carried_over": True} for r in prev.get("cnn_rows", [])]
+    else:
+        c_rows = cnn_rows()
     hw = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
           "note": "2 CPU cores shared with other jobs: wall times are noisy",
           "loadavg_1min_at_end": round(os.getloadavg()[0], 2)}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "local_lipschitz.json").write_text(json.dumps({"hardware": hw, "bab_timeout_s": args.bab_timeout,
-                                                          "rows": rows, "l2_rows": l2_rows}, indent=1))
+                                                          "rows": rows, "l2_rows": l2_rows,
+                                                          "cnn_rows": c_rows}, indent=1))
     f = lambda v: "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["# Local l_inf Lipschitz constants (bench/local_lipschitz.py)", "",
              f"Hardware: {hw['processor']}, {hw['cores']} cores ({hw['torch_threads']} torch threads), torch "
@@ -290,6 +401,32 @@ def main():
               for r in rows if not r.get("carried_over")]
     lines += ["", "BaB: activation splits; every domain re-bounded over its input polytope (split half-spaces, "
               "Lagrangian dual, relax/lipschitz/polytope.py), CROWN on the backward graph, LP-checked leaves.", ""] + notes
+    any_rows = [r for r in rows if r.get("anytime")]
+    if any_rows:
+        pts = [t for t in ANYTIME_POINTS if t <= args.bab_timeout + 1e-9]
+        lines += ["", "Anytime gap of the activation BaB (upper / lower after t seconds, one run; lower = best "
+                  "attack or leaf witness = estimate; gap = upper / lower):", "",
+                  "| model | " + " | ".join(f"{t:g} s" for t in pts) + " | gap at the end |",
+                  "|" + "---|" * (len(pts) + 2)]
+        for r in any_rows:
+            cells = [f"{f(a['upper'])} / {f(a['lower'])}" for a in r["anytime"]]
+            gap = r["anytime"][-1]["upper"] / r["anytime"][-1]["lower"] if r["anytime"][-1]["lower"] else None
+            lines.append(f"| {r['model']}{' *' if r.get('carried_over') else ''} | " + " | ".join(cells)
+                         + f" | {f(gap)} |")
+    if c_rows:
+        lines += ["", "## Convolutional networks (l_inf box around one image, clipped to [0, 1]; L = max_j sup ||grad f_j||_1)",
+                  "", "Each cell in its own process: time = wall seconds of the call (bound + attack/sampling), peak = "
+                  "the process's max RSS (Python + torch included).  `ibp-implicit` / `naive-implicit` = layers applied "
+                  "as ops (relax/lipschitz/implicit.py), used when the dense layer matrices would exceed 2 GB; "
+                  "crown = CROWN on the dense backward graph (refused when it does not fit).  Lower = attack (dense) or "
+                  "sampled gradients (implicit): estimates.", "",
+                  "| model | eps | dense matrices (GB) | method | upper | lower | time (s) | peak RSS (MB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in c_rows:
+            up = f(r.get("upper")) if r.get("upper") is not None else "does not fit"
+            lines.append(f"| {r['model']}{' *' if r.get('carried_over') else ''} | {r['eps']:.4g} | "
+                         f"{f(r.get('dense_gb'))} | {r.get('impl', r['method'])} | {up} | {f(r.get('lower'))} | "
+                         f"{f(r.get('time_s'))} | {f(r.get('peak_rss_mb'))} |")
     lines += ["", "Reference (published code / auto_LiRPA, reference §4, same machine type):", "",
               "| model | naive | RecurJac | CROWN (no α) | α-CROWN | BaB 60 s | exact | sampled LB |",
               "|---|---|---|---|---|---|---|---|"]

@@ -19,6 +19,7 @@ from ...models.graph import Network
 
 from .attack import attack_lower_bound, ball_guard
 from .chain import forward_bounds
+from .implicit import dense_bytes
 from .naive import naive_product
 from .norms import operator_upper, parse_norm, row_dual_upper
 from .result import JacobianBounds, LipschitzResult, MonotonicityResult
@@ -29,6 +30,8 @@ from .bounds import (SAFETY_ABS, SAFETY_REL, _seeds, backward_bounds, certified,
 # ``time_limit``: the attack (an estimate) may use this share of it; the bound pass then runs; the
 # branch-and-bound gets what is left minus a reserve for its last batch and the wrap-up.
 ATTACK_SHARE = 0.25
+# a chain whose dense layer matrices (:func:`.implicit.dense_bytes`) exceed this is bounded without them
+DENSE_LIMIT_BYTES = 2e9
 RESERVE_SHARE = 0.05
 
 
@@ -123,6 +126,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
                         **(bab_options or {}))
         res.timings["total"] = time.perf_counter() - t0
         return res
+    if net64.is_chain() and dense_bytes(net64) > DENSE_LIMIT_BYTES:  # e.g. a CIFAR-sized CNN
+        return _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0)
     chain = chain_of(net64)
     xl, xu = input_box(net64, input_set)
     seeds = _seeds(chain, c)
@@ -217,6 +222,43 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         raise RuntimeError(f"internal error: attack lower bound {res.lower} exceeds certified upper bound {res.upper}")
     timings["total"] = time.perf_counter() - t0
     res.timings.update(timings)
+    return res
+
+
+def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0) -> LipschitzResult:
+    """Bounds without dense layer matrices (:mod:`.implicit`) for a chain whose dense matrices would
+    exceed ``DENSE_LIMIT_BYTES``: ``method`` "ibp" or "naive"; anything else is refused, naming the size."""
+    from .implicit import dense_bytes, implicit_lipschitz, sampled_lower
+    size = f"~{dense_bytes(net64) / 1e9:.1f} GB of dense layer matrices (limit {DENSE_LIMIT_BYTES / 1e9:.1f} GB)"
+    if method not in ("ibp", "naive"):
+        raise UnsupportedOperationError(
+            f"method={method!r} on {net64.name!r} needs {size}; use method='ibp' or 'naive' (bounds computed "
+            "with the layers applied as ops, relax/lipschitz/implicit.py)")
+    if bab_timeout > 0:
+        raise UnsupportedOperationError(f"branch-and-bound on {net64.name!r} needs {size}; use bab_timeout=0")
+    xl, xu = input_box(net64, input_set)
+    n_out = int(torch.tensor(net64[net64.output].shape).prod())
+    from .bab_input import _SeedShape
+    seeds = _seeds(_SeedShape(n_out, xl), c)
+    tb = time.perf_counter()
+    fwd = "crown" if forward in ("auto", "crown", "alpha-crown") else forward  # (alpha: not dense-free here)
+    res = implicit_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
+    res.timings["bound"] = time.perf_counter() - tb
+    if attack:
+        ta = time.perf_counter()
+        opts = dict(attack_options or {})
+        rows, x = sampled_lower(net64, xl, xu, seeds, norm, n_samples=int(opts.get("n_samples", 256)),
+                                seed=int(opts.get("seed", 0)))
+        res.per_output_lower = rows
+        res.lower = max(rows)  # one row's gradient dual norm is below the operator norm too
+        res.stats["witness"] = {int(torch.tensor(rows).argmax()): x.reshape(-1).tolist()}
+        res.lower_kind = "sampled"
+        res.timings["attack"] = time.perf_counter() - ta
+    if not math.isfinite(res.upper):
+        res.status = "failed"
+    if res.lower > res.upper:
+        raise RuntimeError(f"internal error: sampled lower bound {res.lower} exceeds certified upper bound {res.upper}")
+    res.timings["total"] = time.perf_counter() - t0
     return res
 
 

@@ -21,7 +21,9 @@ A domain is (seed row ``s``, partial activation pattern): each neuron is free, s
    ones are exact.  The LP maximizes the normalized margin ``t`` of all sign constraints, and when
    ``t > 0`` its solution is an interior point where autograd's gradient is evaluated: an exact,
    attained lower bound.
-4. Best-first: the ``batch`` domains with the largest bounds are split on the unstable neuron with
+4. The search is the shared loop :func:`...bab.search.branch_and_bound` (:class:`_ActivationSearch` is
+   its branching policy and bounding callback; a domain's key is ``-bound``, so the loop's smallest
+   key first is the largest bound first).  Best-first: the ``batch`` domains with the largest bounds are split on the unstable neuron with
    the largest ``|CROWN coefficient| * max(|l_g|, |u_g|)`` (the looseness of its chord relaxation),
    weighted by ``(1 + layer_bias)^(layers above it)``: splits near the input are preferred, since
    their half-spaces are exact and narrow the input polytope for every later neuron (measured:
@@ -42,7 +44,7 @@ import time
 import numpy as np
 import torch
 
-from ...models.errors import UnsupportedOperationError
+from ...models.errors import InvalidArgumentError, UnsupportedOperationError
 
 from .attack import true_gradients
 from .feasibility import domain_infeasible, leaf_margin
@@ -171,20 +173,282 @@ def check_supported(chain: DenseChain, norm: str, operator: bool) -> None:
             "given c); use bab='input' (or 'auto') for this norm")
 
 
-def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: LipschitzResult, timeout: float,
-            operator: bool, attack_lower, batch: int = 256, max_domains: int = 1_000_000,
-            max_pool: int = 2_000_000,
-            feas_tol: float = 1e-9, rebound: bool = True, layer_bias: float = 3.0,
-            lp_check: bool = False, balance: bool = False,
-            lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False, abs_weight: float = 1.0,
-            poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
-            ball=None, progress=None) -> LipschitzResult:
-    """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds.
+class _Domain:
+    """One activation-split domain of the search: seed row ``seed``, split signs ``fixed`` (all layers'
+    switches concatenated, int8 in {-1, 0, +1}), certified-before-margin bound ``ub`` of
+    ``sup ||c_seed^T J||_q`` on it, the search key ``-ub`` (the shared loop pops the smallest key
+    first, i.e. the largest bound: best-first on the maximum) and ``cand``: the switches to split
+    next, best first (chosen when the domain was bounded)."""
 
-    Resource limits: ``timeout`` (wall seconds), ``max_domains`` (domains bounded in total) and
-    ``max_pool`` (pending domains kept in memory: each costs ``O(hidden neurons)`` int8 plus a few
-    floats).  Whichever is hit first stops the search; the returned upper bound is then the maximum
-    over the pending and closed domains, which is sound at any stopping point (``status`` says why).
+    __slots__ = ("seed", "fixed", "ub", "key", "cand", "nbytes")
+
+    def __init__(self, seed: int, fixed: np.ndarray, ub: float):
+        self.seed, self.fixed, self.ub = seed, fixed, ub
+        self.key, self.cand = -ub, None
+        self.nbytes = 1  # the store's budget counts domains (bab_options["max_pool"])
+
+
+class _ActivationSearch:
+    """The activation-splitting BaB as a branching policy + bounding callback of :mod:`...bab.search`.
+
+    Key of a domain: ``-ub`` while open.  A domain is *closed* (key ``+inf``, its bound folded into
+    ``closed_ub`` of its seed) when it is a leaf (no unstable switch: LP-checked, see the module
+    docstring), infeasible (dropped: it holds no point), or dominated (``ub <= lower bound``: it cannot
+    raise the maximum).  So at every moment ``L <= max(lower, closed_ub, -min key of the open
+    domains)``: children cover their parents, and every closed domain's bound is kept.
+    """
+
+    def __init__(self, net, chain, xl, xu, seeds, norm, root_fb, rebound, poly_iters, poly_lr, use_abs, balance,
+                 layer_bias, abs_weight, fsb_k, feas_tol, lp_check, lp_min_splits, lp_top, ball, attack_lower,
+                 deadline, chunk):
+        self.net, self.chain, self.xl, self.xu, self.seeds, self.norm = net, chain, xl, xu, seeds, norm
+        self.root_fb, self.rebound, self.poly_iters, self.poly_lr = root_fb, rebound, poly_iters, poly_lr
+        self.use_abs, self.balance, self.layer_bias, self.abs_weight = use_abs, balance, layer_bias, abs_weight
+        self.fsb_k, self.feas_tol, self.ball, self.deadline, self.chunk = max(1, int(fsb_k)), feas_tol, ball, deadline, chunk
+        self.lp_check, self.lp_min_splits, self.lp_top = lp_check, lp_min_splits, lp_top
+        S = seeds.shape[0]
+        self.dev, self.dt = seeds.device, seeds.dtype
+        self.sizes = [g.n_q for g in chain.gates] + ([chain.in_dim] if use_abs else [])
+        self.lb_seed = torch.tensor([max(v, 0.0) if v is not None else 0.0 for v in (attack_lower or [0.0] * S)],
+                                    dtype=self.dt, device=self.dev)
+        self.closed_ub = [0.0] * S  # per seed, the largest bound of a closed domain
+        self.open: set = set()  # every domain created and neither closed nor split yet (covers the rest)
+        self.box_attained = torch.zeros(S, dtype=self.dt, device=self.dev)  # gradient norms at leaf interior points
+        self.xl_np, self.xu_np = xl.cpu().numpy(), xu.cpu().numpy()
+        self.stats = {"domains_bounded": 0, "leaves": 0, "infeasible": 0, "pruned": 0, "lp_calls": 0, "batches": 0}
+        self.witness: dict = {}
+        self.root_sb = None  # the root domains' switch bounds (after their re-bounding): valid for every domain
+        self.sec_per_domain, self.budget = 0.0, math.inf  # measured bounding cost; the search's time budget
+
+    # ------------------------------------------------------------------ bounding (vectorized over domains)
+    def _fixed_tensors(self, rows: np.ndarray) -> list[torch.Tensor]:
+        f = torch.from_numpy(rows).to(self.dev)
+        return list(f.split(self.sizes, 1))
+
+    def raw_bound(self, seed_idx: torch.Tensor, fixed: list[torch.Tensor]):
+        """Bounds of a batch of domains: ``(ub, score, unstable_any, empty, signs, switch_bounds)``."""
+        chain, D = self.chain, seed_idx.shape[0]
+        fb, empty = split_forward_bounds(chain, self.xl, self.xu, self.root_fb, fixed, self.rebound, self.poly_iters,
+                                         self.poly_lr, self.root_sb)
+        dr = [g.switch_derivative_range(l, u, f) for g, (l, u), f in zip(chain.gates, fb, fixed)]
+        dr = [(a.expand(D, -1), b.expand(D, -1)) for a, b in dr]
+        bg = BackwardGraph(chain, self.seeds[seed_idx], dr, "crown")
+        bb = bg.run(want_coef=True, abs_fixed=fixed[-1] if self.use_abs else None)
+        ub = row_dual_upper(self.norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
+        scores, unst_any = [], torch.zeros(D, dtype=torch.bool, device=self.dev)
+        for k, gate in enumerate(chain.gates):
+            un = gate.switch_unstable(*fb[k], fixed[k])
+            ql, qu = bb.q_bounds[k]
+            sc = bb.gate_coef[k] * torch.maximum(ql.abs(), qu.abs())
+            if self.balance:
+                zl, zu = fb[k]
+                sc = sc * (torch.minimum(zu, -zl).clamp(min=0) / (zu - zl).clamp(min=1e-30)).clamp(min=1e-3)
+            sc = sc * (1.0 + self.layer_bias) ** (chain.depth - 1 - k)
+            scores.append(torch.where(un, sc + 1e-12, torch.full_like(sc, -1.0)))
+            unst_any |= un.any(-1)
+        if self.use_abs:  # sign choices of ||g||_1 = max_s s^T g: the gap of the abs chord is the score
+            gl, gu = bb.grad_lower, bb.grad_upper
+            gap = torch.where((gl < 0) & (gu > 0), -2 * gl * gu / (gu - gl).clamp(min=1e-300), torch.zeros_like(gl))
+            scores.append(torch.where((fixed[-1] == 0) & (gap > 0), gap * self.abs_weight + 1e-12,
+                                      torch.full_like(gap, -1.0)))
+        signs = [torch.where(f != 0, f, torch.where(l > 0, 1, -1).to(torch.int8)) for f, (l, u) in zip(fixed, fb)]
+        return ub, torch.cat(scores, 1), unst_any, empty, signs, fb
+
+    def _leaf(self, d: _Domain, ub: float, signs, i: int) -> None:
+        """Close a leaf (one activation pattern): LP feasibility, interior point, autograd witness."""
+        s_i = d.seed
+        if self._late():
+            # out of time: close the leaf without its LP.  Its bound (the exact gradient norm of its
+            # activation pattern) still covers it; it just cannot be proven feasible or witnessed.
+            self.closed_ub[s_i] = max(self.closed_ub[s_i], ub)
+            self.stats["leaves_unchecked"] = self.stats.get("leaves_unchecked", 0) + 1
+            return
+        self.stats["lp_calls"] += 1
+        t, xs = leaf_margin(self.chain, self.xl_np, self.xu_np, [s[i].cpu().numpy().astype(float) for s in signs])
+        if t < -self.feas_tol:
+            self.stats["infeasible"] += 1
+            return
+        self.stats["leaves"] += 1
+        self.closed_ub[s_i] = max(self.closed_ub[s_i], ub)
+        if t > self.feas_tol and xs is not None:
+            X = torch.as_tensor(xs, dtype=self.dt, device=self.dev)[None, None]
+            g = true_gradients(self.net, X, self.seeds[s_i:s_i + 1])
+            v = dual_norm_of(g, self.norm)[0, 0]
+            self.box_attained[s_i] = torch.maximum(self.box_attained[s_i], v)
+            if self.ball is not None and not bool(self.ball.contains(X.reshape(1, -1))[0]):
+                return  # an interior point of the bounding box but not of the l2/l1 ball region
+            if v > self.lb_seed[s_i] or (s_i not in self.witness and v >= self.lb_seed[s_i]):
+                self.lb_seed[s_i] = v  # (also witnesses the attack's value)
+                self.witness[s_i] = xs
+
+    def _late(self) -> bool:
+        return time.perf_counter() >= self.deadline
+
+    def _chunk(self) -> int:
+        """Domains per bounding call: at most ``chunk``, and (from the measured cost per domain) few enough
+        that one call takes at most ~2% of the budget -- the deadline is checked between calls."""
+        if self.sec_per_domain <= 0 or not math.isfinite(self.budget):
+            return self.chunk
+        return max(1, min(self.chunk, int(0.02 * self.budget / self.sec_per_domain)))
+
+    def bound(self, children: list) -> None:
+        """The bounding callback: sets every child's key (chunks of at most ``chunk`` domains; past the
+        deadline the remaining children keep their parent's bound, which covers them)."""
+        i = 0
+        while i < len(children):
+            if self._late():
+                break
+            tc = time.perf_counter()
+            part = children[i:i + self._chunk()]
+            i += len(part)
+            seed_idx = torch.tensor([d.seed for d in part], device=self.dev)
+            fixed = self._fixed_tensors(np.stack([d.fixed for d in part]))
+            ub, score, unst, empty, signs, _ = self.raw_bound(seed_idx, fixed)
+            ub = torch.minimum(ub, torch.tensor([d.ub for d in part], dtype=self.dt, device=self.dev))
+            self.stats["domains_bounded"] += len(part)
+            K = min(self.fsb_k, score.shape[1])
+            cand = score.topk(K, dim=1)
+            cand_j, cand_ok = cand.indices.cpu().numpy(), (cand.values > 0).cpu().numpy()
+            ub_l, empty_l, unst_l = ub.tolist(), empty.tolist(), unst.tolist()
+            lb = float(self.lb_seed.max())
+            for j, d in enumerate(part):
+                d.ub, d.key = ub_l[j], math.inf
+                self.open.discard(d)
+                if empty_l[j]:
+                    self.stats["infeasible"] += 1
+                elif not unst_l[j]:
+                    self._leaf(d, ub_l[j], signs, j)
+                elif d.ub <= lb:  # cannot raise the maximum: closed with its bound
+                    self.stats["pruned"] += 1
+                    self.closed_ub[d.seed] = max(self.closed_ub[d.seed], d.ub)
+                else:
+                    d.key = -d.ub
+                    self.open.add(d)
+                    ok = cand_ok[j]
+                    ok[0] = True  # an unstable switch exists: the best candidate is one
+                    d.cand = cand_j[j][ok]
+            spd = (time.perf_counter() - tc) / len(part)
+            self.sec_per_domain = spd if self.sec_per_domain <= 0 else 0.5 * (self.sec_per_domain + spd)
+        return None  # a witness here is a lower bound, not the end of the search
+
+    # ------------------------------------------------------------------ branching
+    def _children(self, d: _Domain, j: int, register: bool = True) -> list:
+        out = []
+        for sgn in (1, -1):
+            f = d.fixed.copy()
+            f[j] = sgn
+            out.append(_Domain(d.seed, f, d.ub))
+        if register:
+            self.open.update(out)  # open (with the parent's bound) until bounded
+        return out
+
+    def split(self, parents: list) -> list:
+        """The branching policy: split each parent on its best candidate switch (both signs); dominated
+        or (with ``lp_check``) LP-infeasible parents get no children (they are closed here)."""
+        self.stats["batches"] += 1
+        lb = float(self.lb_seed.max())
+        out: list = [None] * len(parents)
+        live = []
+        self.open.difference_update(parents)  # replaced by their children (or closed below)
+        for i, d in enumerate(parents):
+            if d.ub <= lb:
+                self.stats["pruned"] += 1
+                self.closed_ub[d.seed] = max(self.closed_ub[d.seed], d.ub)
+                out[i] = []
+            else:
+                live.append(i)
+        if self.lp_check and live:
+            live = self._lp_filter(parents, live, out)
+        if self.fsb_k > 1 and live and not self._late():
+            return self._strong(parents, live, out)
+        for i in live:
+            d = parents[i]
+            if d.cand is None:  # never bounded (the deadline came inside its batch): bound it as it is
+                out[i] = [_Domain(d.seed, d.fixed, d.ub)]
+                self.open.update(out[i])
+            else:
+                out[i] = self._children(d, int(d.cand[0]))
+        return out
+
+    def _lp_filter(self, parents, live, out):
+        """LP feasibility (triangle relaxation + splits) of the parents about to be split."""
+        nsplit = [int((parents[i].fixed[:sum(self.sizes[:len(self.chain.gates)])] != 0).sum()) for i in live]
+        cand = [i for i, n in zip(live, nsplit) if n >= self.lp_min_splits]
+        cand = sorted(cand, key=lambda i: -parents[i].ub)[:self.lp_top]  # the domains defining the max
+        if not cand:
+            return live
+        seed_idx = torch.tensor([parents[i].seed for i in cand], device=self.dev)
+        fixed = self._fixed_tensors(np.stack([parents[i].fixed for i in cand]))
+        fbc, emptyc = split_forward_bounds(self.chain, self.xl, self.xu, self.root_fb, fixed[:len(self.chain.gates)],
+                                           self.rebound, self.poly_iters, self.poly_lr, self.root_sb)
+        fb_np = [(l.cpu().numpy(), u.cpu().numpy()) for l, u in fbc]
+        drop = set()
+        for ci, i in enumerate(cand):
+            if self._late():
+                break
+            if bool(emptyc[ci]):
+                drop.add(i)
+                continue
+            self.stats["lp_calls"] += 1
+            if domain_infeasible(self.chain, self.xl_np, self.xu_np, [(l[ci], u[ci]) for l, u in fb_np]):
+                drop.add(i)
+        for i in drop:
+            self.stats["infeasible"] += 1
+            out[i] = []
+        return [i for i in live if i not in drop]
+
+    def _strong(self, parents, live, out):
+        """Strong branching over each parent's ``fsb_k`` candidates: bound both children of every
+        candidate and keep the candidate whose worse child is lowest (infeasible children count -inf)."""
+        trials = [(i, int(j)) for i in live for j in (parents[i].cand if parents[i].cand is not None else ())]
+        kids = [k for i, j in trials for k in self._children(parents[i], j, register=False)]
+        if not kids:
+            trials = []
+            kids = [_Domain(0, parents[live[0]].fixed, 0.0)] * 2  # (nothing to compare: a dummy pair)
+        seed_idx = torch.tensor([k.seed for k in kids], device=self.dev)
+        fixed = self._fixed_tensors(np.stack([k.fixed for k in kids]))
+        ub, _, _, empty, _, _ = self.raw_bound(seed_idx, fixed)
+        ub = torch.where(empty, torch.full_like(ub, -math.inf), ub).reshape(-1, 2).amax(1).tolist()
+        best: dict = {}
+        for (i, j), v in zip(trials, ub):
+            if i not in best or v < best[i][0]:
+                best[i] = (v, j)
+        for i in live:
+            d = parents[i]
+            if i in best:
+                out[i] = self._children(d, best[i][1])
+            else:  # never bounded (the deadline came inside its batch): bound it as it is
+                out[i] = [_Domain(d.seed, d.fixed, d.ub)]
+                self.open.update(out[i])
+        return out
+
+    # ------------------------------------------------------------------ anytime bound
+    def open_ub(self) -> torch.Tensor:
+        """Per seed, the largest bound of the open domains (0 when none).  The open set holds every
+        domain created and not yet closed or split, so with the closed bounds it covers the region
+        whatever way the loop stopped (children refused by the memory budget included)."""
+        out = [0.0] * len(self.closed_ub)
+        for d in self.open:
+            out[d.seed] = max(out[d.seed], d.ub)
+        return torch.tensor(out, dtype=self.dt, device=self.dev)
+
+
+def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: LipschitzResult, timeout: float,
+             operator: bool, attack_lower, batch: int = 256, max_domains: int = 1_000_000,
+             max_pool: int = 2_000_000,
+             feas_tol: float = 1e-9, rebound: bool = True, layer_bias: float = 3.0,
+             lp_check: bool = False, balance: bool = False,
+             lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False,
+             abs_weight: float = 1.0, poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
+             chunk: int = 128, ball=None, progress=None) -> LipschitzResult:
+    """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds, on the shared
+    search loop :func:`...bab.search.branch_and_bound` (policy and bounding of :class:`_ActivationSearch`).
+
+    Resource limits: ``timeout`` (wall seconds; checked between batches by the loop and between
+    chunks of ``chunk`` domains and before every leaf LP inside a batch), ``max_domains`` (domains
+    bounded in total) and ``max_pool`` (open domains kept in memory: each costs ``O(hidden neurons)``
+    int8).  Whichever is hit first stops the search; the returned upper bound is then the maximum
+    over the open and closed domains, which is sound at any stopping point (``status`` says why).
     ``poly_iters``: dual steps of the input-polytope re-bounding (0: engine CROWN over the box; None:
     ``POLY_ITERS`` for inputs of at most ``POLY_MAX_INPUT`` coordinates, else 0 -- the polytope pass
     holds (domains x neurons x inputs) tensors, which made MNIST 6x100 (784 inputs) ~5x slower per domain);
@@ -194,6 +458,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     ``ball``: for an l2 / l1 ball region searched over its bounding box, the
     :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
     """
+    from ..bab.search import branch_and_bound
     from .bounds import certified
     t0 = time.perf_counter()
     if poly_iters is None:
@@ -201,218 +466,65 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     check_supported(chain, norm, operator)
     if lp_check and any(g.switch_matrix is not None for g in chain.gates):
         raise UnsupportedOperationError("lp_check (triangle-relaxation LP of a domain) supports ReLU/LeakyReLU networks only")
+    if int(batch) < 1 or int(chunk) < 1 or int(max_pool) < 1 or int(max_domains) < 1:
+        raise InvalidArgumentError("bab_options: batch, chunk, max_pool and max_domains must be >= 1")
     S = seeds.shape[0]
     dev, dt = seeds.device, seeds.dtype
-    use_abs = abs_split and norm == "inf"
-    sizes = [g.n_q for g in chain.gates] + ([chain.in_dim] if use_abs else [])
-    offs = np.cumsum([0] + sizes)
-    lb_seed = torch.tensor([max(v, 0.0) if v is not None else 0.0 for v in (attack_lower or [0.0] * S)],
-                           dtype=dt, device=dev)
-    closed_ub = torch.zeros(S, dtype=dt, device=dev)
-    box_attained = torch.zeros(S, dtype=dt, device=dev)  # gradient norms at leaf interior points (in the box)
-    xl_np, xu_np = xl.cpu().numpy(), xu.cpu().numpy()
-    stats = {"domains_bounded": 0, "leaves": 0, "infeasible": 0, "pruned": 0, "lp_calls": 0, "batches": 0}
-
-    root_sb = None  # the root domain's switch bounds (after its own re-bounding): valid for every domain
-
-    def bound(seed_idx, fixed):
-        D = seed_idx.shape[0]
-        fb, empty = split_forward_bounds(chain, xl, xu, root_fb, fixed, rebound, poly_iters, poly_lr, root_sb)
-        dr = [g.switch_derivative_range(l, u, f) for g, (l, u), f in zip(chain.gates, fb, fixed)]
-        dr = [(a.expand(D, -1), b.expand(D, -1)) for a, b in dr]
-        bg = BackwardGraph(chain, seeds[seed_idx], dr, "crown")
-        bb = bg.run(want_coef=True, abs_fixed=fixed[-1] if use_abs else None)
-        ub = row_dual_upper(norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
-        scores, unst_any = [], torch.zeros(D, dtype=torch.bool, device=dev)
-        for k, gate in enumerate(chain.gates):
-            un = gate.switch_unstable(*fb[k], fixed[k])
-            ql, qu = bb.q_bounds[k]
-            sc = bb.gate_coef[k] * torch.maximum(ql.abs(), qu.abs())
-            if balance:
-                zl, zu = fb[k]
-                sc = sc * (torch.minimum(zu, -zl).clamp(min=0) / (zu - zl).clamp(min=1e-30)).clamp(min=1e-3)
-            sc = sc * (1.0 + layer_bias) ** (chain.depth - 1 - k)
-            scores.append(torch.where(un, sc + 1e-12, torch.full_like(sc, -1.0)))
-            unst_any |= un.any(-1)
-        if use_abs:  # sign choices of ||g||_1 = max_s s^T g: the gap of the abs chord is the score
-            gl, gu = bb.grad_lower, bb.grad_upper
-            gap = torch.where((gl < 0) & (gu > 0), -2 * gl * gu / (gu - gl).clamp(min=1e-300), torch.zeros_like(gl))
-            scores.append(torch.where((fixed[-1] == 0) & (gap > 0), gap * abs_weight + 1e-12, torch.full_like(gap, -1.0)))
-        signs = [torch.where(f != 0, f, torch.where(l > 0, 1, -1).to(torch.int8)) for f, (l, u) in zip(fixed, fb)]
-        return ub, torch.cat(scores, 1), unst_any, empty, signs, fb
-
-    # root domain per seed
-    seed_idx = torch.arange(S, device=dev)
-    fixed = [torch.zeros(S, n, dtype=torch.int8, device=dev) for n in sizes]
+    srch = _ActivationSearch(net, chain, xl, xu, seeds, norm, root_fb, rebound, poly_iters, poly_lr,
+                             abs_split and norm == "inf", balance, layer_bias, abs_weight, fsb_k, feas_tol, lp_check,
+                             lp_min_splits, lp_top, ball, attack_lower, t0 + timeout, int(chunk))
+    N = sum(srch.sizes)
     root_rows = torch.tensor(root.per_output_upper, dtype=dt, device=dev)
-    t_root = time.perf_counter()
-    ub, score, unst, empty, signs, sb = bound(seed_idx, fixed)
-    # the first batch's size comes from the root's cost per domain (no batch of 256 blind)
-    sec_per_domain = (time.perf_counter() - t_root) / S
-    root_sb = [(l.amin(0, keepdim=True), u.amax(0, keepdim=True)) for l, u in sb]  # same box for every seed
-    ub = torch.minimum(ub, root_rows)
-    history = [(time.perf_counter() - t0, root.upper, float(lb_seed.max()))]
-    pool = None
-    witness = {}
+    roots = [_Domain(s, np.zeros(N, dtype=np.int8), float(root_rows[s])) for s in range(S)]
+    # root domains: bounded once together, their switch bounds then tighten every later domain's
+    seed_idx = torch.arange(S, device=dev)
+    *_, sb = srch.raw_bound(seed_idx, srch._fixed_tensors(np.stack([d.fixed for d in roots])))
+    srch.root_sb = [(l.amin(0, keepdim=True), u.amax(0, keepdim=True)) for l, u in sb]  # same box for every seed
+    srch.deadline = math.inf  # the roots are always bounded (their bound is the search's starting point)
+    srch.open.update(roots)
+    srch.bound(roots)
+    srch.deadline, srch.budget = t0 + timeout, float(timeout)
+    history = [(time.perf_counter() - t0, root.upper, float(srch.lb_seed.max()))]
+    last_log = [0.0]
 
-    def process(seed_idx, fixed, ub, score, unst, empty, signs):
-        nonlocal closed_ub, lb_seed
-        keep = ~empty
-        stats["infeasible"] += int(empty.sum())
-        leaf = keep & ~unst
-        for i in torch.nonzero(leaf).flatten().tolist():
-            if time.perf_counter() - t0 >= timeout:
-                # out of time: close the leaf without its LP.  Its bound (the exact gradient norm of its
-                # activation pattern) still covers it; it just cannot be proven feasible or witnessed.
-                closed_ub[int(seed_idx[i])] = torch.maximum(closed_ub[int(seed_idx[i])], ub[i])
-                stats["leaves_unchecked"] = stats.get("leaves_unchecked", 0) + 1
-                continue
-            stats["lp_calls"] += 1
-            t, xs = leaf_margin(chain, xl_np, xu_np, [s[i].cpu().numpy().astype(float) for s in signs])
-            s_i = int(seed_idx[i])
-            if t < -feas_tol:
-                stats["infeasible"] += 1
-                continue
-            stats["leaves"] += 1
-            closed_ub[s_i] = torch.maximum(closed_ub[s_i], ub[i])
-            if t > feas_tol and xs is not None:
-                X = torch.as_tensor(xs, dtype=dt, device=dev)[None, None]
-                g = true_gradients(net, X, seeds[s_i:s_i + 1])
-                v = dual_norm_of(g, norm)[0, 0]
-                box_attained[s_i] = torch.maximum(box_attained[s_i], v)
-                if ball is not None and not bool(ball.contains(X.reshape(1, -1))[0]):
-                    continue  # an interior point of the bounding box but not of the l2/l1 ball region
-                if v > lb_seed[s_i] or (s_i not in witness and v >= lb_seed[s_i]):  # also witness the attack's value
-                    lb_seed[s_i] = v
-                    witness[s_i] = xs
-        inner = keep & unst
-        return seed_idx[inner], [f[inner] for f in fixed], ub[inner], score[inner]
+    def anytime(best_bound: float) -> float:
+        open_max = -best_bound if math.isfinite(best_bound) else 0.0
+        raw = max(open_max, max(srch.closed_ub))
+        return min(root.upper, float(certified(torch.tensor(raw, dtype=torch.float64))), history[-1][1])
 
-    pool = process(seed_idx, fixed, ub, score, unst, empty, signs)
-    stop = "exact"
-    last_log = 0.0
-    while pool[0].numel() > 0:
-        if time.perf_counter() - t0 >= timeout:
-            stop = "timeout"
-            break
-        if stats["domains_bounded"] >= max_domains or pool[0].numel() >= max_pool:
-            stop = "domain_limit"
-            break
-        p_seed, p_fixed, p_ub, p_score = pool
-        # drop domains that cannot raise the maximum
-        lbg = lb_seed.max()
-        dead = p_ub <= lbg
-        if dead.any():
-            stats["pruned"] += int(dead.sum())
-            closed_ub.scatter_reduce_(0, p_seed[dead], p_ub[dead], reduce="amax")
-            alive = ~dead
-            p_seed, p_fixed, p_ub, p_score = p_seed[alive], [f[alive] for f in p_fixed], p_ub[alive], p_score[alive]
-            if p_seed.numel() == 0:
-                pool = (p_seed, p_fixed, p_ub, p_score)
-                break
-        k = min(batch, p_ub.numel())
-        if sec_per_domain > 0:  # keep the time budget: the next batch must fit in what is left
-            left = timeout - (time.perf_counter() - t0)
-            k = max(1, min(k, int(left / sec_per_domain)))
-        t_batch = time.perf_counter()
-        top = torch.topk(p_ub, k).indices
-        rest = torch.ones_like(p_ub, dtype=torch.bool)
-        rest[top] = False
-        sel_seed, sel_fixed, sel_ub, sel_score = p_seed[top], [f[top] for f in p_fixed], p_ub[top], p_score[top]
-        if lp_check:
-            # LP feasibility (triangle relaxation + splits) of the domains about to be split
-            nsplit = sum((f != 0).sum(-1) for f in sel_fixed)
-            cand = torch.nonzero(nsplit >= lp_min_splits).flatten()
-            cand = cand[torch.argsort(sel_ub[cand], descending=True)][:lp_top]  # the domains defining the max
-            if cand.numel():
-                fbc, emptyc = split_forward_bounds(chain, xl, xu, root_fb, [f[cand] for f in sel_fixed], rebound,
-                                                   poly_iters, poly_lr, root_sb)
-                fb_np = [(l.cpu().numpy(), u.cpu().numpy()) for l, u in fbc]
-                drop = torch.zeros(k, dtype=torch.bool, device=dev)
-                for ci, i in enumerate(cand.tolist()):
-                    if time.perf_counter() - t0 > timeout:
-                        break
-                    if bool(emptyc[ci]):
-                        drop[i] = True
-                        continue
-                    stats["lp_calls"] += 1
-                    if domain_infeasible(chain, xl_np, xu_np, [(l[ci], u[ci]) for l, u in fb_np]):
-                        drop[i] = True
-                if drop.any():
-                    stats["infeasible"] += int(drop.sum())
-                    keep_sel = ~drop
-                    sel_seed, sel_fixed = sel_seed[keep_sel], [f[keep_sel] for f in sel_fixed]
-                    sel_ub, sel_score = sel_ub[keep_sel], sel_score[keep_sel]
-                    k = int(keep_sel.sum())
-                    if k == 0:
-                        pool = (p_seed[rest], [f[rest] for f in p_fixed], p_ub[rest], p_score[rest])
-                        continue
-        K = max(1, min(fsb_k, sel_score.shape[1]))
-        cand_sc, cand_j = sel_score.topk(K, dim=1)  # (k, K) candidate neurons per domain
-        jj = cand_j.T.reshape(-1)  # candidate-major: r * k + i
-        valid = (cand_sc.T.reshape(-1) > 0)
-        valid[:k] = True  # the best candidate always exists (domain has an unstable neuron)
-        layer = torch.as_tensor(np.searchsorted(offs, jj.cpu().numpy(), side="right") - 1, device=dev)
-        pos = jj - torch.as_tensor(offs, device=dev)[layer]
-        kk = K * k
-        c_seed = sel_seed.repeat(2 * K)
-        c_fixed = []
-        for li, f in enumerate(sel_fixed):
-            f2 = f.repeat(2 * K, 1).clone()
-            lay2, pos2 = torch.cat((layer, layer)), torch.cat((pos, pos))
-            rows = torch.nonzero((lay2 == li) & torch.cat((valid, valid))).flatten()
-            vals = torch.cat((torch.ones(kk, dtype=torch.int8, device=dev), -torch.ones(kk, dtype=torch.int8, device=dev)))
-            f2[rows, pos2[rows]] = vals[rows]
-            c_fixed.append(f2)
-        cub, cscore, cunst, cempty, csigns, _ = bound(c_seed, c_fixed)
-        cub = torch.minimum(cub, sel_ub.repeat(2 * K))
-        if K > 1:  # keep, per domain, the candidate whose worse child is lowest
-            eff = torch.where(cempty, torch.full_like(cub, -math.inf), cub).reshape(2, K, k).amax(0)  # (K, k)
-            eff = torch.where(valid.reshape(K, k), eff, torch.full_like(eff, math.inf))
-            best = eff.argmin(0)  # (k,)
-            idx = torch.cat((best * k + torch.arange(k, device=dev), kk + best * k + torch.arange(k, device=dev)))
-            c_seed, c_fixed, cub = c_seed[idx], [f[idx] for f in c_fixed], cub[idx]
-            cscore, cunst, cempty = cscore[idx], cunst[idx], cempty[idx]
-            csigns = [t[idx] for t in csigns]
-        stats["domains_bounded"] += 2 * k
-        stats["batches"] += 1
-        if time.perf_counter() - t_batch > timeout / 20 and batch > 8:
-            batch //= 2  # keep the time budget: a batch must take a small fraction of it
-        n_seed, n_fixed, n_ub, n_score = process(c_seed, c_fixed, cub, cscore, cunst, cempty, csigns)
-        sec_per_domain = (time.perf_counter() - t_batch) / k  # bounding and the leaves' LPs
-        pool = (torch.cat((p_seed[rest], n_seed)), [torch.cat((f[rest], g)) for f, g in zip(p_fixed, n_fixed)],
-                torch.cat((p_ub[rest], n_ub)), torch.cat((p_score[rest], n_score)))
-        open_ub = torch.zeros(S, dtype=dt, device=dev)
-        if pool[0].numel():
-            open_ub.scatter_reduce_(0, pool[0], pool[2], reduce="amax")
-        # anytime upper bound, certified like the final one (outward margin), capped by the root bound
-        history.append((time.perf_counter() - t0, min(root.upper, float(certified(torch.maximum(open_ub, closed_ub).max()))),
-                        float(lb_seed.max())))
+    def on_progress(p) -> None:
+        history.append((time.perf_counter() - t0, anytime(p.best_bound), float(srch.lb_seed.max())))
         if progress is not None:
             progress(*history[-1])
-        if log_every > 0 and history[-1][0] - last_log >= log_every:
-            last_log = history[-1][0]
+        if log_every > 0 and history[-1][0] - last_log[0] >= log_every:
+            last_log[0] = history[-1][0]
             import sys
             print(f"[bab] t={history[-1][0]:.0f}s upper={history[-1][1]:.6f} lower={history[-1][2]:.6f} "
-                  f"pool={pool[0].numel()} per_seed={[round(float(v), 5) for v in torch.maximum(open_ub, closed_ub)]} "
-                  f"{ {k: v for k, v in stats.items()} }", file=sys.stderr, flush=True)
-    open_ub = torch.zeros(S, dtype=dt, device=dev)
-    if pool[0].numel():
-        open_ub.scatter_reduce_(0, pool[0], pool[2], reduce="amax")
-    per_seed = torch.minimum(torch.maximum(open_ub, closed_ub), torch.tensor(root.per_output_upper, dtype=dt, device=dev))
-    finished = pool[0].numel() == 0
+                  f"open={p.domains_left} {srch.stats}", file=sys.stderr, flush=True)
+
+    out = branch_and_bound(roots, srch, srch.bound, timeout=max(0.0, t0 + timeout - time.perf_counter()), batch=int(batch), memory_budget=float(max_pool),
+                           max_domains=int(max_domains) + S, progress=on_progress)
+    finished = out.status == "proved" and not srch.open
+    stop = "timeout" if out.status == "timeout" else "domain_limit"
+    closed_ub = torch.tensor(srch.closed_ub, dtype=dt, device=dev)
+    per_seed = torch.minimum(torch.maximum(srch.open_ub(), closed_ub), root_rows)
     per_c = certified(per_seed)
     upper = float(per_c.max())
+    stats, lb_seed = srch.stats, srch.lb_seed
+    stats["open_domains"] = len(srch.open)
+    stats["search"] = out.reason
     # A finished run has closed every domain: domains pruned by the lower bound cannot hold the max, and
     # the max is exact when it is *attained*: the largest closed leaf had an interior point, where
     # autograd's gradient gave the lower bound.  A leaf whose LP margin is ~0 (a region with no interior
     # point found: ties, or kinks that all meet in one point) keeps its bound but cannot witness it;
     # if such a leaf holds the max, the run is closed but not exact ("closed_unattained").
-    attained = float(torch.maximum(lb_seed, box_attained).max()) >= float(per_seed.max()) * (1 - 1e-9) - 1e-12
-    status = ("exact" if attained else "closed_unattained") if finished else stop if stop != "exact" else "timeout"
+    attained = float(torch.maximum(lb_seed, srch.box_attained).max()) >= float(per_seed.max()) * (1 - 1e-9) - 1e-12
+    status = ("exact" if attained else "closed_unattained") if finished else stop
+    history.append((time.perf_counter() - t0, min(history[-1][1], upper, root.upper), float(lb_seed.max())))
     res = LipschitzResult(min(upper, root.upper), float(lb_seed.max()), norm, root.method + "+bab",
                           exact=finished and attained, per_output_upper=[float(v) for v in per_c],
                           per_output_lower=[float(v) for v in lb_seed], status=status,
                           forward_method=root.forward_method, history=history, stats=stats)
-    res.stats["witness"] = {k: v.tolist() for k, v in witness.items()}
+    res.stats["witness"] = {k: v.tolist() for k, v in srch.witness.items()}
     return res
+

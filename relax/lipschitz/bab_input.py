@@ -36,13 +36,12 @@ Algorithm (best-first over sub-boxes of the region's bounding box ``B``):
   coordinate maximizing ``width_i * (G_i + 0.1 mean G)`` with ``G_i = sum_s max(|l_si|, |u_si|)``
   the bound on ``|d(c_s^T f)/dx_i|`` (how fast the function varies along ``i``); ``"widest"``:
   the widest coordinate relative to the region.
+* **Loop.**  The search is the shared :func:`...bab.search.branch_and_bound` (:class:`_InputSearch`:
+  branching policy + bounding callback; key ``-bound``, so the largest bound is split first); its
+  ``between`` hook stops it at ``rel_tol`` or the domain limit.
 * **Stopping.**  ``timeout`` (wall seconds, batches are sized from the measured cost per box so that
-  the last one ends near the budget; the deadline is checked before every bounding call of a batch,
-  which is abandoned -- its parents keep their valid bounds -- as soon as what is left of it is not
-  predicted to fit, and a call is kept to ~10 % of the budget, so a run ends within the budget plus
-  about one call's misprediction; the root bound, which is the certificate, always runs),
-  ``max_domains`` (boxes bounded in total), ``rel_tol`` (``(upper - lower) <= rel_tol * upper``,
-  status ``"converged"``), or no open domain (status
+  the last one ends near the budget), ``max_domains`` (boxes bounded in total), ``rel_tol``
+  (``(upper - lower) <= rel_tol * upper``, status ``"converged"``), or no open domain (status
   ``"exact"``: every box was a leaf or dominated by the lower bound, so the upper bound is the
   maximum over the region up to the float margin).
 
@@ -61,6 +60,7 @@ import inspect
 import math
 import time
 
+import numpy as np
 import torch
 
 from ...models.errors import InvalidArgumentError
@@ -358,149 +358,266 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
         timeout = min(timeout, max(deadline - t0, 0.0))
     lo0, hi0 = region.lo[None], region.hi[None]
     val, rows, G, leaf = bound_boxes(bounder, lo0, hi0, seeds, norm, operator, enum_max, chunk)
-    per_box = time.perf_counter() - t0  # seconds per bounded box (a pessimistic start: batches amortize)
     stats["domains_bounded"] = 1
     take(region.probes(lo0, hi0))
     root_upper = float(certified(val.max()))
     root_rows = rows[0].clone()
-    width0 = (region.hi - region.lo).clamp(min=1e-300)
-    closed_val = torch.tensor(-math.inf, dtype=dt, device=dev)
-    closed_rows = torch.full((S,), -math.inf, dtype=dt, device=dev)
-    P = {"L": lo0, "U": hi0, "v": val, "r": rows, "G": G}
+    srch = _InputSearch(bounder, region, seeds, norm, operator, branching, enum_max, chunk, int(max_domains),
+                        t0 + timeout, stats, lambda: float(lb_val), take)
+    root = _Box(region.lo.cpu().numpy(), region.hi.cpu().numpy(), float(val[0]), rows[0].cpu().numpy(),
+                G[0].cpu().numpy())
+    srch.settle([root], leaf.tolist())
     history = []
 
-    def close(mask):
-        """Move the pool entries in ``mask`` to the closed set."""
-        nonlocal closed_val, closed_rows, P
-        if mask.any():
-            closed_val = torch.maximum(closed_val, P["v"][mask].max())
-            closed_rows = torch.maximum(closed_rows, P["r"][mask].amax(0))
-            P = {k: t[~mask] for k, t in P.items()}
+    def current_upper(open_max: float) -> float:
+        return float(certified(torch.tensor(max(open_max, srch.closed_val, float(lb_val)), dtype=torch.float64)))
 
-    def current_upper():
-        ov = P["v"].max() if P["v"].numel() else torch.tensor(-math.inf, dtype=dt, device=dev)
-        return float(certified(torch.maximum(torch.maximum(ov, closed_val), lb_val)))
-
-    def record():  # every recorded upper bound stays valid: keep the running minimum
-        up = min([current_upper()] + [h[1] for h in history[-1:]])
+    def record(open_max: float):  # every recorded upper bound stays valid: keep the running minimum
+        up = min([current_upper(open_max)] + [h[1] for h in history[-1:]])
         history.append((time.perf_counter() - t0, up, float(lb_val)))
         if progress is not None:
             progress(*history[-1])
 
-    stats["leaves"] += int(leaf.sum())
-    close(leaf)
-    record()
-    stop = "exact"
-    while True:
-        dominated = P["v"] <= lb_val  # cannot hold a larger value than the one already attained
-        stats["pruned"] += int(dominated.sum())
-        close(dominated)
-        if P["v"].numel() == 0:
-            stop = "exact"
-            break
-        up = current_upper()
+    record(srch.open_max())
+
+    def between(store):
+        if stats["domains_bounded"] >= max_domains or srch.limit_hit:
+            return _DOMAIN_LIMIT
+        up = history[-1][1]
         if up - float(lb_val) <= rel_tol * up:
-            stop = "converged"
-            break
-        elapsed = time.perf_counter() - t0
-        if elapsed >= timeout:
-            stop = "timeout"
-            break
-        n_child = 2 * n0 if branching == "all" else 2
-        room = max_domains - stats["domains_bounded"]
-        k = min(int(batch), P["v"].numel(), room // n_child)
-        k = min(k, max(1, int((timeout - elapsed) / (per_box * n_child * 1.3))))  # stay inside the budget
-        if k < 1:
-            stop = "domain_limit"
-            break
-        tb = time.perf_counter()
-        top = torch.topk(P["v"], k).indices
-        sel = {key: t[top] for key, t in P.items()}
-        keep = torch.ones(P["v"].numel(), dtype=torch.bool, device=dev)
-        keep[top] = False
-        P = {key: t[keep] for key, t in P.items()}
-        L, U = sel["L"], sel["U"]
-        mid = (L + U) / 2
-        if branching == "all":
-            dims = torch.arange(n0, device=dev).repeat_interleave(k)  # dim-major: j * k + i
-            Lr, Ur, Mr = L.repeat(n0, 1), U.repeat(n0, 1), mid.repeat(n0, 1)
-        else:
-            w = U - L
-            if branching == "widest":
-                score = w / width0
-            else:
-                score = w * (sel["G"] + 0.1 * sel["G"].mean(-1, keepdim=True) + 1e-300)
-            dims = score.argmax(-1)
-            Lr, Ur, Mr = L, U, mid
-        m = dims.numel()
-        ar = torch.arange(m, device=dev)
-        cL = torch.cat((Lr, Lr.clone())); cU = torch.cat((Ur.clone(), Ur))
-        cU[ar, dims] = Mr[ar, dims]          # lower half: x_j <= mid_j
-        cL[m + ar, dims] = Mr[ar, dims]      # upper half: x_j >= mid_j
-        parts = []
-        # bounding calls of at most ~10 % of the budget (>= 50 ms): the deadline is checked between them
-        # (smaller calls cost throughput: at 2 % the 16-32x5-10 ReLU net bounded half as many boxes)
-        step = max(1, min(chunk, int(max(0.05, 0.1 * timeout) / max(per_box, 1e-9))))
-        for i in range(0, cL.shape[0], step):
-            if time.perf_counter() - t0 + per_box * (cL.shape[0] - i) > timeout:
-                break  # the rest of this batch is not predicted to fit (a cost estimate can be off under load)
-            parts.append(bound_boxes(bounder, cL[i:i + step], cU[i:i + step], seeds, norm, operator, enum_max,
-                                     chunk))
-        if sum(t[0].numel() for t in parts) < cL.shape[0]:
-            # drop the half-bounded batch: its parent boxes go back to the pool with their (valid) bounds
-            P = {key: torch.cat((P[key], sel[key])) for key in P}
-            stop = "timeout"
-            break
-        cv, cr, cG, cleaf = (torch.cat(t) for t in zip(*parts))
-        par_v, par_r = sel["v"].repeat(2 * m // k), sel["r"].repeat(2 * m // k, 1)
-        cv, cr = torch.minimum(cv, par_v), torch.minimum(cr, par_r)
-        stats["domains_bounded"] += 2 * m
-        outside = ~region.meets(cL, cU)
-        cv = torch.where(outside, torch.full_like(cv, -math.inf), cv)
-        if branching == "all":  # per box, the coordinate whose worse half is lowest
-            eff = torch.maximum(cv[:m], cv[m:]).reshape(n0, k)
-            bval, best = eff.min(0)
-            # no coordinate helps (ties at the parent's bound): bisect the widest one, so that every
-            # box keeps shrinking in every coordinate (never an ever-thinner sliver)
-            widest = ((U - L) / width0).argmax(-1)
-            best = torch.where(bval < sel["v"] * (1 - 1e-12), best, widest)
-            idx = best * k + torch.arange(k, device=dev)
-            idx = torch.cat((idx, m + idx))
-            cL, cU, cv, cr, cG, cleaf, outside = (t[idx] for t in (cL, cU, cv, cr, cG, cleaf, outside))
-        stats["outside"] += int(outside.sum())
-        inside = ~outside
-        cL, cU, cv, cr, cG, cleaf = (t[inside] for t in (cL, cU, cv, cr, cG, cleaf))
-        if cv.numel():
-            take(region.probes(cL, cU))
-        stats["leaves"] += int(cleaf.sum())
-        new = {"L": cL, "U": cU, "v": cv, "r": cr, "G": cG}
-        n_old = P["v"].numel()
-        P = {key: torch.cat((P[key], new[key])) for key in P}
-        lm = torch.zeros(P["v"].numel(), dtype=torch.bool, device=dev)
-        lm[n_old:] = cleaf
-        close(lm)
-        stats["batches"] += 1
-        stats["max_open"] = max(stats["max_open"], P["v"].numel())
-        per_box = (time.perf_counter() - tb) / (2 * m)
-        record()
-    ov = P["v"].max() if P["v"].numel() else torch.tensor(-math.inf, dtype=dt, device=dev)
-    upper_raw = torch.maximum(torch.maximum(ov, closed_val), lb_val)
-    orows = P["r"].amax(0) if P["v"].numel() else torch.full((S,), -math.inf, dtype=dt, device=dev)
-    per_rows = torch.minimum(torch.maximum(torch.maximum(orows, closed_rows), lb_rows), root_rows)
+            return _CONVERGED
+        return None
+
+    stop = between(None) if srch.open else None
+    if srch.open and stop is None:
+        from ..bab.search import branch_and_bound
+        out = branch_and_bound([root], srch, srch.bound, timeout=max(0.0, t0 + timeout - time.perf_counter()),
+                               batch=int(batch), progress=lambda p: record(-p.best_bound if math.isfinite(p.best_bound)
+                                                                           else -math.inf),
+                               between=between)
+        stop = out.witness if out.status == "witness" else out.status
+    status = ("exact" if not srch.open else "domain_limit" if stop is _DOMAIN_LIMIT or srch.limit_hit
+              else "converged" if stop is _CONVERGED else "timeout")
+    stats["batches"] = srch.batches
+    stats["leaves"], stats["pruned"], stats["outside"] = srch.leaves, srch.pruned, srch.outside
+    ov = srch.open_max()
+    upper_raw = torch.maximum(torch.maximum(torch.tensor(ov, dtype=dt), torch.tensor(srch.closed_val, dtype=dt)),
+                              lb_val.cpu().to(dt)).to(dev)
+    per_rows = torch.minimum(torch.maximum(torch.maximum(srch.open_rows(S), srch.closed_rows), lb_rows.cpu()).to(dev),
+                             root_rows)
     upper = min(float(certified(upper_raw)), root_upper, history[-1][1])
     timings["bab"] = time.perf_counter() - t0
-    res = LipschitzResult(upper, float(lb_val), norm, bounder.label + "+bab-input", exact=(stop == "exact"),
+    res = LipschitzResult(upper, float(lb_val), norm, bounder.label + "+bab-input", exact=(status == "exact"),
                           per_output_upper=[float(v) for v in certified(per_rows)],
                           per_output_lower=[max(float(v), 0.0) for v in lb_rows],
-                          status=stop,
+                          status=status,
                           forward_method=bounder.forward, timings=timings, history=history, stats=stats)
-    res.stats["open_domains"] = int(P["v"].numel())
+    res.stats["open_domains"] = len(srch.open)
     res.stats["root_upper"] = root_upper
     res.stats["branching"] = branching
     res.stats["witness"] = None if witness is None else witness.tolist()
     if res.lower > res.upper:
         raise RuntimeError(f"internal error: lower bound {res.lower} exceeds certified upper bound {res.upper}")
     return res
+
+
+_CONVERGED, _DOMAIN_LIMIT = object(), object()  # returned by the loop's ``between`` hook: stop the search
+
+
+class _Box:
+    """One sub-box domain: bounds ``L, U`` (numpy ``(n_0,)``), value bound ``v`` (key ``-v``: the shared
+    loop pops the largest bound first), row bounds ``r`` ``(S,)``, sensitivities ``G`` ``(n_0,)``;
+    ``bounded``: False while it only carries its parent's bounds."""
+
+    __slots__ = ("L", "U", "v", "r", "G", "key", "bounded", "nbytes")
+
+    def __init__(self, L, U, v, r, G, bounded=True):
+        self.L, self.U, self.v, self.r, self.G, self.bounded = L, U, v, r, G, bounded
+        self.key = -v
+        self.nbytes = 16 * L.size + 8 * (r.size + G.size) + 120
+
+
+class _InputSearch:
+    """Input splitting as a branching policy + bounding callback of :mod:`...bab.search`.
+
+    Open domains are kept in ``open`` (every box created and neither closed nor split), closed ones
+    fold their bounds into ``closed_val`` / ``closed_rows``: leaves (constant Jacobian) and boxes
+    dominated by the lower bound (``v <= lower``); boxes that provably miss the region are dropped.
+    So ``L <= max(lower, closed_val, max over open boxes of v)`` at every moment.
+    """
+
+    def __init__(self, bounder, region, seeds, norm, operator, branching, enum_max, chunk, max_domains, deadline,
+                 stats, lower, take):
+        self.bounder, self.region, self.seeds, self.norm, self.operator = bounder, region, seeds, norm, operator
+        self.branching, self.enum_max, self.chunk, self.max_domains = branching, enum_max, chunk, max_domains
+        self.deadline, self.stats, self.lower, self.take = deadline, stats, lower, take
+        self.dt, self.dev = seeds.dtype, seeds.device
+        self.n0 = bounder.in_dim
+        self.width0 = (region.hi - region.lo).clamp(min=1e-300).cpu().numpy()
+        self.closed_val = -math.inf
+        self.closed_rows = torch.full((seeds.shape[0],), -math.inf, dtype=torch.float64)
+        self.open: set = set()
+        self.leaves = self.pruned = self.outside = self.batches = 0
+        self.limit_hit = False
+
+    def late(self) -> bool:
+        return time.perf_counter() >= self.deadline
+
+    def _t(self, arrays) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrays)).to(dtype=self.dt, device=self.dev)
+
+    def _bound(self, L: torch.Tensor, U: torch.Tensor):
+        """bound_boxes in chunks; stops (returns fewer rows) once the deadline has passed."""
+        parts = []
+        for i in range(0, L.shape[0], self.chunk):
+            if self.late():
+                break
+            parts.append(bound_boxes(self.bounder, L[i:i + self.chunk], U[i:i + self.chunk], self.seeds, self.norm,
+                                     self.operator, self.enum_max, self.chunk))
+        self.stats["domains_bounded"] += sum(p[0].numel() for p in parts)
+        if not parts:
+            return None
+        return tuple(torch.cat(t) for t in zip(*parts))
+
+    def _close(self, b: _Box) -> None:
+        self.closed_val = max(self.closed_val, b.v)
+        self.closed_rows = torch.maximum(self.closed_rows, torch.as_tensor(b.r, dtype=torch.float64))
+        b.key = math.inf
+
+    def settle(self, boxes: list, leaf: list) -> None:
+        """Key the bounded ``boxes``: drop those outside the region, close leaves, open the rest."""
+        for b, lf in zip(boxes, leaf):
+            b.key = -b.v
+            if lf:
+                self.leaves += 1
+                self._close(b)
+            else:
+                self.open.add(b)
+
+    # ------------------------------------------------------------------ branching
+    def _halves(self, b: _Box, j: int) -> list:
+        mid = (b.L[j] + b.U[j]) / 2
+        lo, hi = b.U.copy(), b.L.copy()
+        lo[j], hi[j] = mid, mid  # lower half: x_j <= mid; upper half: x_j >= mid (closed boxes)
+        return [_Box(b.L, lo, b.v, b.r, b.G, False), _Box(hi, b.U, b.v, b.r, b.G, False)]
+
+    def split(self, parents: list) -> list:
+        self.batches += 1
+        self.open.difference_update(parents)
+        lb = self.lower()
+        out: list = [None] * len(parents)
+        live = []
+        n_child = 2 * self.n0 if self.branching == "all" else 2
+        for i, b in enumerate(parents):
+            if b.v <= lb:  # cannot hold a larger value than the one already attained
+                self.pruned += 1
+                self._close(b)
+                out[i] = []
+            elif self.stats["domains_bounded"] + n_child * (len(live) + 1) > self.max_domains:
+                self.limit_hit = True
+                self.open.add(b)  # stays open with its bound (the loop keeps it as unsplittable)
+            else:
+                live.append(i)
+        if not live:
+            return out
+        sel = [parents[i] for i in live]
+        if self.branching == "all" and not self.late():
+            kids = self._strong(sel)
+        else:
+            if self.branching == "sensitivity":
+                G = np.stack([b.G for b in sel])
+                score = np.stack([b.U - b.L for b in sel]) * (G + 0.1 * G.mean(-1, keepdims=True) + 1e-300)
+            else:  # widest relative to the region (also "all" past the deadline)
+                score = np.stack([b.U - b.L for b in sel]) / self.width0
+            kids = [self._halves(b, int(j)) for b, j in zip(sel, score.argmax(-1))]
+        for i, ks in zip(live, kids):
+            out[i] = ks
+            self.open.update(ks)
+        return out
+
+    def _strong(self, sel: list) -> list:
+        """Bound both halves for every coordinate; per box keep the coordinate whose worse half is lowest
+        (the widest one when none lowers the parent's bound).  Children keep the computed bounds."""
+        k, n0 = len(sel), self.n0
+        L, U = self._t([b.L for b in sel]), self._t([b.U for b in sel])
+        mid = (L + U) / 2
+        Lr, Ur, Mr = L.repeat(n0, 1), U.repeat(n0, 1), mid.repeat(n0, 1)  # dim-major: j * k + i
+        dims = torch.arange(n0, device=self.dev).repeat_interleave(k)
+        m = dims.numel()
+        ar = torch.arange(m, device=self.dev)
+        cL, cU = torch.cat((Lr, Lr.clone())), torch.cat((Ur.clone(), Ur))
+        cU[ar, dims] = Mr[ar, dims]
+        cL[m + ar, dims] = Mr[ar, dims]
+        res = self._bound(cL, cU)
+        if res is None or res[0].numel() < 2 * m:  # the deadline came: split the widest, bound later
+            score = np.stack([b.U - b.L for b in sel]) / self.width0
+            return [self._halves(b, int(j)) for b, j in zip(sel, score.argmax(-1))]
+        cv, cr, cG, cleaf = res
+        par_v = torch.tensor([b.v for b in sel], dtype=cv.dtype, device=self.dev)
+        par_r = torch.from_numpy(np.stack([b.r for b in sel])).to(cr)
+        cv, cr = torch.minimum(cv, par_v.repeat(2 * n0)), torch.minimum(cr, par_r.repeat(2 * n0, 1))
+        outside = ~self.region.meets(cL, cU)
+        cv = torch.where(outside, torch.full_like(cv, -math.inf), cv)
+        eff = torch.maximum(cv[:m], cv[m:]).reshape(n0, k)
+        bval, best = eff.min(0)
+        # no coordinate helps (ties at the parent's bound): bisect the widest one, so that every
+        # box keeps shrinking in every coordinate (never an ever-thinner sliver)
+        widest = ((U - L) / torch.from_numpy(self.width0).to(L)).argmax(-1)
+        best = torch.where(bval < par_v * (1 - 1e-12), best, widest)
+        idx = best * k + torch.arange(k, device=self.dev)
+        idx = torch.cat((idx, m + idx))
+        t = [x[idx] for x in (cL, cU, cv, cr, cG, cleaf, outside)]
+        t = [x.cpu().numpy() for x in t]
+        boxes = [_Box(t[0][i], t[1][i], float(t[2][i]), t[3][i], t[4][i]) for i in range(2 * k)]
+        for b, lf, o in zip(boxes, t[5], t[6]):
+            b.key = ("leaf" if lf else "") + ("out" if o else "")  # settled in ``bound``
+        return [[boxes[i], boxes[k + i]] for i in range(k)]
+
+    # ------------------------------------------------------------------ bounding
+    def bound(self, children: list) -> None:
+        """The bounding callback: bound the children not bounded by the policy (chunked, deadline-checked;
+        past the deadline they keep their parent's bounds), drop those outside the region, take true
+        gradients at probe points of the rest, close leaves."""
+        todo = [b for b in children if not b.bounded]
+        if todo:
+            L, U = self._t([b.L for b in todo]), self._t([b.U for b in todo])
+            res = self._bound(L, U)
+            n = 0 if res is None else res[0].numel()
+            if n:
+                cv, cr, cG, cleaf = res
+                out = (~self.region.meets(L[:n], U[:n])).tolist()
+                cv, cr, cG, cleaf = cv.tolist(), cr.cpu().numpy(), cG.cpu().numpy(), cleaf.tolist()
+                for i, b in enumerate(todo[:n]):
+                    b.v, b.r, b.G, b.bounded = min(cv[i], b.v), np.minimum(cr[i], b.r), cG[i], True
+                    b.key = ("leaf" if cleaf[i] else "") + ("out" if out[i] else "")
+            for b in todo[n:]:
+                b.key = -b.v  # not bounded: the parent's bound covers it
+        inside = []
+        for b in children:
+            if isinstance(b.key, str):
+                tag, b.key = b.key, -b.v
+                if "out" in tag:
+                    self.outside += 1
+                    self.open.discard(b)
+                    b.key = math.inf
+                    continue
+                inside.append(b)
+                if "leaf" in tag:
+                    self.open.discard(b)
+                    self.leaves += 1
+                    self._close(b)
+        if inside:
+            self.take(self.region.probes(self._t([b.L for b in inside]), self._t([b.U for b in inside])))
+        return None  # a gradient found here is a lower bound, not the end of the search
+
+    # ------------------------------------------------------------------ anytime bound
+    def open_max(self) -> float:
+        return max([b.v for b in self.open], default=-math.inf)
+
+    def open_rows(self, S: int) -> torch.Tensor:
+        if not self.open:
+            return torch.full((S,), -math.inf, dtype=torch.float64)
+        return torch.from_numpy(np.stack([b.r for b in self.open])).to(torch.float64).amax(0)
 
 
 def input_bab(net, input_set, norm: str, c, method: str, forward: str, timeout: float, attack: bool = True,
