@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from ..models.errors import SpecificationError
@@ -68,3 +69,22 @@ def float_row(coeffs: dict, rhs: Fraction, where: str = "") -> tuple[dict, float
             raise SpecificationError(f"{where}: coefficients too precise to hold exactly in float64 even after "
                                      f"scaling to integers")
     return {k: float(c) for k, c in coeffs.items()}, round_up(rhs)
+
+
+_NUMBERS: dict[str, Fraction | int] = {}
+
+
+def exact_number(lexeme: str) -> Fraction | int:
+    """The exact value of a numeral (``0.1`` is 1/10, not the float nearest to it): an ``int`` when it is
+    one (ints mix with Fractions exactly and cost far less), else a :class:`~fractions.Fraction`.
+    Both readers' numerals (1.0 and 2.0) go through here; values are cached per lexeme."""
+    v = _NUMBERS.get(lexeme)
+    if v is None:
+        if len(_NUMBERS) > 100_000:
+            _NUMBERS.clear()
+        try:
+            n, d = Decimal(lexeme).as_integer_ratio()  # exact, and much faster than Fraction(str)
+        except (InvalidOperation, ValueError, OverflowError) as exc:  # not a finite numeral
+            raise ValueError(f"not a finite numeral: {lexeme!r}") from exc
+        v = _NUMBERS[lexeme] = n if d == 1 else Fraction(n, d)
+    return v

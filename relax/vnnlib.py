@@ -51,7 +51,6 @@ import gzip
 import math
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -59,7 +58,7 @@ import numpy as np
 import torch
 
 from ..models.errors import ShapeMismatchError, SpecificationError
-from .outward import float_row, round_down, round_up
+from .outward import exact_number as _number, float_row, round_down, round_up
 
 MAX_CLAUSES = 200_000  # refuse disjunctive normal forms larger than this (an and-of-ors can blow up)
 
@@ -421,18 +420,6 @@ class _Parser:
 
 
 _ZERO, _ONE = 0, 1  # exact ints (they mix with Fraction exactly and cost far less)
-_NUMBERS: dict[str, Fraction] = {}
-
-
-def _number(lexeme: str) -> Fraction:
-    """The exact value of a numeral (``0.1`` is 1/10, not the float nearest to it)."""
-    v = _NUMBERS.get(lexeme)
-    if v is None:
-        if len(_NUMBERS) > 100_000:
-            _NUMBERS.clear()
-        n, d = Decimal(lexeme).as_integer_ratio()  # exact, and much faster than Fraction(str)
-        v = _NUMBERS[lexeme] = n if d == 1 else Fraction(n, d)
-    return v
 
 
 def _scale(p, c):

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 from ..models.errors import SpecificationError
-from .outward import float_row, round_down, round_up  # noqa: F401 (re-exported)
+from .outward import exact_number as _number, float_row, round_down, round_up  # noqa: F401 (re-exported)
 from .spec import Query, Specification
 
 MAX_CLAUSES = 100_000  # refuse disjunctive normal forms larger than this
@@ -191,19 +191,6 @@ def _flat(v, shapes: dict) -> int:
     for s, i in zip(shapes[v.name], v.indices):
         k = k * s + int(i)
     return k
-
-
-_NUMBERS: dict[str, Fraction] = {}
-
-
-def _number(lexeme: str) -> Fraction:
-    """The exact value of a 2.0 numeral (``-? digit+ ('.' digit+)?``)."""
-    v = _NUMBERS.get(lexeme)
-    if v is None:
-        if len(_NUMBERS) > 100_000:
-            _NUMBERS.clear()
-        v = _NUMBERS[lexeme] = Fraction(lexeme)
-    return v
 
 
 def _linear(e, vn, src: str, shapes: dict) -> tuple[dict, Fraction]:
