@@ -98,3 +98,15 @@ def test_verify_query_budget_holds_with_large_batches(input_split, batch, single
     wall = time.perf_counter() - t
     assert v.status == "timeout", (v.status, v.reason)
     assert _within(wall, 3.0), wall
+
+
+def test_verify_query_budget_holds_inside_the_root_alpha_crown(single_thread):
+    """The root alpha-CROWN optimization (before any branching) stops at the deadline with its best
+    certified iterate: 100,000 iterations on the hard query take minutes, the budget is 2 s.  (Before,
+    the root loop ran all its iterations and only then looked at the clock.)"""
+    net, q = _hard_query()
+    t = time.perf_counter()
+    v = verify_query(net, q, timeout=2.0, input_split=False, alpha_iters=100_000, interm_iters=0, bab=False)
+    wall = time.perf_counter() - t
+    assert v.status in ("timeout", "unknown"), (v.status, v.reason)
+    assert _within(wall, 2.0), wall

@@ -211,3 +211,32 @@ def test_allocator_out_of_memory_in_the_search_is_unknown_not_a_crash(monkeypatc
     msg[0] = "shape bug"
     with pytest.raises(RuntimeError, match="shape bug"):  # other errors are not hidden
         verify_query(net, q, timeout=30, input_split=False, interm_iters=0)
+
+
+def test_root_alpha_crown_keeps_optimizing_a_disjunction_until_every_specification_is_proved():
+    """At the root, the rows of a query are a *disjunction* of specifications (one row each here): one
+    proved row must not stop the alpha optimization of the others (``owner``).  Before, the domain was
+    called closed as soon as any row was proved and alpha-CROWN stopped after its first iterate, so the
+    root of every robustness query whose CROWN bound already refuted one class got CROWN only."""
+    import math
+    from nncertify.relax.bab.beta_crown import BetaCrown
+    torch.manual_seed(0)
+    net = from_module(nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                                    nn.Linear(64, 4)), (16,))
+    x = torch.linspace(-0.5, 0.5, 16)
+    lo, hi = (x - 0.1)[None], (x + 0.1)[None]
+    C = torch.eye(4)
+    probe = BetaCrown(net, lo, hi, C, torch.zeros(4), torch.float32)
+    S0 = torch.zeros(1, probe.N, dtype=torch.int8)
+    B0 = torch.zeros(1, probe.m, probe.N)
+    crown = probe.bound(S0, probe.default_alpha().unsqueeze(0), B0, 0, 0.1, 0.0)[0][0].double()
+    d = crown + 100.0  # no row provable ...
+    d[0] = crown[0] - 1.0  # ... except row 0, which CROWN already proves
+    bc = BetaCrown(net, lo, hi, C, d, torch.float32)
+    owner = torch.arange(4)
+    best = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, 30, 0.1, 0.0, owner=owner)[0][0].double()
+    assert torch.all(best >= crown - 1e-6)  # every iterate is a sound bound; the best is kept
+    assert bool((best[1:] > crown[1:] + 1e-4).any()), (best, crown)  # the unproved rows were optimized
+    # without owner the rows are one conjunction: one proved row closes the domain at the first iterate
+    same = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, 30, 0.1, 0.0)[0][0].double()
+    assert torch.allclose(same, crown, atol=1e-6) and math.isfinite(float(same[0]))

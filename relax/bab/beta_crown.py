@@ -48,6 +48,7 @@ default slopes and zero multipliers, so spilling never changes soundness, only t
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -206,7 +207,6 @@ class BetaCrown:
         are intersected with CROWN's (every iterate is sound), and later layers use the refined earlier
         ones.  Fewer unstable neurons and tighter relaxations make every later bound, and every
         branch-and-bound domain, tighter."""
-        import time
         pre = dict(pre)
         by = {n.name: n for n in self.lnodes}
         order = [ln for ln in self.lnodes if ln.kind == "act"]
@@ -299,12 +299,17 @@ class BetaCrown:
 
     # ------------------------------------------------------------------ bounding
     def bound(self, S: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, iters: int, lr_alpha: float,
-              lr_beta: float, lo=None, hi=None):
+              lr_beta: float, lo=None, hi=None, deadline: float = math.inf, owner: torch.Tensor | None = None):
         """Optimize α, β for the domains ``S (n, N)`` from ``alpha (n, m, Na)``, ``beta (n, m, N)``.
 
         Returns ``(lower (n, m), alpha, beta, scores (n, N))``: the best certified row bounds over
         the iterates (in the working dtype), the α, β attaining them, and the branching scores
-        (``-inf`` where a neuron cannot be split)."""
+        (``-inf`` where a neuron cannot be split).  Every iterate is a certified bound, so the
+        optimization stops early, with the best so far, once ``time.monotonic()`` passes ``deadline``
+        (the first iterate, plain CROWN with the given α, β, always runs).  ``owner (m,)``: the
+        specification of each row when the rows are a *disjunction* of specifications (the root of a
+        query): a domain is then closed only when every specification has a proved row; without it,
+        one proved row closes the domain (its rows are one specification's conjunction)."""
         n = S.shape[0]
         dt = self.dtype
         lo = self.lo.expand(n, *self.lo.shape[1:]) if lo is None else lo
@@ -339,8 +344,12 @@ class BetaCrown:
                 best_b = torch.where(better.unsqueeze(2), b_p.detach(), best_b)
                 if it == 0 or better.any():
                     rec = dict(eng.record)
-                closed = (best.double() > self.d).any(1)
-            if it == iters or opt is None or bool(closed.all()):
+                proved = best.double() > self.d
+                if owner is None:
+                    closed = proved.any(1)
+                else:
+                    closed = torch.stack([proved[:, owner == sp].any(1) for sp in torch.unique(owner)], 1).all(1)
+            if it == iters or opt is None or bool(closed.all()) or time.monotonic() > deadline:
                 break
             loss = -(val * (~closed).to(dt).unsqueeze(1)).sum()
             grads = torch.autograd.grad(loss, [p for p, _ in params])

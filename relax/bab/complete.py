@@ -176,7 +176,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
 
         mark(lower, "crown")
         if not bool(refuted[specs_g].all()) and int(o["alpha_iters"]) > 0 and time.monotonic() < deadline:
-            lower2, a, b, sc = bc.bound(S0, a, B0, int(o["alpha_iters"]), float(o["alpha_lr"]), 0.0)
+            lower2, a, b, sc = bc.bound(S0, a, B0, int(o["alpha_iters"]), float(o["alpha_lr"]), 0.0,
+                                        deadline=deadline, owner=own)
             lower = torch.maximum(lower, lower2)
             mark(lower, "alpha-crown")
         if (not bool(refuted[specs_g].all()) and o["bab"] and int(o["interm_iters"]) > 0
@@ -188,7 +189,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
             S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
             B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
             lower2, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, int(o["alpha_iters"]),
-                                        float(o["alpha_lr"]), 0.0)
+                                        float(o["alpha_lr"]), 0.0, deadline=deadline, owner=own)
             lower = torch.maximum(lower, lower2)
             mark(lower, "alpha-crown")
         visited += 1
