@@ -119,8 +119,9 @@ def _verify(args, out: _Out, t_start: float) -> int:
     try:
         margin = min(1.0, 0.1 * args.timeout)  # leave time to re-check and print before the watchdog
         left = deadline - time.monotonic() - margin
-        if left <= 0:
-            out.answer("timed-out\n")
+        if left <= 0:  # start-up (imports) used the time: the answer still says why, on stderr
+            if out.answer("timed-out\n"):
+                _err(f"nncertify-solver: time limit of {args.timeout:g} s reached before the search started")
             return 0
         opts = {"device": args.device} if args.device else {}
         sol = solve(args.query, networks, left, log=lambda m: _err(f"[nncertify] {m}"), engine_opts=opts)

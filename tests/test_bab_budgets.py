@@ -80,13 +80,14 @@ def test_time_limit_holds_for_the_whole_input_bab_run(cnn_ball, single_thread):
 
 
 def _hard_query():
-    """A random 16-256-256-10 ReLU net and an eps (0.02) at which alpha-CROWN fails, PGD finds no
-    counterexample and neither search finishes in seconds (0.016 is proved, 0.023 falsified)."""
+    """A random 16-256-256-10 ReLU net and an eps (0.0206) at which alpha-CROWN fails, PGD finds no
+    counterexample and neither search finishes within the 3 s budget on an idle 2-core machine
+    (beta-CROWN proves it in ~5 s, input splitting takes > 15 s; 0.0207 is falsified by PGD)."""
     torch.manual_seed(0)
     net = from_module(nn.Sequential(nn.Linear(16, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                                     nn.Linear(256, 10)), (16,))
     x = torch.linspace(-0.5, 0.5, 16)
-    return net, robustness_query(x, int(net(x[None]).argmax()), 0.02, 10)
+    return net, robustness_query(x, int(net(x[None]).argmax()), 0.0206, 10)
 
 
 @pytest.mark.parametrize("input_split,batch", [(True, 4096), (False, 1024)])
@@ -96,7 +97,8 @@ def test_verify_query_budget_holds_with_large_batches(input_split, batch, single
     t = time.perf_counter()
     v = verify_query(net, q, timeout=3.0, input_split=input_split, batch=batch)
     wall = time.perf_counter() - t
-    assert v.status == "timeout", (v.status, v.reason)
+    # a faster engine may prove it (unsat is the true answer); it must never be late or wrong
+    assert v.status in ("timeout", "unsat"), (v.status, v.reason)
     assert _within(wall, 3.0), wall
 
 
