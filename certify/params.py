@@ -80,6 +80,18 @@ def check_method(method, name: str = "--method") -> str:
     return check_choice(method, ROBUSTNESS_METHODS, name)
 
 
+def make_folder(path, name: str):
+    """Create the output folder ``path`` (and its parents) for option ``name``; a path that cannot be
+    created is one line naming the option and the path, not an OSError."""
+    from pathlib import Path
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgumentError(f"{name} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    return path
+
+
 def parse_clip(clip, name: str = "--clip") -> tuple[float, float] | None:
     if clip is None or (isinstance(clip, str) and clip.lower() in ("none", "")):
         return None

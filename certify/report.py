@@ -22,6 +22,7 @@ from typing import Iterable
 
 
 from . import __version__
+from .params import make_folder
 from .records import Certificate
 from .verdict import describe as _headline
 from .verdict import fmt as _fmt
@@ -330,12 +331,7 @@ def write_report(certificates: Iterable[Certificate], out_dir: str | Path, title
     time}``, see :func:`from_batch_records`); each gets a summary row with its reason."""
     certs = list(certificates)
     failures = list(failures)
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        from ..models.errors import InvalidArgumentError
-        raise InvalidArgumentError(f"--out {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    out_dir = make_folder(out_dir, "--out")
     rows = []
     for c in certs:
         what, res = _headline(c)

@@ -41,6 +41,7 @@ from ..relax.vnnlib2 import (SUPPORTED_VERSIONS, VarDecl, VNNLib2, clause_holds,
                                to_query)
 
 from ..models.onnx_support import ELEMENT_TYPES, MODEL_ELEMENT_TYPES, ONNX_OPSETS  # noqa: E402
+from .params import make_folder  # noqa: E402
 
 _ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
                9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 14: "complex64",
@@ -494,11 +495,7 @@ def serialise_assignment(assignment: list[tuple[VarDecl, np.ndarray]], folder: s
     declared type)."""
     from onnx import numpy_helper
 
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidArgumentError(f"--serialise-assignments {folder}: cannot create it ({exc.strerror or exc})") from None
+    folder = make_folder(folder, "--serialise-assignments")
     out = []
     np_types = {"real": np.float64, "float64": np.float64, "float32": np.float32, "float16": np.float16}
     for v, val in assignment:
