@@ -70,6 +70,18 @@ EXACT_OFFLINE = {
 }
 
 
+def _fit(m, X, y, *, n: int, batch: int, epochs: int, g: torch.Generator) -> None:
+    """Adam (lr 1e-3) on the cross-entropy of the first ``n`` samples, shuffled by ``g`` each epoch."""
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(X[idx]), y[idx]).backward()
+            opt.step()
+
+
 def mlp(widths):
     layers = []
     for a, b in zip(widths[:-2], widths[1:-1]):
@@ -92,14 +104,7 @@ def trained_model(widths, seed=0):
     y = lab[torch.cdist(X, leaders).argmin(1)]
     torch.manual_seed(seed)
     m = mlp(widths)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    for _ in range(10):
-        perm = torch.randperm(7000, generator=g)
-        for i in range(0, 7000, 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(X[idx]), y[idx]).backward()
-            opt.step()
+    _fit(m, X, y, n=7000, batch=128, epochs=10, g=g)
     with torch.no_grad():
         acc = (m(X[7000:]).argmax(1) == y[7000:]).float().mean().item()
     return m, acc
@@ -243,14 +248,7 @@ def cifar_cnn_model():
     if path.exists():
         m.load_state_dict(torch.load(path, weights_only=True))
     else:
-        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        for _ in range(2):
-            perm = torch.randperm(2500, generator=g)
-            for i in range(0, 2500, 100):
-                idx = perm[i:i + 100]
-                opt.zero_grad()
-                nn.functional.cross_entropy(m(X[idx]), y[idx]).backward()
-                opt.step()
+        _fit(m, X, y, n=2500, batch=100, epochs=2, g=g)
         CNN_CACHE.mkdir(parents=True, exist_ok=True)
         torch.save(m.state_dict(), path)
     with torch.no_grad():
