@@ -330,6 +330,7 @@ class BetaCrown:
         opt = _Adam(params) if params else None
         flush = torch.set_flush_denormal(True)  # Adam's second moments underflow: denormals are ~100x slower
         rec = {}
+        spec_rows = None if owner is None else [owner == sp for sp in torch.unique(owner)]  # row masks per spec
         for it in range(iters + 1):
             with torch.set_grad_enabled(opt is not None and it < iters):
                 eng.beta = self._unflat(b_p, names_s, self.s_shape, self.s_size, (n, self.m))
@@ -348,7 +349,7 @@ class BetaCrown:
                 if owner is None:
                     closed = proved.any(1)
                 else:
-                    closed = torch.stack([proved[:, owner == sp].any(1) for sp in torch.unique(owner)], 1).all(1)
+                    closed = torch.stack([proved[:, g].any(1) for g in spec_rows], 1).all(1)
             if it == iters or opt is None or bool(closed.all()) or time.monotonic() > deadline:
                 break
             loss = -(val * (~closed).to(dt).unsqueeze(1)).sum()
