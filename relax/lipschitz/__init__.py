@@ -26,7 +26,7 @@ graph_jacobian (Clarke-Jacobian bounds of residual / general graph networks).
 """
 
 from .api import jacobian_bounds, local_lipschitz, monotonicity
-from .exact import ExactResult, exact_local_lipschitz
+from .lower_bounds.exact import ExactResult, exact_local_lipschitz
 from .result import JacobianBounds, LipschitzResult, MonotonicityResult
 
 __all__ = ["local_lipschitz", "jacobian_bounds", "monotonicity", "exact_local_lipschitz", "LipschitzResult",

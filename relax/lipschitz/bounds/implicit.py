@@ -36,12 +36,12 @@ from dataclasses import replace
 
 import torch
 
-from ...models.errors import UnsupportedOperationError
-from ...models.graph import AFFINE_OPS, Network
-from ...models.ops import OPS
+from ....models.errors import UnsupportedOperationError
+from ....models.graph import AFFINE_OPS, Network
+from ....models.ops import OPS
 
-from .norms import row_dual_upper
-from .result import LipschitzResult
+from ..norms import row_dual_upper
+from ..result import LipschitzResult
 
 IMPLICIT_ACTS = ("relu", "leaky_relu")
 CROWN_CHUNK = 2 ** 23  # elements per back-substitution chunk of the engine's CROWN (~64 MB of float64)
@@ -66,8 +66,8 @@ def sampled_lower(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch
     """Estimate (lower bound, not a certificate): per seed row the largest ``||c_s^T grad f(x)||_q`` over
     the box centre, ``n_samples`` uniform points and as many random vertices (autograd gradients;
     random points are differentiable points with probability 1).  Returns (per-row values, best point)."""
-    from .attack import true_gradients
-    from .norms import dual_norm_of
+    from ..lower_bounds.attack import true_gradients
+    from ..norms import dual_norm_of
     gen = torch.Generator().manual_seed(int(seed))
     n0 = xl.numel()
     t = torch.rand(2 * n_samples, n0, generator=gen, dtype=torch.float64)
@@ -163,7 +163,7 @@ def forward_bounds_implicit(net: Network, xl: torch.Tensor, xu: torch.Tensor, fo
     convolutions as ops and chunks its back-substitution) of every activation's input."""
     fb = forward_intervals(net, xl, xu)
     if forward == "crown":
-        from ...relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
+        from ....relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
         shape = (1, *net.input_shape)
         res = compute_bounds(net, Box(xl.reshape(shape), xu.reshape(shape)), "crown", dtype=torch.float64,
                              bound_lower=False, bound_upper=False, chunk_elems=CROWN_CHUNK)
@@ -250,7 +250,7 @@ def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: 
                        method: str = "ibp", operator: bool = False, forward: str = "crown") -> LipschitzResult:
     """Certified bound (``method`` "ibp" or "naive") on a chain net without dense matrices; ``upper`` is the max
     over the seed rows (for ``operator`` and ``norm != "inf"`` the caller combines the rows)."""
-    from .bounds import certified
+    from .common import certified
     net = net.to(dtype=torch.float64)
     seeds = seeds.to(torch.float64)
     if method == "naive":

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from .result import LipschitzResult
+from ..result import LipschitzResult
 
 APEX_MAX_INPUT = 16
 
@@ -64,9 +64,9 @@ def run_bab_shells(net, chain, xl, xu, seeds, norm, root: LipschitzResult, timeo
     bound of the running one, the root bound of a pending one), capped by the box's root bound.  The
     result is exact when every shell closed and the max is attained (a witness gradient).
     """
-    from .bounds import backward_bounds, certified
+    from ..bounds.common import backward_bounds, certified
     from .bab import _run_bab
-    from .norms import row_dual_upper
+    from ..norms import row_dual_upper
     t0 = time.perf_counter()
     S = seeds.shape[0]
     dt, dev = seeds.dtype, seeds.device

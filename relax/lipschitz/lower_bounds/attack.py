@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from .chain import DenseChain
-from .norms import dual_norm_of
+from ..bounds.chain import DenseChain
+from ..norms import dual_norm_of
 
 SAMPLE_CHUNK = 64  # points per seed evaluated at a time in the sampling round when a deadline is set
 
