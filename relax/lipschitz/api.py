@@ -228,7 +228,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
 def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0) -> LipschitzResult:
     """Bounds without dense layer matrices (:mod:`.implicit`) for a chain whose dense matrices would
     exceed ``DENSE_LIMIT_BYTES``: ``method`` "ibp" or "naive"; anything else is refused, naming the size."""
-    from .bounds.implicit import dense_bytes, implicit_lipschitz, sampled_lower
+    from .bounds.implicit import dense_bytes, implicit_lipschitz
+    from .lower_bounds.attack import sampled_lower
     size = f"~{dense_bytes(net64) / 1e9:.1f} GB of dense layer matrices (limit {DENSE_LIMIT_BYTES / 1e9:.1f} GB)"
     if method not in ("ibp", "naive"):
         raise UnsupportedOperationError(
