@@ -154,7 +154,8 @@ def run_bab(*args, num_threads: int | None = 1, **kwargs) -> LipschitzResult:
         net, chain, xl, xu, seeds, norm, root_fb, root, timeout, operator, attack_lower = args
         if applies(chain, xl, xu, kwargs.get("ball")):  # bias-free net, box around its apex 0
             kwargs.pop("ball", None)
-            return run_bab_shells(net, chain, xl, xu, seeds, norm, root, timeout, operator, attack_lower, **kwargs)
+            return run_bab_shells(net, chain, xl, xu, seeds, norm, root, timeout, operator, attack_lower, _run_bab,
+                                  **kwargs)
         return _run_bab(*args, **kwargs)
     finally:
         torch.set_num_threads(old)
