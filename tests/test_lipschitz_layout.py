@@ -206,3 +206,44 @@ def test_the_checker_catches_planted_violations(tmp_path, plant, expect):
     plant(copy)
     bad = layout_violations(copy)
     assert any(expect in b for b in bad), bad
+
+
+def _stale_reference(parts: list[str]) -> bool:
+    """Is ``relax.lipschitz.<parts>`` neither a module path (plus attributes) nor a public name of the package?"""
+    import importlib
+    d = LIP
+    for i, p in enumerate(parts):
+        if (d / p / "__init__.py").is_file():
+            d = d / p
+        elif (d / f"{p}.py").is_file():
+            return False
+        else:
+            pkg = importlib.import_module(".".join([PKG] + parts[:i]))
+            return not hasattr(pkg, p)
+    return False
+
+
+def test_references_to_relax_lipschitz_modules_resolve():
+    """Every ``relax.lipschitz.X`` / ``relax/lipschitz/X.py`` written in the code, tests, benchmarks, notebooks and
+    README names a module that exists (catches imports, monkeypatch strings and prose left at an old place);
+    bench/results is skipped (measured outputs, rewritten by the benchmarks)."""
+    import re
+    import subprocess
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout: no file list")
+    dotted = re.compile(r"relax\.lipschitz((?:\.\w+)+)")
+    slashed = re.compile(r"relax/lipschitz/([\w/]+)\.py\b")
+    bad = []
+    for f in files:
+        if (not f.endswith((".py", ".md", ".ipynb", ".cfg", ".toml")) or f.startswith("bench/results/")
+                or f == "tests/test_lipschitz_layout.py"):
+            continue
+        text = (ROOT / f).read_text(errors="replace")
+        for m in dotted.finditer(text):
+            if _stale_reference(m.group(1).lstrip(".").split(".")):
+                bad.append(f"{f}: relax.lipschitz{m.group(1)}")
+        for m in slashed.finditer(text):
+            if not (LIP / f"{m.group(1)}.py").is_file():
+                bad.append(f"{f}: relax/lipschitz/{m.group(1)}.py")
+    assert not bad, "references to relax/lipschitz modules that do not exist:\n" + "\n".join(sorted(set(bad)))

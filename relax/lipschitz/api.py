@@ -234,7 +234,7 @@ def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, a
     if method not in ("ibp", "naive"):
         raise UnsupportedOperationError(
             f"method={method!r} on {net64.name!r} needs {size}; use method='ibp' or 'naive' (bounds computed "
-            "with the layers applied as ops, relax/lipschitz/implicit.py)")
+            "with the layers applied as ops, relax/lipschitz/bounds/implicit.py)")
     if bab_timeout > 0:
         raise UnsupportedOperationError(f"branch-and-bound on {net64.name!r} needs {size}; use bab_timeout=0")
     xl, xu = input_box(net64, input_set)

@@ -1,7 +1,7 @@
 """Dense view of a feed-forward chain network for the Clarke-Jacobian bounds.
 
 ``f(x) = W_L phi_L( ... phi_1(W_0 x + b_0) ... ) + b_L`` with dense ``W_k`` (from
-:func:`models.chain_stages`) and one :class:`~relax.lipschitz.gates.Gate` per activation.  This
+:func:`models.chain_stages`) and one :class:`~relax.lipschitz.bounds.gates.Gate` per activation.  This
 module also holds the *forward* interval arithmetic used to (i) fall back when the forward bound
 engine (``relax.compute_bounds``) is not available and (ii) re-bound the forward graph inside a
 branch-and-bound domain, where split neurons have their pre-activation interval clamped to one
