@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from nncertify import models  # noqa: E402
 from nncertify.relax.lipschitz import local_lipschitz  # noqa: E402
-from nncertify.relax.lipschitz.exact import exact_local_lipschitz  # noqa: E402
+from nncertify.relax.lipschitz.lower_bounds.exact import exact_local_lipschitz  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 ANYTIME_POINTS = (1.0, 5.0, 10.0, 30.0, 60.0)
@@ -269,7 +269,7 @@ def cnn_one(name, eps, method):
     m, x, shape = made[:3]
     net = models.from_module(m, input_shape=shape)
     box = ((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
-    from nncertify.relax.lipschitz.implicit import dense_bytes
+    from nncertify.relax.lipschitz.bounds.implicit import dense_bytes
     out = {"model": name, "eps": eps, "method": method, "dense_gb": dense_bytes(net) / 1e9}
     if len(made) > 3:
         out["val_acc"] = made[3]
@@ -302,8 +302,8 @@ def cnn_rows():
 
 def run_l2(name, module, box):
     """l2 input norm, max over outputs of sup ||grad f_j||_2: naive, CROWN box bound, local / global LipSDP."""
-    from nncertify.relax.lipschitz.chain import dense_chain
-    from nncertify.relax.lipschitz.lipsdp_local import lipsdp_bound
+    from nncertify.relax.lipschitz.bounds.chain import dense_chain
+    from nncertify.relax.lipschitz.bounds.lipsdp_local import lipsdp_bound
     net = models.from_module(module)
     row = {"model": name}
     for meth in ("naive", "crown", "lipsdp"):
@@ -398,7 +398,7 @@ def main():
               f"{(r.get('bab_stats') or {}).get('domains_bounded', '?')} domains bounded"
               for r in rows if not r.get("carried_over")]
     lines += ["", "BaB: activation splits; every domain re-bounded over its input polytope (split half-spaces, "
-              "Lagrangian dual, relax/lipschitz/polytope.py), CROWN on the backward graph, LP-checked leaves.", ""] + notes
+              "Lagrangian dual, relax/lipschitz/bounds/polytope.py), CROWN on the backward graph, LP-checked leaves.", ""] + notes
     any_rows = [r for r in rows if r.get("anytime")]
     if any_rows:
         pts = [t for t in ANYTIME_POINTS if t <= args.bab_timeout + 1e-9]
@@ -415,7 +415,7 @@ def main():
         lines += ["", "## Convolutional networks (l_inf box around one image, clipped to [0, 1]; L = max_j sup ||grad f_j||_1)",
                   "", "Each cell in its own process: time = wall seconds of the call (bound + attack/sampling), peak = "
                   "the process's max RSS (Python + torch included).  `ibp-implicit` / `naive-implicit` = layers applied "
-                  "as ops (relax/lipschitz/implicit.py), used when the dense layer matrices would exceed 2 GB; "
+                  "as ops (relax/lipschitz/bounds/implicit.py), used when the dense layer matrices would exceed 2 GB; "
                   "crown = CROWN on the dense backward graph (refused when it does not fit).  Lower = attack (dense) or "
                   "sampled gradients (implicit): estimates.", "",
                   "| model | eps | dense matrices (GB) | method | upper | lower | time (s) | peak RSS (MB) |",

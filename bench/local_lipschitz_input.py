@@ -10,7 +10,7 @@ BaB), ours + input BaB at 1 s and 10 s (read off one anytime run with a 10 s bud
 bound (estimate, before BaB) and the BaB's final lower bound (true gradient norms at box centres),
 status, boxes bounded, wall times.  For networks of piecewise-linear activations (MaxMin, GroupSort --
 groups > 2 as sorting networks --, Householder; residual nets through their lifted chain,
-relax/lipschitz/lifted.py) the complete activation-splitting BaB (relax/lipschitz/bab.py, splits on the
+relax/lipschitz/bounds/lifted.py) the complete activation-splitting BaB (relax/lipschitz/search/bab.py, splits on the
 switches' signs) runs with the same budget: its final upper and lower bound, status and time.  A second table compares input-branching rules on the 8-input network.
 
 Usage: .venv/bin/python bench/local_lipschitz_input.py [--timeout 10] [--quick]
@@ -79,7 +79,7 @@ NETS = [
     ("maxmin 16-32-32-10", lambda: ff([16, 32, 32, 10])),
     # a bias-free net is positively homogeneous, every linear region is a cone at 0, so the box holding 0
     # meets all kinks however small it is: input splitting cannot tighten it; activation splitting runs
-    # over the box's shells away from 0 (relax/lipschitz/apex.py)
+    # over the box's shells away from 0 (relax/lipschitz/search/apex.py)
     ("maxmin 2-32-32-32-2 (no bias), box around 0", lambda: ff([2, 32, 32, 32, 2], bias=False), 0.0, 1.0),
 ]
 
@@ -184,7 +184,7 @@ def main():
              f"bab_timeout={timeout:g})` (1 s column read off the same anytime run).  attack LB and BaB LB "
              "are *estimates* (true gradient norms at points of the box); every other number is a certified "
              "upper bound.  Residual nets are bounded per box by CROWN on the reversed DAG (`graph-crown`, "
-             "relax/lipschitz/graph_jacobian.py; the plain `local_lipschitz` needs a chain, so their 'ours' "
+             "relax/lipschitz/bounds/graph_jacobian.py; the plain `local_lipschitz` needs a chain, so their 'ours' "
              "column is the BaB's root bound and their naive column is ||W_out|| prod(1 + ||W_k||) ||W_in||).", "",
              f"| network | d | naive | ours | BaB 1 s | BaB {T} | attack LB | BaB LB | rel. gap | status | boxes "
              f"| t ours (s) | t BaB (s) |",

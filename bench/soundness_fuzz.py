@@ -210,7 +210,7 @@ def check_local_lipschitz(t: Tally, net, module, region, info, desc, rng):
 def check_bab_exact(t: Tally, rng):
     """Tiny ReLU nets: BaB to completion equals the MILP oracle; both >= sampled gradients."""
     from nncertify.relax.lipschitz import local_lipschitz
-    from nncertify.relax.lipschitz.exact import exact_local_lipschitz
+    from nncertify.relax.lipschitz.lower_bounds.exact import exact_local_lipschitz
     torch.manual_seed(int(rng.integers(0, 2 ** 31)))
     n_in, w = int(rng.integers(2, 5)), int(rng.integers(3, 7))
     module = nn.Sequential(nn.Linear(n_in, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2)).double().eval()
@@ -892,7 +892,7 @@ HISTORY = [
     "into a float32 tensor before rounding it outward, so float64 balls were shrunk by ~1e-8. Fixed in relax/sets.py; "
     "test_float64_radius_is_not_rounded_through_float32_regression.",
     "- 2026-11-23, local_lipschitz (float32 Householder nets, ~1e-7 relative): the Clarke gate re-normalized v in "
-    "float64, bounding a slightly different function than the network's. Fixed in relax/lipschitz/gates.py; "
+    "float64, bounding a slightly different function than the network's. Fixed in relax/lipschitz/bounds/gates.py; "
     "test_householder_gate_uses_v_as_stored_regression.",
     "- 2026-12-07, issue #19 (conv family, written with the fix): grouped activations after a Conv2d act on the "
     "channels at each pixel, but sdp/ lifts and NSR, the relax/lipschitz gates and the chain's activation evaluation "

@@ -198,7 +198,7 @@ def _product_bound(net, norm: str) -> float | None:
     :func:`sdp.certified_mp` where it applies (every norm proven in float64, weights of any scale: the
     product is carried as mantissa and exponent, so entries of 1e160 and 1e-160 give a finite bound);
     else (tanh / sigmoid, Householder in l_inf, graphs ``sdp.extract`` does not read) the product of
-    ``relax.lipschitz.naive``, carried through the graph for residual nets (``L(a + b) <= L(a) + L(b)``).
+    ``relax.lipschitz.bounds.naive``, carried through the graph for residual nets (``L(a + b) <= L(a) + L(b)``).
     ``None`` only for an op without a rule or a product beyond float64.
     """
     from ..models.errors import UnsupportedOperationError
@@ -209,8 +209,8 @@ def _product_bound(net, norm: str) -> float | None:
     except (UnsupportedOperationError, InvalidArgumentError, ValueError):
         pass
     from ..relax.lipschitz.api import certified
-    from ..relax.lipschitz.chain import dense_chain
-    from ..relax.lipschitz.naive import graph_product, naive_product
+    from ..relax.lipschitz.bounds.chain import dense_chain
+    from ..relax.lipschitz.bounds.naive import graph_product, naive_product
     try:
         if net.is_chain():
             v = naive_product(dense_chain(net.to(torch.float64)), norm)

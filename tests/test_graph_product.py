@@ -1,4 +1,4 @@
-"""The product of layer norms carried through a residual graph (``relax.lipschitz.naive.graph_product``),
+"""The product of layer norms carried through a residual graph (``relax.lipschitz.bounds.naive.graph_product``),
 used by ``certify global --method product`` and the local certificate's side number for residual nets
 (the zoo's digits_residual_maxmin used to get "FAILED no bound" from ``global --method product``)."""
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nncertify.models import Network, Node, from_module
-from nncertify.relax.lipschitz.chain import dense_chain
-from nncertify.relax.lipschitz.naive import graph_product, naive_product
+from nncertify.relax.lipschitz.bounds.chain import dense_chain
+from nncertify.relax.lipschitz.bounds.naive import graph_product, naive_product
 
 from patterns import mlp
 

@@ -1,4 +1,4 @@
-"""Input-space branch-and-bound for local Lipschitz constants (relax/lipschitz/bab_input.py).
+"""Input-space branch-and-bound for local Lipschitz constants (relax/lipschitz/search/bab_input.py).
 
 Independent truths, none computed by the code under test:
 * autograd Jacobians of the original ``nn.Module`` at many sampled points (lower estimates);
@@ -308,9 +308,9 @@ def test_auto_picks_the_engine_and_bad_input_names_the_field():
 def test_graph_crown_equals_chain_crown_and_is_exact_at_a_point(act):
     """The residual-graph CROWN (graph_jacobian.py) reproduces the chain CROWN (backward.py) on a chain,
     and on a residual net with a zero-width box it returns the autograd gradient."""
-    from nncertify.relax.lipschitz.backward import BackwardGraph
-    from nncertify.relax.lipschitz.chain import dense_chain, forward_bounds
-    from nncertify.relax.lipschitz.graph_jacobian import GraphJacobian
+    from nncertify.relax.lipschitz.bounds.backward import BackwardGraph
+    from nncertify.relax.lipschitz.bounds.chain import dense_chain, forward_bounds
+    from nncertify.relax.lipschitz.bounds.graph_jacobian import GraphJacobian
     net = models.from_module(make_net(act, (3, 6, 6, 2), 4))
     ch, gj = dense_chain(net), GraphJacobian(net)
     XL = torch.rand(4, 3, generator=torch.Generator().manual_seed(0)) - 1

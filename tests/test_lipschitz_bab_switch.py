@@ -2,7 +2,7 @@
 
 These activations switch on ``s = S z`` (a pair difference, ``v^T z``), not on one pre-activation;
 branch-and-bound splits on the sign of ``s`` and bounds the switches over each domain's input
-polytope through the forward form ``y = P z + Q relu(S z)`` (relax/lipschitz/gates.py, polytope.py).
+polytope through the forward form ``y = P z + Q relu(S z)`` (relax/lipschitz/bounds/gates.py, polytope.py).
 
 Independent truths, none computed by the code under test:
 * the layers' own ``nn.Module`` forward (for the forward form) and autograd Jacobians at sampled points;
@@ -21,8 +21,8 @@ from nncertify import models
 from nncertify.models.errors import UnsupportedOperationError
 from nncertify.models.layers import GroupSort, HouseholderActivation, MaxMin
 from nncertify.relax.lipschitz import local_lipschitz
-from nncertify.relax.lipschitz.bab import split_forward_bounds
-from nncertify.relax.lipschitz.chain import dense_chain, forward_bounds
+from nncertify.relax.lipschitz.search.bab import split_forward_bounds
+from nncertify.relax.lipschitz.bounds.chain import dense_chain, forward_bounds
 from test_lipschitz_bab_input import FAST_ATTACK, exact_by_regions, jacobians, make_net, sampled_truth
 
 DEFAULT_DTYPE = torch.float64
@@ -191,7 +191,7 @@ def test_lp_check_is_refused_for_switch_matrix_activations():
 # ------------------------------------------------------------------ GroupSort with groups > 2: sorting networks
 @pytest.mark.parametrize("group,desc", [(3, True), (4, False), (5, True)])
 def test_sorting_network_chain_reproduces_the_layer(group, desc):
-    from nncertify.relax.lipschitz.gates import sorting_rounds
+    from nncertify.relax.lipschitz.bounds.gates import sorting_rounds
     n = 2 * group
     torch.manual_seed(group)
     z = torch.randn(500, n)
@@ -214,7 +214,7 @@ def test_sorting_network_chain_reproduces_the_layer(group, desc):
 def test_sorting_rounds_sort_every_0_1_input(group):
     """0-1 principle: a comparator network sorts every input iff it sorts every 0-1 input."""
     import itertools
-    from nncertify.relax.lipschitz.gates import comparator_gate, sorting_rounds
+    from nncertify.relax.lipschitz.bounds.gates import comparator_gate, sorting_rounds
     Z = torch.tensor(list(itertools.product([0.0, 1.0], repeat=group)))
     for desc in (True, False):
         y = Z
@@ -256,7 +256,7 @@ def test_plain_bound_uses_crown_switch_bounds(act):
     """Without BaB the switches S z are bounded by CROWN on their own rows: sound (sampled) and never
     looser than bounding them by interval arithmetic on z."""
     from nncertify.relax.lipschitz.api import derivative_ranges
-    from nncertify.relax.lipschitz.backward import BackwardGraph
+    from nncertify.relax.lipschitz.bounds.backward import BackwardGraph
     from nncertify.relax.lipschitz.norms import row_dual_upper
     module = chain_net(act, (4, 16, 16, 3), 2)
     lo, hi = torch.full((4,), 0.2), torch.full((4,), 1.4)

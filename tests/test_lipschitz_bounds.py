@@ -56,7 +56,7 @@ def test_upper_bounds_dominate_sampled_gradients_and_are_ordered(seed):
            for m in ("crown", "recurjac", "ibp", "naive")}
     for m, r in res.items():
         assert all(u >= t - 1e-12 for u, t in zip(r.per_output_upper, truth.tolist())), m
-    # provable ordering for the same forward masks (see relax/lipschitz/backward.py)
+    # provable ordering for the same forward masks (see relax/lipschitz/bounds/backward.py)
     for j in range(4):
         c, rj, ib, nv = (res[m].per_output_upper[j] for m in ("crown", "recurjac", "ibp", "naive"))
         assert c <= rj * (1 + 1e-9) and rj <= ib * (1 + 1e-9) and ib <= nv * (1 + 1e-9)

@@ -15,7 +15,7 @@ from torch import nn
 
 from nncertify import models
 from nncertify.relax.lipschitz import local_lipschitz
-from nncertify.relax.lipschitz.exact import exact_local_lipschitz
+from nncertify.relax.lipschitz.lower_bounds.exact import exact_local_lipschitz
 
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}
 

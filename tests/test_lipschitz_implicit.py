@@ -1,4 +1,4 @@
-"""Dense-free Clarke-Jacobian bounds (relax/lipschitz/implicit.py): conv nets bounded with the layers
+"""Dense-free Clarke-Jacobian bounds (relax/lipschitz/bounds/implicit.py): conv nets bounded with the layers
 applied as ops.  Truth: autograd gradients at sampled points and box vertices (never above the bound),
 the dense-chain interval bound (same value up to rounding), the dense product of norms."""
 
@@ -9,7 +9,7 @@ from torch import nn
 from nncertify import models
 from nncertify.models.errors import UnsupportedOperationError
 from nncertify.relax.lipschitz import api, local_lipschitz
-from nncertify.relax.lipschitz.implicit import dense_bytes, jacobian_intervals
+from nncertify.relax.lipschitz.bounds.implicit import dense_bytes, jacobian_intervals
 
 
 def conv_net(seed, in_ch=1, hw=(7, 9), act=nn.ReLU, dtype=torch.float64):

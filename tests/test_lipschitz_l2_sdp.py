@@ -11,8 +11,8 @@ from patterns import mlp
 
 from nncertify import models
 from nncertify.relax.lipschitz import local_lipschitz
-from nncertify.relax.lipschitz.chain import dense_chain
-from nncertify.relax.lipschitz.lipsdp_local import certify_rho, slope_ranges
+from nncertify.relax.lipschitz.bounds.chain import dense_chain
+from nncertify.relax.lipschitz.bounds.lipsdp_local import certify_rho, slope_ranges
 
 pytest.importorskip("cvxpy")
 FAST_ATTACK = {"n_samples": 64, "n_starts": 4, "steps": 10}

@@ -1,8 +1,8 @@
-"""Residual piecewise-linear networks through their lifted chain (relax/lipschitz/lifted.py).
+"""Residual piecewise-linear networks through their lifted chain (relax/lipschitz/bounds/lifted.py).
 
 Independent truths: the module's own forward and autograd Jacobians (sampled, and at the BaB's witness
 point), and the input-space branch-and-bound, a separate engine (graph Clarke-Jacobian bounds over
-shrinking boxes, relax/lipschitz/bab_input.py), run to convergence on tiny nets.
+shrinking boxes, relax/lipschitz/search/bab_input.py), run to convergence on tiny nets.
 """
 
 import pytest
@@ -13,7 +13,7 @@ from nncertify import models
 from nncertify.models.errors import UnsupportedOperationError
 from nncertify.models.layers import GroupSort, HouseholderActivation, MaxMin, Residual
 from nncertify.relax.lipschitz import jacobian_bounds, local_lipschitz
-from nncertify.relax.lipschitz.lifted import lifted_chain
+from nncertify.relax.lipschitz.bounds.lifted import lifted_chain
 from test_lipschitz_bab_input import FAST_ATTACK, jacobians, sampled_truth
 
 DEFAULT_DTYPE = torch.float64

@@ -1,5 +1,5 @@
-"""Branch-and-bound domain bounding over the input polytope (relax/lipschitz/polytope.py) and the joint
-domain LP (relax/lipschitz/split_lp.py).
+"""Branch-and-bound domain bounding over the input polytope (relax/lipschitz/bounds/polytope.py) and the joint
+domain LP (relax/lipschitz/search/split_lp.py).
 
 Independent truths: HiGHS LPs written here (max of a linear function over box ∩ half-spaces),
 rejection sampling of the domain (points of the box satisfying the splits), brute-force enumeration
@@ -17,10 +17,10 @@ from torch import nn
 
 from nncertify import models
 from nncertify.relax.lipschitz.api import derivative_ranges
-from nncertify.relax.lipschitz.backward import BackwardGraph
-from nncertify.relax.lipschitz.chain import dense_chain, forward_bounds, interval_bounds
-from nncertify.relax.lipschitz.polytope import polytope_forward_bounds, polytope_max
-from nncertify.relax.lipschitz.split_lp import domain_lp_bound
+from nncertify.relax.lipschitz.bounds.backward import BackwardGraph
+from nncertify.relax.lipschitz.bounds.chain import dense_chain, forward_bounds, interval_bounds
+from nncertify.relax.lipschitz.bounds.polytope import polytope_forward_bounds, polytope_max
+from nncertify.relax.lipschitz.search.split_lp import domain_lp_bound
 
 DT = torch.float64
 
@@ -220,7 +220,7 @@ def test_domain_lp_bound_is_sound_and_exact_on_leaves():
 
 
 def test_chunked_polytope_rebounding_equals_the_single_pass(monkeypatch):
-    from nncertify.relax.lipschitz import bab
+    from nncertify.relax.lipschitz.search import bab
     module = tiny_net([3, 7, 6, 2], 3)
     lo, hi = torch.full((1, 3), -0.5, dtype=DT), torch.full((1, 3), 0.6, dtype=DT)
     chain, xl, xu, ib, fixed = domain_setup(module, lo, hi, 9, 4)

@@ -20,8 +20,8 @@ from nncertify.models import from_module
 from nncertify.models.errors import InvalidArgumentError
 from nncertify.relax import Ball, Box
 from nncertify.relax.lipschitz import local_lipschitz
-from nncertify.relax.lipschitz.attack import attack_lower_bound, true_gradients
-from nncertify.relax.lipschitz.chain import dense_chain
+from nncertify.relax.lipschitz.lower_bounds.attack import attack_lower_bound, true_gradients
+from nncertify.relax.lipschitz.bounds.chain import dense_chain
 from nncertify.relax.lipschitz.norms import dual_norm_of
 
 from test_cli import assert_bad_input, certify_inproc

@@ -103,7 +103,7 @@ LOCAL_CHILD = textwrap.dedent(r"""
 
 
 def test_local_lipsdp_goes_through_the_same_memory_guard_in_a_subprocess():
-    """relax/lipschitz/lipsdp_local.py called CLARABEL without the guard.  One 120-wide cone (40 inputs + 2 x 40
+    """relax/lipschitz/bounds/lipsdp_local.py called CLARABEL without the guard.  One 120-wide cone (40 inputs + 2 x 40
     neurons) needs ~10 GiB in CLARABEL by the model of sdp.solve; under a 1 GiB RLIMIT_AS it must be refused
     before anything is built (the process then exits normally), naming the solver and what to use instead."""
     out = subprocess.run([sys.executable, "-c", LOCAL_CHILD, "1024"], capture_output=True, text=True, timeout=300)

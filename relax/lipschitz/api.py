@@ -17,14 +17,14 @@ import torch
 from ...models.errors import InvalidArgumentError, UnsupportedOperationError
 from ...models.graph import Network
 
-from .attack import attack_lower_bound, ball_guard
-from .chain import forward_bounds
-from .implicit import dense_bytes
-from .naive import naive_product
+from .lower_bounds.attack import attack_lower_bound, ball_guard
+from .bounds.chain import forward_bounds
+from .bounds.implicit import dense_bytes
+from .bounds.naive import naive_product
 from .norms import operator_upper, parse_norm, row_dual_upper
 from .result import JacobianBounds, LipschitzResult, MonotonicityResult
 
-from .bounds import (SAFETY_ABS, SAFETY_REL, _seeds, backward_bounds, certified, certified_lower,  # noqa: F401
+from .bounds.common import (SAFETY_ABS, SAFETY_REL, _seeds, backward_bounds, certified, certified_lower,  # noqa: F401
                      chain_of, derivative_ranges, input_box)
 
 # ``time_limit``: the attack (an estimate) may use this share of it; the bound pass then runs; the
@@ -45,8 +45,8 @@ def _prefers_input_bab(net: Network, norm: str, operator: bool) -> bool:
     chains with <= 3 inputs.  Measured (bench/results/local_lipschitz_input.md): on ReLU chains activation
     splitting wins from 4 inputs on, input splitting up to 3; on MaxMin/GroupSort/Householder chains and
     residual MaxMin nets activation splitting wins from 2 inputs on."""
-    from .gates import GATES
-    from .lifted import LIFTABLE_ACTS
+    from .bounds.gates import GATES
+    from .bounds.lifted import LIFTABLE_ACTS
     from ...models.graph import AFFINE_OPS
     acts = [n.op for n in net.nodes if n.op in GATES]
     relu_chain = net.is_chain() and all(op in ("relu", "leaky_relu") for op in acts)
@@ -119,7 +119,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     if bab != "activation" and bab_timeout == 0:
         raise InvalidArgumentError(f"bab={bab!r} needs bab_timeout > 0 (seconds of branch-and-bound)")
     if bab_timeout > 0 and (bab == "input" or (bab == "auto" and _prefers_input_bab(net64, norm, c is None))):
-        from .bab_input import input_bab
+        from .search.bab_input import input_bab
         res = input_bab(net64, input_set, norm, c, method, forward, bab_timeout, attack,
                         with_deadline(attack_options, None if deadline is None else t0 + ATTACK_SHARE * time_limit),
                         deadline=None if deadline is None else deadline - RESERVE_SHARE * time_limit,
@@ -138,7 +138,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     # under a time_limit the attack gets at most ATTACK_SHARE of it when a BaB follows, else what is left
     run_bab_after = bab_timeout > 0 and method not in ("lipsdp", "naive")
     if run_bab_after:  # refuse an unsupported BaB before the attack and the bound, not after them
-        from .bab import check_supported
+        from .search.bab import check_supported
         check_supported(chain, norm, c is None)
 
     def run_attack():
@@ -161,7 +161,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     if method == "lipsdp":
         if norm != "2":
             raise InvalidArgumentError("method='lipsdp' bounds the l2 constant: use norm='2'")
-        from .lipsdp_local import lipsdp_bound
+        from .bounds.lipsdp_local import lipsdp_bound
         tb = time.perf_counter()
         fb, used = forward_bounds(chain, xl[None], xu[None], forward)
         rows = certified(lipsdp_bound(chain, fb, seeds, solver=sdp_solver))
@@ -197,7 +197,7 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
             if bab_budget <= 0:
                 res.stats["time_limit"] = "reached before branch-and-bound (the bound pass's result is reported)"
         if bab_budget > 0:
-            from .bab import run_bab
+            from .search.bab import run_bab
             tb = time.perf_counter()
             guard = ball_guard(input_set, xl)
             res = run_bab(net64, chain, xl, xu, seeds, norm, fb, res, bab_budget, c is None,
@@ -228,17 +228,18 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
 def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0) -> LipschitzResult:
     """Bounds without dense layer matrices (:mod:`.implicit`) for a chain whose dense matrices would
     exceed ``DENSE_LIMIT_BYTES``: ``method`` "ibp" or "naive"; anything else is refused, naming the size."""
-    from .implicit import dense_bytes, implicit_lipschitz, sampled_lower
+    from .bounds.implicit import dense_bytes, implicit_lipschitz
+    from .lower_bounds.attack import sampled_lower
     size = f"~{dense_bytes(net64) / 1e9:.1f} GB of dense layer matrices (limit {DENSE_LIMIT_BYTES / 1e9:.1f} GB)"
     if method not in ("ibp", "naive"):
         raise UnsupportedOperationError(
             f"method={method!r} on {net64.name!r} needs {size}; use method='ibp' or 'naive' (bounds computed "
-            "with the layers applied as ops, relax/lipschitz/implicit.py)")
+            "with the layers applied as ops, relax/lipschitz/bounds/implicit.py)")
     if bab_timeout > 0:
         raise UnsupportedOperationError(f"branch-and-bound on {net64.name!r} needs {size}; use bab_timeout=0")
     xl, xu = input_box(net64, input_set)
     n_out = int(torch.tensor(net64[net64.output].shape).prod())
-    from .bab_input import _SeedShape
+    from .search.bab_input import _SeedShape
     seeds = _seeds(_SeedShape(n_out, xl), c)
     tb = time.perf_counter()
     fwd = "crown" if forward in ("auto", "crown", "alpha-crown") else forward  # (alpha: not dense-free here)

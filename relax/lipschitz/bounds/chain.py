@@ -1,7 +1,7 @@
 """Dense view of a feed-forward chain network for the Clarke-Jacobian bounds.
 
 ``f(x) = W_L phi_L( ... phi_1(W_0 x + b_0) ... ) + b_L`` with dense ``W_k`` (from
-:func:`models.chain_stages`) and one :class:`~relax.lipschitz.gates.Gate` per activation.  This
+:func:`models.chain_stages`) and one :class:`~relax.lipschitz.bounds.gates.Gate` per activation.  This
 module also holds the *forward* interval arithmetic used to (i) fall back when the forward bound
 engine (``relax.compute_bounds``) is not available and (ii) re-bound the forward graph inside a
 branch-and-bound domain, where split neurons have their pre-activation interval clamped to one
@@ -16,9 +16,9 @@ from typing import Callable
 
 import torch
 
-from ...models import chain_stages
-from ...models.errors import InvalidArgumentError, UnsupportedOperationError
-from ...models.graph import Network, Node
+from ....models import chain_stages
+from ....models.errors import InvalidArgumentError, UnsupportedOperationError
+from ....models.graph import Network, Node
 
 from .gates import Gate, build_gates
 
@@ -67,7 +67,7 @@ class DenseChain:
 def _evaluate_act(node: Node, z: torch.Tensor) -> torch.Tensor:
     """The node's activation on flat pre-activations ``z`` (``(N, n)``): evaluated on the node's own shape
     (grouped activations act on the channels at each pixel, not on consecutive flat entries)."""
-    from ...models.ops import OPS
+    from ....models.ops import OPS
     if node.shape and tuple(node.shape) != (z.shape[-1],):
         return OPS[node.op].evaluate(node, z.reshape(-1, *node.shape)).reshape(z.shape)
     return OPS[node.op].evaluate(node, z)
@@ -206,7 +206,7 @@ def engine_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method:
                   ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Pre-activation bounds from the forward bound engine ``relax.compute_bounds`` (None if unavailable)."""
     try:
-        from ... import relax
+        from .... import relax
         compute_bounds = relax.compute_bounds
         Box = relax.sets.Box
     except (ImportError, AttributeError):

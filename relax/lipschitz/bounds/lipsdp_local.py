@@ -40,7 +40,7 @@ import warnings
 import numpy as np
 import torch
 
-from ...models.errors import UnsupportedOperationError
+from ....models.errors import UnsupportedOperationError
 
 from .chain import DenseChain
 
@@ -117,7 +117,7 @@ def lipsdp_bound(chain: DenseChain, fb, seeds: torch.Tensor, solver: str = "CLAR
     sizes = [W[0].shape[1]] + [Wk.shape[0] for Wk in W[:-1]]
     offs = np.cumsum([0] + sizes)
     N, nh = int(offs[-1]), int(sum(sizes[1:]))
-    from ...sdp.solve import memory_guard
+    from ....sdp.solve import memory_guard
     memory_guard(solver, [N], extra_bytes=2 * 8 * N * N * (1 + nh),  # A (float64) and cvxpy's copy of it
                  advice="the local LipSDP has no first-order path: use method='crown' (or a smaller network)")
     import cvxpy as cp

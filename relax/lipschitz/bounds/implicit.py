@@ -36,12 +36,12 @@ from dataclasses import replace
 
 import torch
 
-from ...models.errors import UnsupportedOperationError
-from ...models.graph import AFFINE_OPS, Network
-from ...models.ops import OPS
+from ....models.errors import UnsupportedOperationError
+from ....models.graph import AFFINE_OPS, Network
+from ....models.ops import OPS
 
-from .norms import row_dual_upper
-from .result import LipschitzResult
+from ..norms import row_dual_upper
+from ..result import LipschitzResult
 
 IMPLICIT_ACTS = ("relu", "leaky_relu")
 CROWN_CHUNK = 2 ** 23  # elements per back-substitution chunk of the engine's CROWN (~64 MB of float64)
@@ -59,32 +59,6 @@ def dense_bytes(net: Network) -> int:
             total += 8 * (out * prev + prev * prev)  # the op's matrix and the identity pushed through it
         prev = out
     return total
-
-
-def sampled_lower(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, norm: str = "inf",
-                  n_samples: int = 256, seed: int = 0, chunk: int = 64) -> tuple[list[float], torch.Tensor]:
-    """Estimate (lower bound, not a certificate): per seed row the largest ``||c_s^T grad f(x)||_q`` over
-    the box centre, ``n_samples`` uniform points and as many random vertices (autograd gradients;
-    random points are differentiable points with probability 1).  Returns (per-row values, best point)."""
-    from .attack import true_gradients
-    from .norms import dual_norm_of
-    gen = torch.Generator().manual_seed(int(seed))
-    n0 = xl.numel()
-    t = torch.rand(2 * n_samples, n0, generator=gen, dtype=torch.float64)
-    t[n_samples:] = t[n_samples:].round()
-    X = torch.cat(((xl + xu)[None] / 2, xl + t.to(xl) * (xu - xl)))
-    S = seeds.shape[0]
-    best = torch.zeros(S, dtype=torch.float64)
-    best_x = X[0]
-    for i in range(0, X.shape[0], chunk):
-        part = X[i:i + chunk]
-        g = true_gradients(net, part[None].expand(S, -1, -1).to(seeds), seeds)
-        v = dual_norm_of(g, norm).to(torch.float64).cpu()  # (S, N)
-        top, where = v.max(1)
-        if bool((top > best).any()):
-            best_x = part[int(where[int((top - best).argmax())])]
-        best = torch.maximum(best, top)
-    return [float(v) for v in best], best_x
 
 
 def _check(net: Network) -> None:
@@ -163,7 +137,7 @@ def forward_bounds_implicit(net: Network, xl: torch.Tensor, xu: torch.Tensor, fo
     convolutions as ops and chunks its back-substitution) of every activation's input."""
     fb = forward_intervals(net, xl, xu)
     if forward == "crown":
-        from ...relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
+        from ....relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
         shape = (1, *net.input_shape)
         res = compute_bounds(net, Box(xl.reshape(shape), xu.reshape(shape)), "crown", dtype=torch.float64,
                              bound_lower=False, bound_upper=False, chunk_elems=CROWN_CHUNK)
@@ -250,7 +224,7 @@ def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: 
                        method: str = "ibp", operator: bool = False, forward: str = "crown") -> LipschitzResult:
     """Certified bound (``method`` "ibp" or "naive") on a chain net without dense matrices; ``upper`` is the max
     over the seed rows (for ``operator`` and ``norm != "inf"`` the caller combines the rows)."""
-    from .bounds import certified
+    from .common import certified
     net = net.to(dtype=torch.float64)
     seeds = seeds.to(torch.float64)
     if method == "naive":

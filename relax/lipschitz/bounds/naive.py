@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ...models.errors import UnsupportedOperationError
+from ....models.errors import UnsupportedOperationError
 from .chain import DenseChain
-from .norms import dual_norm_of
+from ..norms import dual_norm_of
 
 
 def _op_norm(W: torch.Tensor, norm: str) -> torch.Tensor:

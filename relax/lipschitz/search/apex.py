@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from .result import LipschitzResult
+from ..result import LipschitzResult
 
 APEX_MAX_INPUT = 16
 
@@ -57,16 +57,18 @@ def applies(chain, xl: torch.Tensor, xu: torch.Tensor, ball) -> bool:
 
 
 def run_bab_shells(net, chain, xl, xu, seeds, norm, root: LipschitzResult, timeout: float, operator: bool,
-                   attack_lower, **kwargs) -> LipschitzResult:
+                   attack_lower, run_box, **kwargs) -> LipschitzResult:
     """Complete branch-and-bound on every shell; the time left is shared evenly by the shells still to run.
+
+    ``run_box`` is the activation search of one box (:func:`.bab._run_bab`, passed in by its caller
+    :func:`.bab.run_bab`, so that this module does not import :mod:`.bab` back).
 
     The anytime upper bound is the max over shells of (final bound of a finished shell, the current
     bound of the running one, the root bound of a pending one), capped by the box's root bound.  The
     result is exact when every shell closed and the max is attained (a witness gradient).
     """
-    from .bounds import backward_bounds, certified
-    from .bab import _run_bab
-    from .norms import row_dual_upper
+    from ..bounds.common import backward_bounds, certified
+    from ..norms import row_dual_upper
     t0 = time.perf_counter()
     S = seeds.shape[0]
     dt, dev = seeds.dtype, seeds.device
@@ -90,7 +92,7 @@ def run_bab_shells(net, chain, xl, xu, seeds, norm, root: LipschitzResult, timeo
             statuses.append("timeout")
             continue
         start = time.perf_counter() - t0
-        r = _run_bab(net, chain, sl, su, seeds, norm, fb, sroot, left / (len(shells) - i), operator, lower, **kwargs)
+        r = run_box(net, chain, sl, su, seeds, norm, fb, sroot, left / (len(shells) - i), operator, lower, **kwargs)
         statuses.append(r.status)
         stats["shells_closed"] += r.status in ("exact", "closed_unattained")
         bounds[i] = torch.tensor(r.per_output_upper, dtype=dt, device=dev)

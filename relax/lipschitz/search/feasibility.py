@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import csr_matrix, hstack, identity, vstack, diags
 
-from .chain import DenseChain
+from ..bounds.chain import DenseChain
 
 
 def domain_infeasible(chain: DenseChain, xl: np.ndarray, xu: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]]

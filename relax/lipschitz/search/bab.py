@@ -44,15 +44,15 @@ import time
 import numpy as np
 import torch
 
-from ...models.errors import InvalidArgumentError, UnsupportedOperationError
+from ....models.errors import InvalidArgumentError, UnsupportedOperationError
 
-from .attack import true_gradients
+from ..lower_bounds.attack import true_gradients
 from .feasibility import domain_infeasible, leaf_margin
-from .backward import BackwardGraph
-from .chain import DenseChain, clamp_splits, clamp_switch, interval_bounds
-from .polytope import polytope_forward_bounds
-from .norms import dual_norm_of, row_dual_upper
-from .result import LipschitzResult
+from ..bounds.backward import BackwardGraph
+from ..bounds.chain import DenseChain, clamp_splits, clamp_switch, interval_bounds
+from ..bounds.polytope import polytope_forward_bounds
+from ..norms import dual_norm_of, row_dual_upper
+from ..result import LipschitzResult
 
 BAB_OPS = ("relu", "leaky_relu", "maxmin", "groupsort", "householder")
 POLY_ITERS = 20  # default dual steps of the input-polytope re-bounding
@@ -111,7 +111,7 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
         fb = [(torch.cat([p[0][k][0] for p in parts]), torch.cat([p[0][k][1] for p in parts])) for k in range(len(fb))]
         empty = torch.cat([p[1] for p in parts])
     elif rebound and chain.depth > 1:
-        from ...relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
+        from ....relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
         net = chain.net
         shapes = [net[node.inputs[0]].shape for node in chain.acts]
         box = Box(XL.reshape(D, *net.input_shape), XU.reshape(D, *net.input_shape))
@@ -154,7 +154,8 @@ def run_bab(*args, num_threads: int | None = 1, **kwargs) -> LipschitzResult:
         net, chain, xl, xu, seeds, norm, root_fb, root, timeout, operator, attack_lower = args
         if applies(chain, xl, xu, kwargs.get("ball")):  # bias-free net, box around its apex 0
             kwargs.pop("ball", None)
-            return run_bab_shells(net, chain, xl, xu, seeds, norm, root, timeout, operator, attack_lower, **kwargs)
+            return run_bab_shells(net, chain, xl, xu, seeds, norm, root, timeout, operator, attack_lower, _run_bab,
+                                  **kwargs)
         return _run_bab(*args, **kwargs)
     finally:
         torch.set_num_threads(old)
@@ -458,8 +459,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     ``ball``: for an l2 / l1 ball region searched over its bounding box, the
     :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
     """
-    from ..bab.search import branch_and_bound
-    from .bounds import certified
+    from ...bab.search import branch_and_bound
+    from ..bounds.common import certified
     t0 = time.perf_counter()
     if poly_iters is None:
         poly_iters = POLY_ITERS if chain.in_dim <= POLY_MAX_INPUT else 0

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from ...models.errors import UnsupportedOperationError
+from ....models.errors import UnsupportedOperationError
 
-from .backward import BackwardGraph
-from .chain import DenseChain, forward_bounds
+from ..bounds.backward import BackwardGraph
+from ..bounds.chain import DenseChain, forward_bounds
 
 
 @dataclass
@@ -169,10 +169,10 @@ def _solve_one(chain: DenseChain, xl, xu, fb, gb, seed, objective, time_limit):
 def exact_local_lipschitz(net, input_set, c=None, norm="inf", time_limit: float = 60.0,
                           forward: str = "auto") -> ExactResult:
     """Exact ``max_seed sup_x ||grad(seed^T f)(x)||_q`` for a ReLU chain network (MILP, HiGHS)."""
-    from .bounds import _seeds, input_box
-    from .chain import dense_chain
-    from .norms import parse_norm
-    from .bounds import derivative_ranges
+    from ..bounds.common import _seeds, input_box
+    from ..bounds.chain import dense_chain
+    from ..norms import parse_norm
+    from ..bounds.common import derivative_ranges
     norm = parse_norm(norm)
     if norm == "2":
         raise UnsupportedOperationError("the exact MILP oracle supports l_inf and l1 input norms only")

@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from ...models.errors import InvalidArgumentError, ShapeMismatchError
-from ...models.graph import Network
+from ....models.errors import InvalidArgumentError, ShapeMismatchError
+from ....models.graph import Network
 
 from .backward import MODES, BackwardGraph
 from .chain import DenseChain, dense_chain, forward_bounds

@@ -47,7 +47,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
-from .chain import DenseChain
+from ..bounds.chain import DenseChain
 
 EPS = np.finfo(np.float64).eps
 

@@ -28,8 +28,8 @@ import math
 
 import torch
 
-from ...models.errors import UnsupportedOperationError
-from ...models.graph import AFFINE_OPS, Network, affine_matrix
+from ....models.errors import UnsupportedOperationError
+from ....models.graph import AFFINE_OPS, Network, affine_matrix
 
 from .chain import DenseChain
 from .gates import Gate, build_gates

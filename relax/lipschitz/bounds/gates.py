@@ -39,9 +39,9 @@ from typing import Callable
 
 import torch
 
-from ...models.errors import UnsupportedOperationError
-from ...models.graph import Node
-from ...models.groups import activation_groups
+from ....models.errors import UnsupportedOperationError
+from ....models.graph import Node
+from ....models.groups import activation_groups
 
 
 @dataclass

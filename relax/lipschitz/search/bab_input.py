@@ -63,14 +63,14 @@ import time
 import numpy as np
 import torch
 
-from ...models.errors import InvalidArgumentError
+from ....models.errors import InvalidArgumentError
 
-from .attack import attack_lower_bound, differentiable, true_gradients
-from .backward import MODES, BackwardGraph
-from .chain import FORWARD_METHODS, DenseChain, dense_chain, forward_bounds
-from .graph_jacobian import GraphJacobian
-from .norms import dual_norm_of, operator_norm_of, row_dual_upper
-from .result import LipschitzResult
+from ..lower_bounds.attack import attack_lower_bound, differentiable, true_gradients
+from ..bounds.backward import MODES, BackwardGraph
+from ..bounds.chain import FORWARD_METHODS, DenseChain, dense_chain, forward_bounds
+from ..bounds.graph_jacobian import GraphJacobian
+from ..norms import dual_norm_of, operator_norm_of, row_dual_upper
+from ..result import LipschitzResult
 
 BRANCHING = ("auto", "all", "sensitivity", "widest")
 
@@ -291,7 +291,7 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
     boxes split per step; ``chunk``: boxes per bounding call (bounds memory and keeps CPU tensors
     small); ``enum_max``: vertex enumeration up to that many unstable switches (0: off); ``progress``:
     None or ``progress(elapsed_s, upper, lower)``, called with each anytime bound."""
-    from .bounds import certified
+    from ..bounds.common import certified
     if branching not in BRANCHING:
         raise InvalidArgumentError(f"bab_options['branching'] must be one of {BRANCHING}, got {branching!r}")
     if not (timeout > 0 and math.isfinite(timeout)):
@@ -346,7 +346,7 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
             t[: n // 4] = t[: n // 4].round()
             take_until(region.lo + t * (region.hi - region.lo), attack_deadline)
         else:
-            from ...relax.sets import Ball
+            from ....relax.sets import Ball
             gen = torch.Generator().manual_seed(int((attack_options or {}).get("seed", 0)))
             n = int((attack_options or {}).get("n_samples", 512))
             pts = Ball(region.center[None], region.eps, region.p).sample(n, generator=gen)[0].reshape(n, n0)
@@ -390,7 +390,7 @@ def run_input_bab(net, bounder, region: Region, seeds: torch.Tensor, norm: str, 
 
     stop = between(None) if srch.open else None
     if srch.open and stop is None:
-        from ..bab.search import branch_and_bound
+        from ...bab.search import branch_and_bound
         out = branch_and_bound([root], srch, srch.bound, timeout=max(0.0, t0 + timeout - time.perf_counter()),
                                batch=int(batch), progress=lambda p: record(-p.best_bound if math.isfinite(p.best_bound)
                                                                            else -math.inf),
@@ -626,7 +626,7 @@ def input_bab(net, input_set, norm: str, c, method: str, forward: str, timeout: 
     seeds and the per-box bounder (CROWN on the chain backward graph, or on the reversed DAG of a
     residual network) and runs :func:`run_input_bab` with ``options`` (= ``bab_options``).  ``net``
     is the float64 network."""
-    from .bounds import _seeds, input_box
+    from ..bounds.common import _seeds, input_box
     if method not in MODES:
         raise InvalidArgumentError(f"method must be one of {MODES} for input branch-and-bound, got {method!r}")
     if forward not in FORWARD_METHODS:

@@ -29,8 +29,8 @@ import math
 
 import torch
 
-from ...models.errors import UnsupportedOperationError
-from ...models.graph import AFFINE_OPS, Network, affine_matrix
+from ....models.errors import UnsupportedOperationError
+from ....models.graph import AFFINE_OPS, Network, affine_matrix
 
 from .chain import _evaluate_act
 from .gates import GATES, build_gate
@@ -79,7 +79,7 @@ class GraphJacobian:
     # ------------------------------------------------------------------ forward
     def forward_bounds(self, XL: torch.Tensor, XU: torch.Tensor, forward: str = "auto"):
         """Sound pre-activation bounds ``[(l, u)]`` (``(D, n)``, one per activation, in node order)."""
-        from ...relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
+        from ....relax import Box, compute_bounds  # the forward bound engine (layer below relax.lipschitz)
         method = "ibp" if forward == "ibp" else "crown" if forward == "auto" else forward
         shape = self.net.input_shape
         res = compute_bounds(self.net, Box(XL.reshape(-1, *shape), XU.reshape(-1, *shape)), method,
