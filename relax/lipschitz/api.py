@@ -70,7 +70,9 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       where the gradient sign is unknown), "ibp" (interval arithmetic on the backward graph), or
       "naive" (product of layer operator norms; global), or "lipsdp" (l2 only: local LipSDP-Neuron
       with per-neuron slope ranges from the forward bounds, :mod:`.lipsdp_local`; needs cvxpy).
-    * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available).
+    * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available, plus
+      alpha-CROWN intermediate bounds of ReLU/LeakyReLU chains when a branch-and-bound follows;
+      "alpha-crown" = those always).
     * ``bab_timeout > 0`` (piecewise-linear networks: ReLU, LeakyReLU, MaxMin, GroupSort -- groups > 2
       as sorting networks --, Householder; chains, and residual nets as lifted chains (:mod:`.lifted`);
       l_inf and l1 inputs): complete branch-and-bound (:mod:`.bab`, splitting on the
@@ -180,7 +182,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         run_attack()
     else:
         tb = time.perf_counter()
-        bb, fb, used = backward_bounds(chain, xl, xu, seeds, method, forward)
+        # before a BaB, forward="auto" adds alpha-CROWN intermediate bounds: every domain starts from them
+        bb, fb, used = backward_bounds(chain, xl, xu, seeds, method, forward, refine=run_bab_after)
         rows = row_dual_upper(norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
         timings["bound"] = time.perf_counter() - tb
         rows_c = certified(rows)

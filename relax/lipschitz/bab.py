@@ -178,13 +178,16 @@ class _Domain:
     switches concatenated, int8 in {-1, 0, +1}), certified-before-margin bound ``ub`` of
     ``sup ||c_seed^T J||_q`` on it, the search key ``-ub`` (the shared loop pops the smallest key
     first, i.e. the largest bound: best-first on the maximum) and ``cand``: the switches to split
-    next, best first (chosen when the domain was bounded)."""
+    next, best first (chosen when the domain was bounded); ``sb``: the switch bounds computed when it (or,
+    until it is bounded, its parent) was bounded -- valid on the domain, since a child's region is a subset
+    of its parent's, and intersected into its own re-bounding (bounds only tighten down the tree)."""
 
-    __slots__ = ("seed", "fixed", "ub", "key", "cand", "nbytes")
+    __slots__ = ("seed", "fixed", "ub", "key", "cand", "nbytes", "sb")
 
-    def __init__(self, seed: int, fixed: np.ndarray, ub: float):
+    def __init__(self, seed: int, fixed: np.ndarray, ub: float, sb=None):
         self.seed, self.fixed, self.ub = seed, fixed, ub
         self.key, self.cand = -ub, None
+        self.sb = sb  # (2, sum n_q) float64 switch bounds of the domain (or of its parent): valid on it
         self.nbytes = 1  # the store's budget counts domains (bab_options["max_pool"])
 
 
@@ -225,11 +228,25 @@ class _ActivationSearch:
         f = torch.from_numpy(rows).to(self.dev)
         return list(f.split(self.sizes, 1))
 
-    def raw_bound(self, seed_idx: torch.Tensor, fixed: list[torch.Tensor]):
-        """Bounds of a batch of domains: ``(ub, score, unstable_any, empty, signs, switch_bounds)``."""
+    def _inherited(self, part: list):
+        """The switch bounds of a batch of domains known before bounding them: the root's re-bounded ones
+        intersected with each domain's stored ``sb`` (its parent's bounds; sound on the child's subset)."""
+        if self.root_sb is None or any(d.sb is None for d in part):
+            return self.root_sb
+        sb = torch.from_numpy(np.stack([d.sb for d in part])).to(self.dev)
+        out, off = [], 0
+        for rl, ru in self.root_sb:
+            n = rl.shape[-1]
+            out.append((torch.maximum(rl, sb[:, 0, off:off + n]), torch.minimum(ru, sb[:, 1, off:off + n])))
+            off += n
+        return out
+
+    def raw_bound(self, seed_idx: torch.Tensor, fixed: list[torch.Tensor], base_sb=None):
+        """Bounds of a batch of domains: ``(ub, score, unstable_any, empty, signs, switch_bounds)``.
+        ``base_sb``: sound per-domain switch bounds to intersect in (default: the root's)."""
         chain, D = self.chain, seed_idx.shape[0]
         fb, empty = split_forward_bounds(chain, self.xl, self.xu, self.root_fb, fixed, self.rebound, self.poly_iters,
-                                         self.poly_lr, self.root_sb)
+                                         self.poly_lr, self.root_sb if base_sb is None else base_sb)
         dr = [g.switch_derivative_range(l, u, f) for g, (l, u), f in zip(chain.gates, fb, fixed)]
         dr = [(a.expand(D, -1), b.expand(D, -1)) for a, b in dr]
         bg = BackwardGraph(chain, self.seeds[seed_idx], dr, "crown")
@@ -303,7 +320,8 @@ class _ActivationSearch:
             i += len(part)
             seed_idx = torch.tensor([d.seed for d in part], device=self.dev)
             fixed = self._fixed_tensors(np.stack([d.fixed for d in part]))
-            ub, score, unst, empty, signs, _ = self.raw_bound(seed_idx, fixed)
+            ub, score, unst, empty, signs, sb = self.raw_bound(seed_idx, fixed, self._inherited(part))
+            sb_np = torch.stack((torch.cat([l for l, _ in sb], 1), torch.cat([u for _, u in sb], 1)), 1).cpu().numpy()
             ub = torch.minimum(ub, torch.tensor([d.ub for d in part], dtype=self.dt, device=self.dev))
             self.stats["domains_bounded"] += len(part)
             K = min(self.fsb_k, score.shape[1])
@@ -313,6 +331,7 @@ class _ActivationSearch:
             lb = float(self.lb_seed.max())
             for j, d in enumerate(part):
                 d.ub, d.key = ub_l[j], math.inf
+                d.sb = sb_np[j]
                 self.open.discard(d)
                 if empty_l[j]:
                     self.stats["infeasible"] += 1
@@ -337,7 +356,7 @@ class _ActivationSearch:
         for sgn in (1, -1):
             f = d.fixed.copy()
             f[j] = sgn
-            out.append(_Domain(d.seed, f, d.ub))
+            out.append(_Domain(d.seed, f, d.ub, d.sb))
         if register:
             self.open.update(out)  # open (with the parent's bound) until bounded
         return out
@@ -364,7 +383,7 @@ class _ActivationSearch:
         for i in live:
             d = parents[i]
             if d.cand is None:  # never bounded (the deadline came inside its batch): bound it as it is
-                out[i] = [_Domain(d.seed, d.fixed, d.ub)]
+                out[i] = [_Domain(d.seed, d.fixed, d.ub, d.sb)]
                 self.open.update(out[i])
             else:
                 out[i] = self._children(d, int(d.cand[0]))
@@ -380,7 +399,8 @@ class _ActivationSearch:
         seed_idx = torch.tensor([parents[i].seed for i in cand], device=self.dev)
         fixed = self._fixed_tensors(np.stack([parents[i].fixed for i in cand]))
         fbc, emptyc = split_forward_bounds(self.chain, self.xl, self.xu, self.root_fb, fixed[:len(self.chain.gates)],
-                                           self.rebound, self.poly_iters, self.poly_lr, self.root_sb)
+                                           self.rebound, self.poly_iters, self.poly_lr,
+                                           self._inherited([parents[i] for i in cand]))
         fb_np = [(l.cpu().numpy(), u.cpu().numpy()) for l, u in fbc]
         drop = set()
         for ci, i in enumerate(cand):
@@ -407,7 +427,7 @@ class _ActivationSearch:
             kids = [_Domain(0, parents[live[0]].fixed, 0.0)] * 2  # (nothing to compare: a dummy pair)
         seed_idx = torch.tensor([k.seed for k in kids], device=self.dev)
         fixed = self._fixed_tensors(np.stack([k.fixed for k in kids]))
-        ub, _, _, empty, _, _ = self.raw_bound(seed_idx, fixed)
+        ub, _, _, empty, _, _ = self.raw_bound(seed_idx, fixed, self._inherited(kids))
         ub = torch.where(empty, torch.full_like(ub, -math.inf), ub).reshape(-1, 2).amax(1).tolist()
         best: dict = {}
         for (i, j), v in zip(trials, ub):
@@ -418,7 +438,7 @@ class _ActivationSearch:
             if i in best:
                 out[i] = self._children(d, best[i][1])
             else:  # never bounded (the deadline came inside its batch): bound it as it is
-                out[i] = [_Domain(d.seed, d.fixed, d.ub)]
+                out[i] = [_Domain(d.seed, d.fixed, d.ub, d.sb)]
                 self.open.update(out[i])
         return out
 
