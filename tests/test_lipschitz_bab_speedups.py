@@ -308,3 +308,15 @@ def test_complete_bab_matches_the_milp(which):
     g = torch.autograd.grad((module(w)[0] * c).sum(), w)[0]
     assert float(g.abs().sum()) == pytest.approx(r.lower, rel=1e-9) and r.lower <= r.upper
     assert r.upper == pytest.approx(r.lower, rel=1e-7) and n0 == lo[0].numel()
+
+
+def test_alpha_refinement_stops_at_its_deadline_with_sound_bounds():
+    import time
+    module = mlp([8, 24, 24, 24, 3], 0, "relu")
+    chain = dense_chain(models.from_module(module).to(dtype=DT))
+    lo, hi = torch.full((1, 8), 0.0), torch.full((1, 8), 0.6)
+    fc, _ = forward_bounds(chain, lo, hi, "auto")
+    t = time.perf_counter()
+    fd, _ = forward_bounds(chain, lo, hi, "auto", refine=True, deadline=t - 1.0)  # already past: no refinement
+    for (lc, uc), (ld, ud) in zip(fc, fd):
+        assert torch.equal(lc, ld) and torch.equal(uc, ud)
