@@ -320,3 +320,21 @@ def test_alpha_refinement_stops_at_its_deadline_with_sound_bounds():
     fd, _ = forward_bounds(chain, lo, hi, "auto", refine=True, deadline=t - 1.0)  # already past: no refinement
     for (lc, uc), (ld, ud) in zip(fc, fd):
         assert torch.equal(lc, ld) and torch.equal(uc, ud)
+
+
+def test_stored_switch_bounds_round_outward_to_float32():
+    g = torch.Generator().manual_seed(0)
+    mag = 10.0 ** torch.randint(-40, 40, (3, 2000), generator=g).to(DT)
+    lo = torch.randn(3, 2000, generator=g) * mag
+    hi = lo + torch.rand(3, 2000, generator=g) * mag
+    lo[0, :6] = torch.tensor([-math.inf, 1e300, -1e-320, 0.0, 0.5, -3.0e38 * 2])
+    hi[0, :6] = torch.tensor([math.inf, 1e300, 1e-320, 0.0, 0.5, 4.0e38])
+    out = bab_mod._outward32(lo, hi)
+    assert out.dtype == np.float32 and out.shape == (3, 2, 2000)
+    o = torch.from_numpy(out).to(DT)
+    assert (o[:, 0] <= lo).all() and (o[:, 1] >= hi).all()  # contains [lo, hi]
+    assert o[0, 0, 4] == 0.5 and o[0, 1, 4] == 0.5  # exact float32 values are kept (nesting)
+    assert torch.equal(torch.from_numpy(bab_mod._outward32(o[:, 0], o[:, 1])).to(DT), o)
+    normal = (lo.abs() > 1e-30) & (lo.abs() < 1e38)  # inside float32's normal range: one float32 step at most
+    rel = ((o[:, 0] - lo).abs() / lo.abs()).where(normal, torch.zeros_like(lo))
+    assert float(rel.max()) < 3e-7

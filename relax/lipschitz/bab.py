@@ -173,6 +173,17 @@ def check_supported(chain: DenseChain, norm: str, operator: bool) -> None:
             "given c); use bab='input' (or 'auto') for this norm")
 
 
+def _outward32(l: torch.Tensor, u: torch.Tensor) -> np.ndarray:
+    """``(D, 2, n)`` float32 numpy bounds containing ``[l, u]`` (float64): rounded to nearest, and where that
+    moved inward, one float32 step outward (the nearest float32 is within half a step, so the result is
+    ``<= l`` / ``>= u``; infinities stay infinite; a float32 value is kept as is, so bounds that only tighten
+    stay nested).  Half the memory of float64 for the bounds every open domain keeps."""
+    lo, hi = l.float(), u.float()
+    lo = torch.where(lo.double() <= l, lo, torch.nextafter(lo, torch.full_like(lo, -math.inf)))
+    hi = torch.where(hi.double() >= u, hi, torch.nextafter(hi, torch.full_like(hi, math.inf)))
+    return torch.stack((lo, hi), 1).cpu().numpy()
+
+
 class _Domain:
     """One activation-split domain of the search: seed row ``seed``, split signs ``fixed`` (all layers'
     switches concatenated, int8 in {-1, 0, +1}), certified-before-margin bound ``ub`` of
@@ -187,7 +198,7 @@ class _Domain:
     def __init__(self, seed: int, fixed: np.ndarray, ub: float, sb=None):
         self.seed, self.fixed, self.ub = seed, fixed, ub
         self.key, self.cand = -ub, None
-        self.sb = sb  # (2, sum n_q) float64 switch bounds of the domain (or of its parent): valid on it
+        self.sb = sb  # (2, sum n_q) float32 switch bounds (rounded outward) of the domain or its parent: valid on it
         self.nbytes = 1  # the store's budget counts domains (bab_options["max_pool"])
 
 
@@ -233,7 +244,7 @@ class _ActivationSearch:
         intersected with each domain's stored ``sb`` (its parent's bounds; sound on the child's subset)."""
         if self.root_sb is None or any(d.sb is None for d in part):
             return self.root_sb
-        sb = torch.from_numpy(np.stack([d.sb for d in part])).to(self.dev)
+        sb = torch.from_numpy(np.stack([d.sb for d in part])).to(device=self.dev, dtype=self.dt)
         out, off = [], 0
         for rl, ru in self.root_sb:
             n = rl.shape[-1]
@@ -321,7 +332,7 @@ class _ActivationSearch:
             seed_idx = torch.tensor([d.seed for d in part], device=self.dev)
             fixed = self._fixed_tensors(np.stack([d.fixed for d in part]))
             ub, score, unst, empty, signs, sb = self.raw_bound(seed_idx, fixed, self._inherited(part))
-            sb_np = torch.stack((torch.cat([l for l, _ in sb], 1), torch.cat([u for _, u in sb], 1)), 1).cpu().numpy()
+            sb_np = _outward32(torch.cat([l for l, _ in sb], 1), torch.cat([u for _, u in sb], 1))
             ub = torch.minimum(ub, torch.tensor([d.ub for d in part], dtype=self.dt, device=self.dev))
             self.stats["domains_bounded"] += len(part)
             K = min(self.fsb_k, score.shape[1])
