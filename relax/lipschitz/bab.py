@@ -13,7 +13,9 @@ A domain is (seed row ``s``, partial activation pattern): each neuron is free, s
    a few projected Adam steps are taken).  This couples the splits of *different* neurons: a split
    narrows the input region, which stabilizes other neurons.  (``poly_iters = 0``: the earlier
    re-bounding by the forward engine's CROWN with the split intervals clamped, over the whole box.)
-   An empty interval proves the domain infeasible.
+   An empty interval proves the domain infeasible.  Every domain keeps the switch bounds it was
+   bounded with (float32, rounded outward); its children start from them (a child's region is a subset
+   of its parent's, so they stay valid and only tighten down the tree).
 2. **Bound** ``sup ||grad||_q`` over the domain by CROWN on the backward graph with the domain's
    Clarke masks (:mod:`.backward`); the child bound is ``min(child, parent)``.
 3. **Leaves** (no free unstable neuron left): the gradient is one constant vector; an LP (HiGHS)
@@ -33,7 +35,10 @@ A domain is (seed row ``s``, partial activation pattern): each neuron is free, s
 The anytime upper bound (max over open domains and closed leaves) is always certified; when no
 open domain remains, the maximum over feasible closed regions has been found: the result is exact.
 Measured (bench/results/local_lipschitz.md): on random 16-32-32-10 the polytope re-bounding takes
-the search from 0.82 after 30 s (not finished) to the exact 0.58927 in under a minute.
+the search from 0.82 after 30 s (not finished) to the exact 0.58927 in under a minute.  Issue #15
+(where-free back-substitutions, parent bounds, alpha-CROWN root bounds; same loaded 2-core machine):
+domains bounded in 60 s on random 16-64-64-10 8586 -> 21506 (bound 1.589 -> 1.291), on MNIST 6x100
+at eps 0.02 436 -> 1344 (776 -> 672); random 16-32x3-10 exact in 12 s (was 54 s), 16-32x5-10 exact in 47 s.
 """
 
 from __future__ import annotations
