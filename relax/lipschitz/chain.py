@@ -244,7 +244,7 @@ def alpha_intermediate_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Ten
     *any* slopes in range is a sound bound, so every iterate is one (the best per row is kept, intersected
     with CROWN's), and later layers use the refined earlier ones.  Fewer unstable neurons = tighter Clarke
     masks for the Lipschitz bound and for every branch-and-bound domain.  Returns None (caller keeps ``fb``)
-    for a batch of boxes, a lifted chain or any activation other than ReLU/LeakyReLU (sorting-network rounds
+    for a batch of boxes, a lifted chain, a layer the engine refuses, or any activation other than ReLU/LeakyReLU (sorting-network rounds
     and switch gates are not graph nodes of the engine's split layers).  ``deadline`` (``time.perf_counter``
     seconds): the refinement stops there (between layers / Adam steps) with the bounds reached so far.
     """
@@ -261,8 +261,11 @@ def alpha_intermediate_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Ten
     import math
     import time
     until = math.inf if deadline is None else time.monotonic() + (deadline - time.perf_counter())
-    bc = BetaCrown(net, xl.reshape(1, *net.input_shape).to(dt), xu.reshape(1, *net.input_shape).to(dt), C,
-                   torch.zeros(1, dtype=dt, device=xl.device), dt, interm_iters=int(iters), deadline=until)
+    try:
+        bc = BetaCrown(net, xl.reshape(1, *net.input_shape).to(dt), xu.reshape(1, *net.input_shape).to(dt), C,
+                       torch.zeros(1, dtype=dt, device=xl.device), dt, interm_iters=int(iters), deadline=until)
+    except UnsupportedOperationError:  # a layer the robustness engine's split search does not take: CROWN stays
+        return None
     out = []
     for node, (l, u) in zip(chain.acts, fb):
         b = bc.pre0.get(node.name)
