@@ -244,8 +244,8 @@ def alpha_intermediate_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Ten
     *any* slopes in range is a sound bound, so every iterate is one (the best per row is kept, intersected
     with CROWN's), and later layers use the refined earlier ones.  Fewer unstable neurons = tighter Clarke
     masks for the Lipschitz bound and for every branch-and-bound domain.  Returns None (caller keeps ``fb``)
-    for a batch of boxes, a lifted chain, a layer the engine refuses, or any activation other than ReLU/LeakyReLU (sorting-network rounds
-    and switch gates are not graph nodes of the engine's split layers).  ``deadline`` (``time.perf_counter``
+    for a batch of boxes, a lifted chain, a layer the engine refuses, or any activation other than
+    ReLU/LeakyReLU (sorting-network rounds and switch gates are not graph nodes of the engine's split layers).  ``deadline`` (``time.perf_counter``
     seconds): the refinement stops there (between layers / Adam steps) with the bounds reached so far.
     """
     if xl.shape[0] != 1 or chain.lifted or any(g.op not in ("relu", "leaky_relu") for g in chain.gates):
