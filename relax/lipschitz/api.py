@@ -33,6 +33,8 @@ ATTACK_SHARE = 0.25
 # a chain whose dense layer matrices (:func:`.implicit.dense_bytes`) exceed this is bounded without them
 DENSE_LIMIT_BYTES = 2e9
 RESERVE_SHARE = 0.05
+# ... and the alpha-CROWN refinement of the intermediate bounds before a BaB stops at this share of it
+REFINE_SHARE = 0.1
 
 
 BAB_KINDS = ("activation", "input", "auto")
@@ -70,7 +72,9 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       where the gradient sign is unknown), "ibp" (interval arithmetic on the backward graph), or
       "naive" (product of layer operator norms; global), or "lipsdp" (l2 only: local LipSDP-Neuron
       with per-neuron slope ranges from the forward bounds, :mod:`.lipsdp_local`; needs cvxpy).
-    * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available).
+    * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available, plus
+      alpha-CROWN intermediate bounds of ReLU/LeakyReLU chains when a branch-and-bound follows;
+      "alpha-crown" = those always).
     * ``bab_timeout > 0`` (piecewise-linear networks: ReLU, LeakyReLU, MaxMin, GroupSort -- groups > 2
       as sorting networks --, Householder; chains, and residual nets as lifted chains (:mod:`.lifted`);
       l_inf and l1 inputs): complete branch-and-bound (:mod:`.bab`, splitting on the
@@ -180,7 +184,10 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
         run_attack()
     else:
         tb = time.perf_counter()
-        bb, fb, used = backward_bounds(chain, xl, xu, seeds, method, forward)
+        # before a BaB, forward="auto" adds alpha-CROWN intermediate bounds: every domain starts from them
+        # (under a time_limit their refinement gets at most REFINE_SHARE of it; any stopping point is sound)
+        bb, fb, used = backward_bounds(chain, xl, xu, seeds, method, forward, refine=run_bab_after,
+                                       deadline=None if deadline is None else t0 + REFINE_SHARE * time_limit)
         rows = row_dual_upper(norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
         timings["bound"] = time.perf_counter() - tb
         rows_c = certified(rows)

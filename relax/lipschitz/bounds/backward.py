@@ -82,9 +82,12 @@ class BackwardGraph:
                 P = _apply(gate.F_p, Lam)
                 if record is not None:
                     record[k] = P.abs().sum(1)
-                pos = P > 0
-                coef = P * torch.where(pos, au[:, None, :], al[:, None, :])
-                bias = bias + (P * torch.where(pos, bu[:, None, :], bl[:, None, :])).sum(-1)
+                # positive coefficients take the upper line, negative ones the lower line (one of the two
+                # products is an exact 0 per entry); the intercepts summed by a batched mat-vec product
+                Pp = P.clamp(min=0)
+                Pn = P - Pp
+                coef = torch.addcmul(Pn * al[:, None, :], Pp, au[:, None, :])
+                bias = bias + torch.bmm(Pp, bu[:, :, None])[..., 0] + torch.bmm(Pn, bl[:, :, None])[..., 0]
                 Lq = coef if gate.E is None else coef @ gate.E
                 Lam = Lq if gate.F_g is None else Lam @ gate.F_g + Lq
         return torch.einsum("bmo,bo->bm", Lam, self.seeds) + bias
@@ -95,8 +98,13 @@ class BackwardGraph:
         if M is None:
             M = torch.eye(dim, dtype=dt, device=dev)
         m = M.shape[0]
-        Lam = torch.cat((M, -M), 0).expand(batch, 2 * m, dim)
-        up = self.upper(Lam, pos)
+        Lam = torch.cat((M, -M), 0)
+        if pos > 0 and self.items[pos - 1][0] == "lin":
+            # the first step of the back-substitution is linear and the same for every batch row: one
+            # unbatched product (Lam W_k^T) instead of a batched one (for M = I, an exact copy of W_k^T)
+            Lam = Lam @ self.chain.weights[self.items[pos - 1][1]].T
+            pos -= 1
+        up = self.upper(Lam.expand(batch, *Lam.shape), pos)
         return -up[:, m:], up[:, :m]
 
     # ------------------------------------------------------------------ main pass

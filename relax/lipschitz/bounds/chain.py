@@ -230,14 +230,65 @@ def engine_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method:
 
 
 FORWARD_METHODS = ("ibp", "crown", "alpha-crown", "auto")
+ALPHA_INTERM_ITERS = 8  # Adam steps per layer of the alpha-CROWN intermediate bounds (measured: 5 = 20 = 50 here)
 
 
-def forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method: str = "auto"
-                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+def alpha_intermediate_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor,
+                              fb: list[tuple[torch.Tensor, torch.Tensor]], iters: int = ALPHA_INTERM_ITERS,
+                              deadline: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """alpha-CROWN pre-activation bounds of a ReLU/LeakyReLU chain over one box, intersected with ``fb``.
+
+    Uses the robustness engine's layer-by-layer refinement (:meth:`..bab.beta_crown.BetaCrown._refine_intermediate`):
+    for layer ``k`` every unstable neuron is a row of its own CROWN back-substitution whose lower-relaxation
+    slopes of the layers below (``alpha`` in the valid interval) are optimized by projected Adam; CROWN with
+    *any* slopes in range is a sound bound, so every iterate is one (the best per row is kept, intersected
+    with CROWN's), and later layers use the refined earlier ones.  Fewer unstable neurons = tighter Clarke
+    masks for the Lipschitz bound and for every branch-and-bound domain.  Returns None (caller keeps ``fb``)
+    for a batch of boxes, a lifted chain, a layer the engine refuses, or any activation other than
+    ReLU/LeakyReLU (sorting-network rounds and switch gates are not graph nodes of the engine's split layers).  ``deadline`` (``time.perf_counter``
+    seconds): the refinement stops there (between layers / Adam steps) with the bounds reached so far.
+    """
+    if xl.shape[0] != 1 or chain.lifted or any(g.op not in ("relu", "leaky_relu") for g in chain.gates):
+        return None
+    if len({a.name for a in chain.acts}) != len(chain.acts):
+        return None
+    from ..bab.beta_crown import BetaCrown
+    net = chain.net
+    dt = net.dtype if net.dtype == torch.float64 else torch.float64
+    net = net if net.dtype == dt else net.to(dtype=dt)
+    C = torch.zeros(1, chain.out_dim, dtype=dt, device=xl.device)
+    C[0, 0] = 1.0
+    import math
+    import time
+    until = math.inf if deadline is None else time.monotonic() + (deadline - time.perf_counter())
+    try:
+        bc = BetaCrown(net, xl.reshape(1, *net.input_shape).to(dt), xu.reshape(1, *net.input_shape).to(dt), C,
+                       torch.zeros(1, dtype=dt, device=xl.device), dt, interm_iters=int(iters), deadline=until)
+    except UnsupportedOperationError:  # a layer the robustness engine's split search does not take: CROWN stays
+        return None
+    out = []
+    for node, (l, u) in zip(chain.acts, fb):
+        b = bc.pre0.get(node.name)
+        if b is None or b[0].numel() != l.numel():
+            out.append((l, u))
+            continue
+        out.append((torch.maximum(l, b[0].reshape(l.shape).to(l)), torch.minimum(u, b[1].reshape(u.shape).to(u))))
+    return out
+
+
+
+def forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method: str = "auto", refine: bool = False,
+                   deadline: float | None = None) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
     """Sound pre-activation bounds of every activation over the box, and the method actually used.
 
     ``auto`` uses the forward engine's CROWN when ``relax.compute_bounds`` exists and interval
     arithmetic otherwise; engine bounds are always intersected with the interval bounds.
+    ``alpha-crown``: the engine's alpha-CROWN, and for one box of a ReLU/LeakyReLU chain the
+    alpha-CROWN intermediate bounds of :func:`alpha_intermediate_bounds` (the paper's forward bounds);
+    ``refine=True`` adds those to ``auto`` (used before a branch-and-bound, whose every domain starts
+    from these root bounds: measured on random 16-64-64-10 46 -> 41 unstable layer-2 neurons and the
+    root Lipschitz bound 4.379 -> 3.906; MNIST 6x100 at eps 0.02: 1190 -> 939).  ``deadline``
+    (``time.perf_counter`` seconds): where that refinement stops (any stopping point is sound).
     """
     if method not in FORWARD_METHODS:
         raise InvalidArgumentError(f"forward bound method must be one of {FORWARD_METHODS}, got {method!r}")
@@ -252,4 +303,9 @@ def forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, method
         return ib, "ibp"
     used = "crown" if method == "auto" else method
     # re-run interval arithmetic with the engine bounds intersected at each layer (tightens later layers)
-    return interval_bounds(chain, xl, xu, base=eng), used
+    fb = interval_bounds(chain, xl, xu, base=eng)
+    if method == "alpha-crown" or (refine and method == "auto"):  # alpha-CROWN intermediate bounds
+        ref = alpha_intermediate_bounds(chain, xl, xu, fb, deadline=deadline)
+        if ref is not None:
+            fb, used = interval_bounds(chain, xl, xu, base=ref), "alpha-crown"
+    return fb, used

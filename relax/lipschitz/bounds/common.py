@@ -99,11 +99,14 @@ def derivative_ranges(chain: DenseChain, fb, batch: int, fixed=None):
     return out
 
 
-def backward_bounds(chain: DenseChain, xl, xu, seeds, method="crown", forward="auto"):
-    """Forward masks + backward-graph bounds for every seed row.  Returns (BackwardBounds, fb, forward_used)."""
+def backward_bounds(chain: DenseChain, xl, xu, seeds, method="crown", forward="auto", refine: bool = False,
+                    deadline: float | None = None):
+    """Forward masks + backward-graph bounds for every seed row.  Returns (BackwardBounds, fb, forward_used).
+    ``refine``: alpha-CROWN intermediate bounds also for ``forward="auto"``, until ``deadline``
+    (:func:`.chain.forward_bounds`)."""
     if method not in MODES:
         raise InvalidArgumentError(f"method must be one of {MODES} (or 'naive'), got {method!r}")
-    fb, used = forward_bounds(chain, xl[None], xu[None], forward)
+    fb, used = forward_bounds(chain, xl[None], xu[None], forward, refine=refine, deadline=deadline)
     if forward != "ibp" and any(g.switch_matrix is not None for g in chain.gates):
         # MaxMin / GroupSort / Householder: bound the switches S z themselves by CROWN (the polytope pass
         # without splits) instead of by interval arithmetic on z, which forgets that z_a, z_b move together

@@ -74,11 +74,11 @@ def polytope_max(A: torch.Tensor, c: torch.Tensor, G: torch.Tensor | None, h: to
     for t in range(1, iters + 1):
         R = torch.baddbmm(A, beta, G, alpha=-1)
         xs = torch.where(R > 0, xu, xl)  # maximizer of r^T x over the box
-        grad = hb - torch.bmm(xs, Gt)  # subgradient dU/dbeta
-        m1.mul_(b1).add_(grad, alpha=1 - b1)
+        grad = torch.baddbmm(hb, xs, Gt, alpha=-1)  # subgradient dU/dbeta = h - G x*
+        m1.lerp_(grad, 1 - b1)
         m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         step = lr * (1 - 0.5 * t / iters) / (1 - b1 ** t) * math.sqrt(1 - b2 ** t)
-        beta = (beta - (step * scale) * m1 / (m2.sqrt() + 1e-12)).clamp_(min=0)
+        beta.addcdiv_(m1 * scale, m2.sqrt().add_(1e-12), value=-step).clamp_(min=0)
     # the last iterate (steps decay); beta = 0 (the box bound) is the fallback
     return torch.minimum(certified_value(beta), certified_value(None))
 
@@ -120,18 +120,21 @@ def _backsub(chain, k, sb, slopes, rows, xmag):
     bias = Lam @ chain.biases[k]
     mbias = mLam @ chain.biases[k].abs()
     fan = max(max(w.shape) for w in chain.weights[: k + 1]) + 2
+    shared = Lam.dim() == 2  # rows shared by the batch: the first (linear) step is one unbatched product
     for j in range(k - 1, -1, -1):
         W = chain.weights[j + 1]
         Lam = Lam @ W  # coefficients on y_j
         mLam = mLam @ W.abs()
+        if shared:
+            Lam, mLam, shared = Lam.expand(D, *Lam.shape), mLam.expand(D, *mLam.shape), False
         l, u = sb[j]
         gate = chain.gates[j]
         if gate.Q is None:  # y = phi(z) per coordinate, the switch is z
             su, tu, sl = _relax_lines(l, u, slopes[j])
-            pos = Lam > 0
-            bias = bias + (Lam.clamp(min=0) * tu[:, None, :]).sum(-1)
-            mbias = mbias + (mLam * tu.abs()[:, None, :]).sum(-1)
-            Lam = torch.where(pos, Lam * su[:, None, :], Lam * sl[:, None, :])
+            Lp = Lam.clamp(min=0)  # positive coefficients: upper line; negative: lower line (exact 0 split)
+            bias = bias + torch.bmm(Lp, tu[:, :, None])[..., 0]
+            mbias = mbias + torch.bmm(mLam, tu.abs()[:, :, None])[..., 0]
+            Lam = torch.addcmul((Lam - Lp) * sl[:, None, :], Lp, su[:, None, :])
             mLam = mLam * torch.maximum(su.abs(), sl.abs())[:, None, :]
         else:  # y = P z + Q relu(s), s = S z
             R, mR = Lam @ gate.Q, mLam @ gate.Q.abs()  # coefficients on relu(s)
@@ -191,8 +194,8 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
             Au, Al = A0.expand(D, n, -1), A0.expand(D, n, -1)
             cu, cl = c0u.expand(D, n), c0l.expand(D, n)
         else:
-            Au, cu = _backsub(chain, k, out, slopes, eye.expand(D, n, n), xmag)
-            An, cn = _backsub(chain, k, out, slopes, -eye.expand(D, n, n), xmag)
+            Au, cu = _backsub(chain, k, out, slopes, eye, xmag)
+            An, cn = _backsub(chain, k, out, slopes, -eye, xmag)
             Al, cl = -An, -cn
         f = fixed[k]
         pos, neg = (f > 0).to(dt)[..., None], (f < 0).to(dt)[..., None]
