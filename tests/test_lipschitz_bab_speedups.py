@@ -27,12 +27,12 @@ from torch import nn
 from nncertify import models
 from nncertify.models.layers import MaxMin
 from nncertify.relax.lipschitz import local_lipschitz
-from nncertify.relax.lipschitz import bab as bab_mod
-from nncertify.relax.lipschitz.backward import BackwardGraph
-from nncertify.relax.lipschitz.bounds import derivative_ranges
-from nncertify.relax.lipschitz.chain import dense_chain, forward_bounds
-from nncertify.relax.lipschitz.exact import exact_local_lipschitz
-from nncertify.relax.lipschitz.polytope import _backsub, _relax_lines, EPS64
+from nncertify.relax.lipschitz.search import bab as bab_mod
+from nncertify.relax.lipschitz.bounds.backward import BackwardGraph
+from nncertify.relax.lipschitz.bounds.common import derivative_ranges
+from nncertify.relax.lipschitz.bounds.chain import dense_chain, forward_bounds
+from nncertify.relax.lipschitz.lower_bounds.exact import exact_local_lipschitz
+from nncertify.relax.lipschitz.bounds.polytope import _backsub, _relax_lines, EPS64
 
 DEFAULT_DTYPE = torch.float64
 DT = torch.float64

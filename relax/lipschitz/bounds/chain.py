@@ -252,7 +252,7 @@ def alpha_intermediate_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Ten
         return None
     if len({a.name for a in chain.acts}) != len(chain.acts):
         return None
-    from ..bab.beta_crown import BetaCrown
+    from ...bab.beta_crown import BetaCrown
     net = chain.net
     dt = net.dtype if net.dtype == torch.float64 else torch.float64
     net = net if net.dtype == dt else net.to(dtype=dt)
