@@ -11,6 +11,8 @@ true value for every input in the box (and every activation pattern allowed by t
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -258,8 +260,6 @@ def alpha_intermediate_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Ten
     net = net if net.dtype == dt else net.to(dtype=dt)
     C = torch.zeros(1, chain.out_dim, dtype=dt, device=xl.device)
     C[0, 0] = 1.0
-    import math
-    import time
     until = math.inf if deadline is None else time.monotonic() + (deadline - time.perf_counter())
     try:
         bc = BetaCrown(net, xl.reshape(1, *net.input_shape).to(dt), xu.reshape(1, *net.input_shape).to(dt), C,
