@@ -9,7 +9,7 @@ eps = 0.12 in pixel units with the normalization (mean 0.1307, std 0.3081) in fr
 Misclassified images count as falsified (the clean image is a counterexample).
 
 Usage: python bench/complete_verification.py [--nets 6x100,9x100,convsmall] [--images 0:100] [--timeout 60]
-       [--threads 1] [--out NAME]
+       [--threads 1] [--out NAME] [--refine auto|bab|off] [--refine-share 0.5]
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def write(rows, summ, args, wall, loads=None, runs=None):
                         f"torch {torch.__version__}, {args.threads} thread(s)",
                 load=os.getloadavg() if loads is None else max(loads, key=lambda l: l[0]), images=args.images,
                 timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                code=_git_head(), branching=getattr(args, "branching", "") or "default")
+                code=_git_head(), branching=getattr(args, "branching", "") or "default",
+                refine=getattr(args, "refine", "") or "default", refine_share=getattr(args, "refine_share", None))
     if runs:
         meta["runs"] = runs
     name = args.out or "complete_verification"
@@ -234,6 +235,10 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="")
     ap.add_argument("--branching", default="", help="fsb or babsr (default: verify_query's)")
+    ap.add_argument("--refine", default="", help="auto, bab or off: refined intermediate bounds before the search "
+                                                 "(relax/bab/refine.py; default: verify_query's, auto)")
+    ap.add_argument("--refine-share", type=float, default=None, help="share of the time left after alpha-CROWN "
+                                                                      "for the refinement (default: verify_query's)")
     ap.add_argument("--resume", action="store_true", help="keep the images already in bench/results/OUT.json")
     ap.add_argument("--merge", default="", help="comma-separated result JSON files (of earlier runs) to combine "
                                                 "into --out instead of running")
@@ -256,6 +261,10 @@ def main():
     a, b = (int(t) for t in args.images.split(":"))
     t0 = time.monotonic()
     opts = {"branching": args.branching} if args.branching else {}
+    if args.refine:
+        opts["refine"] = args.refine
+    if args.refine_share is not None:
+        opts["refine_share"] = args.refine_share
     done = None
     prev = OUT / f"{args.out or 'complete_verification'}.json"
     if args.resume and prev.exists():
