@@ -199,27 +199,41 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
             mark(lower, "alpha-crown")
         if (not bool(refuted[specs_g].all()) and o["bab"] and int(o["interm_iters"]) > 0
                 and time.monotonic() < deadline):
-            # before the search: alpha-CROWN on the intermediate bounds (and, with refine, per-neuron BaB on
-            # them, layer by layer), then alpha-CROWN on the rows again
-            if do_refine:
-                now = time.monotonic()
-                pre_r, rst = refine_intermediate(bc, bc.pre0, deadline=now + float(share) * (deadline - now),
-                                                 interm_iters=int(o["interm_iters"]), interm_lr=float(o["interm_lr"]),
-                                                 iters=int(o["bab_iters"]), lr_alpha=float(o["lr_alpha"]),
-                                                 lr_beta=float(o["lr_beta"]), batch=int(o["refine_batch"]), seed=seed)
-                refine_log.append(rst)
-                bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]),
-                               root_lr=float(o["alpha_lr"]), pre=pre_r)
-            else:
-                bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]),
-                               root_lr=float(o["alpha_lr"]), pre=bc.pre0, interm_iters=int(o["interm_iters"]),
-                               interm_lr=float(o["interm_lr"]), deadline=deadline)
+            # before the search: alpha-CROWN on the intermediate bounds, then alpha-CROWN on the rows again
+            bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]), root_lr=float(o["alpha_lr"]),
+                           pre=bc.pre0, interm_iters=int(o["interm_iters"]), interm_lr=float(o["interm_lr"]),
+                           deadline=deadline)
             S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
             B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
             lower2, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, int(o["alpha_iters"]),
                                         float(o["alpha_lr"]), 0.0, deadline=deadline, owner=own)
             lower = torch.maximum(lower, lower2)
-            mark(lower, "refined alpha-crown" if do_refine else "alpha-crown")
+            mark(lower, "alpha-crown")
+            if do_refine and not bool(refuted[specs_g].all()) and time.monotonic() < deadline:
+                # still open: per-neuron BaB on the intermediate bounds, layer by layer (relax/bab/refine.py),
+                # ending early once CROWN on the rows proves every specification with the bounds so far
+                def proved_with(pre, lo=lo, hi=hi, Cg=Cg, dg=dg, own=own):
+                    b_ = BetaCrown(net, lo, hi, Cg, dg, dt, pre=pre)
+                    l_, *_ = b_.bound(torch.zeros(1, b_.N, dtype=torch.int8, device=dev), b_.default_alpha().unsqueeze(0),
+                                      torch.zeros(1, b_.m, b_.N, dtype=dt, device=dev), 0, 0.0, 0.0, owner=own)
+                    ok = l_[0].double() > dg
+                    return all(bool(ok[own == i].any()) or bool(refuted[i]) for i in specs_g)
+
+                now = time.monotonic()
+                pre_r, rst = refine_intermediate(bc, bc.pre0, deadline=now + float(share) * (deadline - now),
+                                                 interm_iters=int(o["interm_iters"]), interm_lr=float(o["interm_lr"]),
+                                                 iters=int(o["bab_iters"]), lr_alpha=float(o["lr_alpha"]),
+                                                 lr_beta=float(o["lr_beta"]), batch=int(o["refine_batch"]), seed=seed,
+                                                 stop=proved_with)
+                refine_log.append(rst)
+                bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]),
+                               root_lr=float(o["alpha_lr"]), pre=pre_r)
+                S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
+                B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
+                lower2, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, int(o["alpha_iters"]),
+                                            float(o["alpha_lr"]), 0.0, deadline=deadline, owner=own)
+                lower = torch.maximum(lower, lower2)
+                mark(lower, "refined alpha-crown")
         visited += 1
         for i in specs_g:
             sel = own == i

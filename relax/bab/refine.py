@@ -85,11 +85,13 @@ def _prefix(net: Network, xname: str) -> Network:
 def refine_intermediate(bc: BetaCrown, pre: dict, *, deadline: float, interm_iters: int = 20,
                         interm_lr: float = 0.25, iters: int = 10, lr_alpha: float = 0.1, lr_beta: float = 0.05,
                         batch: int = 64, samples: int = 256, seed: int = 0,
-                        max_rows: int | None = None) -> tuple[dict, RefineStats]:
+                        max_rows: int | None = None, stop=None) -> tuple[dict, RefineStats]:
     """Refined copy of the intermediate bounds ``pre`` (``{act node: (l, u)}``, batch dimension 1) of
     ``bc.net`` over ``bc``'s box, stopping at ``deadline`` (``time.monotonic()``).  ``iters``/``lr_*``: β-CROWN
     per batch; ``batch``: leaves split per round (children bounded together: ``2 batch``); ``samples``: random
-    points for the gap estimate; ``max_rows``: cap on neuron-sides searched per layer (largest gap first)."""
+    points for the gap estimate; ``max_rows``: cap on neuron-sides searched per layer (largest gap first);
+    ``stop(pre) -> bool``: called after each layer with the bounds so far, True ends the refinement (e.g. the
+    query is already proved with them)."""
     t_start = time.monotonic()
     stats = RefineStats()
     pre = dict(pre)
@@ -122,6 +124,8 @@ def refine_intermediate(bc: BetaCrown, pre: dict, *, deadline: float, interm_ite
         rec.update(unstable_after=int(((l < 0) & (u > 0)).sum()), width_after=float((u - l).clamp(min=0).mean()),
                    seconds=round(time.monotonic() - now, 3))
         stats.layers.append(rec)
+        if stop is not None and pos + 1 < len(todo) and time.monotonic() < deadline and stop(pre):
+            break
     stats.seconds = time.monotonic() - t_start
     return pre, stats
 
