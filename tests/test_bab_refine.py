@@ -4,7 +4,6 @@ Truths: exact MILP ranges of every pre-activation (tests/milp_oracle.py, HiGHS, 
 tiny nets, sampled values on the ERAN 6x100 net, and a network whose exact intermediate ranges are known
 in closed form (hidden cancellation: CROWN sees unstable neurons that are constant)."""
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -160,12 +159,29 @@ def test_bad_refine_options_are_one_line_errors(opts, word):
     assert "\n" not in str(e.value)
 
 
-def test_cli_rejects_a_bad_refine_value():
-    r = subprocess.run([sys.executable, "-m", "nncertify", "robustness", "digits_relu_mlp", "--eps", "0.05",
-                        "--method", "bab", "--refine", "milp", "--limit", "2"], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2
-    assert "--refine" in r.stderr and "Traceback" not in r.stderr
+def _cli(capsys, *args):
+    """The console entry point in-process: (exit code, stderr)."""
+    from nncertify.certify.cli import main
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    return e.value.code, capsys.readouterr().err
+
+
+def test_cli_rejects_a_bad_refine_value(tmp_path, capsys):
+    for cmd in (["robustness", "digits_relu_mlp", "--eps", "0.05", "--method", "bab", "--refine", "milp"],
+                ["vnnlib", tmp_path / "net.onnx", tmp_path / "p.vnnlib", "--timeout", "5", "--refine", "milp"]):
+        code, err = _cli(capsys, *cmd)
+        assert code == 2, (cmd, err)
+        assert "--refine" in err and "Traceback" not in err
+        assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+
+
+def test_cli_threads_refine_into_the_certificate(tmp_path, capsys):
+    from nncertify.certify.records import load_certificate
+    code, err = _cli(capsys, "robustness", "digits_relu_mlp", "--eps", "0.05", "--method", "bab", "--refine", "off",
+                     "--timeout", "2", "--limit", "2", "--no-radius", "--json", tmp_path / "c.json")
+    assert code == 0, err
+    assert load_certificate(tmp_path / "c.json").parameters["refine"] == "off"
 
 
 def test_refined_bounds_hold_on_samples_of_eran_6x100(shared_data, single_thread):
