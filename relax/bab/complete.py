@@ -7,6 +7,10 @@ Order (each stage only for what the previous ones left open; one time budget for
 2. **CROWN, then α-CROWN** over each input box (specifications sharing a box are bounded together:
    one intermediate-bound sweep, one row per specification row).  A specification is refuted when
    some row's certified lower bound exceeds its ``d``.
+2b. **Refined intermediate bounds** (``refine``, relax/bab/refine.py; "auto": convolution-free ReLU nets
+   with activation splitting): when α-CROWN leaves the query open, the pre-activation bounds of unstable
+   neurons are tightened layer by layer by a per-neuron β-CROWN branch-and-bound (every bound proved)
+   within ``refine_share`` of the time left; the root is re-bounded with them.
 3. **Branch-and-bound** (relax/bab/search.py) per open specification, easiest first (largest root
    bound): input splitting (relax/bab/input_split.py) when the input has at most
    ``input_split_max`` values, β-CROWN activation splitting (relax/bab/beta_crown.py) otherwise, with
