@@ -10,6 +10,8 @@ Misclassified images count as falsified (the clean image is a counterexample).
 
 Usage: python bench/complete_verification.py [--nets 6x100,9x100,convsmall] [--images 0:100] [--timeout 60]
        [--threads 1] [--out NAME] [--refine auto|bab|off] [--refine-share 0.5]
+       python bench/complete_verification.py --append RUN1.json,RUN2.json --label TITLE [--notes FILE]
+       (adds earlier runs, e.g. --refine bab and --refine off run side by side, to complete_verification.json/.md)
 """
 
 from __future__ import annotations
