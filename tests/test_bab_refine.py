@@ -210,3 +210,38 @@ def test_refined_bounds_hold_on_samples_of_eran_6x100(shared_data, single_thread
         la, ua = (t.reshape(-1).double() for t in alpha[ln.name])
         gain += float(((ua - la) - (u_ - l)).sum())
     assert gain > 1.0 and stats.domains > 100
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.o = nn.Linear(20, 30), nn.Linear(30, 30), nn.Linear(30, 30), nn.Linear(30, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        g = torch.relu(self.b(h)) + h  # a skip connection: the prefix networks are not chains
+        return self.o(torch.relu(self.c(g)) + g)
+
+
+def test_refined_bounds_hold_on_samples_of_a_residual_net(single_thread):
+    torch.manual_seed(0)
+    m = _Residual()
+    for p in m.parameters():
+        p.data.mul_(2)
+    net = from_module(m, (20,))
+    x0 = torch.rand(20, generator=torch.Generator().manual_seed(0))
+    lo, hi = (x0 - 0.2).unsqueeze(0), (x0 + 0.2).unsqueeze(0)
+    bc, alpha, ref, stats = _alpha_and_refined(net, lo, hi, torch.float32, 1.0)
+    g = torch.Generator().manual_seed(1)
+    u = torch.rand(3000, 20, generator=g)
+    v = (torch.rand(3000, 20, generator=g) < 0.5).float()
+    xs = torch.cat([lo + u * (hi - lo), lo + v * (hi - lo)]).double()
+    vals = net.to(dtype=torch.float64).intermediates(xs)
+    gain = 0.0
+    for ln in [n for n in bc.lnodes if n.kind == "act"]:
+        z = vals[ln.inputs[0]].reshape(len(xs), -1)
+        l, u_ = (t.reshape(-1).double() for t in ref[ln.name])
+        assert bool((z >= l - 1e-5).all() and (z <= u_ + 1e-5).all()), ln.name
+        la, ua = (t.reshape(-1).double() for t in alpha[ln.name])
+        gain += float(((ua - la) - (u_ - l)).sum())
+    assert gain > 1.0 and stats.domains > 0, (gain, stats.summary())
