@@ -9,7 +9,9 @@ eps = 0.12 in pixel units with the normalization (mean 0.1307, std 0.3081) in fr
 Misclassified images count as falsified (the clean image is a counterexample).
 
 Usage: python bench/complete_verification.py [--nets 6x100,9x100,convsmall] [--images 0:100] [--timeout 60]
-       [--threads 1] [--out NAME]
+       [--threads 1] [--out NAME] [--refine auto|bab|off] [--refine-share 0.5]
+       python bench/complete_verification.py --append RUN1.json,RUN2.json --label TITLE [--notes FILE]
+       (adds earlier runs, e.g. --refine bab and --refine off run side by side, to complete_verification.json/.md)
 """
 
 from __future__ import annotations
@@ -189,7 +191,8 @@ def write(rows, summ, args, wall, loads=None, runs=None):
                         f"torch {torch.__version__}, {args.threads} thread(s)",
                 load=os.getloadavg() if loads is None else max(loads, key=lambda l: l[0]), images=args.images,
                 timeout_s=args.timeout, wall_s=round(wall, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                code=_git_head(), branching=getattr(args, "branching", "") or "default")
+                code=_git_head(), branching=getattr(args, "branching", "") or "default",
+                refine=getattr(args, "refine", "") or "default", refine_share=getattr(args, "refine_share", None))
     if runs:
         meta["runs"] = runs
     name = args.out or "complete_verification"
@@ -226,6 +229,34 @@ def write(rows, summ, args, wall, loads=None, runs=None):
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
+def append_runs(files: list[str], label: str, notes: str = "", into: str = "complete_verification"):
+    """Add the runs in ``files`` (result JSONs of earlier invocations, e.g. one per net and --refine mode run
+    side by side) to ``bench/results/INTO.json`` under ``extra_runs`` and as a labelled section at the end of
+    ``INTO.md``, keeping every earlier row and section."""
+    base = OUT / f"{into}.json"
+    data = json.loads(base.read_text())
+    runs = []
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        runs.append(dict(label=label, file=Path(f).name, meta=d["meta"], summary=d["summary"], rows=d["rows"]))
+    data.setdefault("extra_runs", []).extend(runs)
+    base.write_text(json.dumps(data, indent=1))
+    lines = ["", f"## {label}", "", "| net | refine | code | images | verified | falsified | unknown/timeout | "
+             "wrong (checked) | median s (all) | load (1/5/15 min, at the end) | date |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        m = r["meta"]
+        for n, s in r["summary"].items():
+            imgs = sorted(x["image"] for x in r["rows"][n])
+            span = f"{imgs[0]}-{imgs[-1]}" if imgs == list(range(imgs[0], imgs[-1] + 1)) else ",".join(map(str, imgs))
+            lines.append(f"| {n} | {m.get('refine', 'default')} | {m['code']} | {span} ({s['n']}) | {s['verified']} | "
+                         f"{s['falsified']} | {s['unknown'] + s['timeout']} | {s['wrong']} ({s['checked']}) | "
+                         f"{s['median_s_all']:.2f} | {tuple(round(x, 1) for x in m['load'])} | {m['date']} |")
+    if notes:
+        lines += ["", notes]
+    md = OUT / f"{into}.md"
+    md.write_text(md.read_text().rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nets", default="6x100,9x100,convsmall")
@@ -234,10 +265,22 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="")
     ap.add_argument("--branching", default="", help="fsb or babsr (default: verify_query's)")
+    ap.add_argument("--refine", default="", help="auto, bab or off: refined intermediate bounds before the search "
+                                                 "(relax/bab/refine.py; default: verify_query's, auto)")
+    ap.add_argument("--refine-share", type=float, default=None, help="share of the time left after alpha-CROWN "
+                                                                      "for the refinement (default: verify_query's)")
     ap.add_argument("--resume", action="store_true", help="keep the images already in bench/results/OUT.json")
     ap.add_argument("--merge", default="", help="comma-separated result JSON files (of earlier runs) to combine "
                                                 "into --out instead of running")
+    ap.add_argument("--append", default="", help="comma-separated result JSON files to add (rows kept) to "
+                                                 "bench/results/complete_verification.json/.md under --label")
+    ap.add_argument("--label", default="", help="section title for --append")
+    ap.add_argument("--notes", default="", help="a file whose text follows the --append table")
     args = ap.parse_args()
+    if args.append:
+        append_runs(args.append.split(","), args.label or "Additional runs",
+                    Path(args.notes).read_text().strip() if args.notes else "")
+        return
     torch.set_num_threads(max(1, args.threads))  # the checks too: many small ops, threads only contend on a loaded machine
     if args.merge:
         rows, metas = {}, []
@@ -256,6 +299,10 @@ def main():
     a, b = (int(t) for t in args.images.split(":"))
     t0 = time.monotonic()
     opts = {"branching": args.branching} if args.branching else {}
+    if args.refine:
+        opts["refine"] = args.refine
+    if args.refine_share is not None:
+        opts["refine_share"] = args.refine_share
     done = None
     prev = OUT / f"{args.out or 'complete_verification'}.json"
     if args.resume and prev.exists():

@@ -222,15 +222,18 @@ def robustness(model: str = ModelArg, eps: float = typer.Option(..., "--eps", he
                                                                     "CROWN -> alpha-CROWN -> branch-and-bound)"),
                timeout: float = typer.Option(60.0, "--timeout", help="--method bab: seconds per sample for the "
                                                                       "branch-and-bound"),
+               refine: str = typer.Option("auto", "--refine", help="--method bab: refine the intermediate bounds "
+                                                                   "by per-neuron branch-and-bound before the search: "
+                                                                   "auto (convolution-free ReLU nets), bab, off"),
                limit: int = typer.Option(100, "--limit", help="use the first N samples"),
                clip: Optional[str] = typer.Option("0,1", "--clip", help="data domain lo,hi ('none' to disable)"),
                radius: bool = typer.Option(True, "--radius/--no-radius", help="also certify per-sample radii"),
                arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, trust_pickle: bool = TrustOpt,
                json_path: Optional[Path] = JsonOpt):
     """Per-sample robustness: verified / falsified (real counterexample) / unknown, and certified radii."""
-    from .params import check_eps, check_method, parse_clip, parse_norm
+    from .params import check_eps, check_method, check_refine, parse_clip, parse_norm
     from .tasks import resolve_data, task_robustness
-    check_eps(eps), parse_norm(norm), check_method(method), parse_clip(clip)
+    check_eps(eps), parse_norm(norm), check_method(method), parse_clip(clip), check_refine(refine)
     _positive(limit, "--limit", integer=True)
     lm = _load(model, arch, input_shape, trust_pickle)
     X, y = resolve_data(data, lm.network, labels, limit)
@@ -239,7 +242,7 @@ def robustness(model: str = ModelArg, eps: float = typer.Option(..., "--eps", he
     from .progress import active
     prog = _bab_progress() if method == "bab" and active() else None  # a terminal, not --quiet
     cert = task_robustness(lm, X, y, eps=eps, norm=norm, method=method, clip=parse_clip(clip), radius=radius,
-                           timeout=timeout, progress=prog)
+                           timeout=timeout, progress=prog, refine=refine)
     if prog is not None:
         sys.stderr.write("\r\033[K")
     _emit(cert, json_path)
@@ -331,10 +334,15 @@ def vnnlib(network: Path = typer.Argument(..., metavar="NET.onnx", help="the net
            prop: Path = typer.Argument(..., metavar="PROP.vnnlib", help="the property (VNN-LIB 1.0, .gz accepted)"),
            timeout: float = typer.Option(..., "--timeout", help="wall-clock limit in seconds (loading included)"),
            out: Optional[Path] = typer.Option(None, "--out", help="write the VNN-COMP result file here"),
-           device: Optional[str] = typer.Option(None, "--device", help="torch device for the bounds (cpu, cuda)")):
+           device: Optional[str] = typer.Option(None, "--device", help="torch device for the bounds (cpu, cuda)"),
+           refine: str = typer.Option("auto", "--refine", help="refine the intermediate bounds by per-neuron "
+                                                               "branch-and-bound before activation splitting: auto "
+                                                               "(convolution-free ReLU nets), bab, off")):
     """Decide one VNN-COMP instance: unsat (holds), sat (+ re-checked witness), unknown or timeout."""
+    from .params import check_refine
     from .vnn import run_instance
-    r = run_instance(network, prop, timeout, device=device)
+    check_refine(refine)
+    r = run_instance(network, prop, timeout, device=device, engine_opts=None if refine == "auto" else {"refine": refine})
     text = r.text()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,12 @@ def check_method(method, name: str = "--method") -> str:
     return check_choice(method, ROBUSTNESS_METHODS, name)
 
 
+def check_refine(refine, name: str = "--refine") -> str:
+    """The refinement of intermediate bounds before activation-split BaB (relax/bab/refine.py)."""
+    from ..relax.bab.refine import REFINE_MODES
+    return check_choice(refine, REFINE_MODES, name)
+
+
 def make_folder(path, name: str):
     """Create the output folder ``path`` (and its parents) for option ``name``; a path that cannot be
     created is one line naming the option and the path, not an OSError."""

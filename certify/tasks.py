@@ -22,7 +22,7 @@ from ..models.errors import DataLoadError, InvalidArgumentError, ModelLoadError,
 from .records import (Certificate, GameResult, LipschitzResult, RobustnessResult, SampleVerdict, StepRadiusResult,
                       make_certificate, model_ref)
 
-from .params import (DEFAULT_GLOBAL_TIME_LIMIT, check_eps, check_method, check_time_limit,  # noqa: F401
+from .params import (DEFAULT_GLOBAL_TIME_LIMIT, check_eps, check_method, check_refine, check_time_limit,  # noqa: F401
                      check_timeout, parse_clip, parse_norm)  # (re-exported)
 from .progress import bar as progress_bar
 from ..sdp.threads import single_thread
@@ -294,7 +294,7 @@ def task_lipschitz(lm, x, eps: float, norm="inf", bab_timeout: float = 0.0, outp
 
 
 def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0, 1.0), radius: bool = True,
-                    radius_iters: int = 8, timeout: float = 60.0, progress=None) -> Certificate:
+                    radius_iters: int = 8, timeout: float = 60.0, progress=None, refine: str = "auto") -> Certificate:
     from ..relax import verify_robustness
     eps = check_eps(eps)
     norm = parse_norm(norm)
@@ -309,6 +309,8 @@ def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0,
         clean = (net(X).argmax(1) == y)
     n = X.shape[0]
     extra = dict(timeout=timeout, progress=progress) if method == "bab" else {}
+    if method == "bab" and refine != "auto":
+        extra["bab_options"] = {"refine": check_refine(refine)}
     with progress_bar(total=n, desc=f"robustness ε={eps:g}: bounds + PGD", unit="sample") as bar:
         res = verify_robustness(net, X, y, eps, norm=norm, method=method, clip=clip, **extra)
         statuses = list(res.status)
@@ -337,6 +339,7 @@ def task_robustness(lm, X, y, eps: float, norm="inf", method="crown", clip=(0.0,
     params = {"eps": eps, "norm": norm, "method": method, "clip": clip, "samples": n}
     if method == "bab":
         params["timeout_per_sample_s"] = timeout
+        params["refine"] = refine
     return make_certificate(status="certified", method=f"robustness/{method}", result=result, model=model_ref(lm),
                             parameters=params,
                             total_s=time.perf_counter() - t0,

@@ -5,6 +5,7 @@
   time/memory budgets, anytime bound, progress callback);
 * :mod:`.beta_crown` -- β-CROWN bounds on activation-split domains and BaBSR branching;
 * :mod:`.box_crown` -- CROWN of affine-ReLU chains over a batch of input boxes (the bounding of input splitting);
+* :mod:`.refine` -- refined intermediate bounds before activation-split BaB (per-neuron β-CROWN BaB, anytime, sound);
 * :mod:`.input_split` -- input-space branching (low-dimensional inputs): box chunks on chains, or the generic engine;
 * :mod:`.attack` -- counterexample search (PGD with restarts) and its float64 re-check.
 """

@@ -201,12 +201,13 @@ class BetaCrown:
         self.bias = torch.cat(bias) if bias else torch.zeros(0, dtype=dtype, device=dev)
         self.unstable0 = (self.l0 < 0) & (self.u0 > 0)
 
-    def _refine_intermediate(self, pre: dict, iters: int, lr: float, deadline: float) -> dict:
+    def _refine_intermediate(self, pre: dict, iters: int, lr: float, deadline: float, layers=None) -> dict:
         """alpha-CROWN on the pre-activation bounds of every ReLU/LeakyReLU layer (in order; ``pmap``-free
         nodes), each unstable neuron a row with its own slopes, lower and upper side: the optimized bounds
         are intersected with CROWN's (every iterate is sound), and later layers use the refined earlier
         ones.  Fewer unstable neurons and tighter relaxations make every later bound, and every
-        branch-and-bound domain, tighter."""
+        branch-and-bound domain, tighter.  ``layers``: only these activation nodes (by name), e.g. one layer
+        at a time between the per-neuron searches of relax/bab/refine.py."""
         pre = dict(pre)
         by = {n.name: n for n in self.lnodes}
         order = [ln for ln in self.lnodes if ln.kind == "act"]
@@ -214,6 +215,8 @@ class BetaCrown:
             if time.monotonic() > deadline:
                 break
             if ln.pmap is not None or ln.phi.name not in SPLIT_PHIS or k == 0:
+                continue
+            if layers is not None and ln.name not in layers:
                 continue
             l, u = pre[ln.name]
             rows = ((l < 0) & (u > 0)).flatten(1).any(0).nonzero().flatten()
@@ -299,7 +302,8 @@ class BetaCrown:
 
     # ------------------------------------------------------------------ bounding
     def bound(self, S: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, iters: int, lr_alpha: float,
-              lr_beta: float, lo=None, hi=None, deadline: float = math.inf, owner: torch.Tensor | None = None):
+              lr_beta: float, lo=None, hi=None, deadline: float = math.inf, owner: torch.Tensor | None = None,
+              C: torch.Tensor | None = None, d: torch.Tensor | None = None):
         """Optimize α, β for the domains ``S (n, N)`` from ``alpha (n, m, Na)``, ``beta (n, m, N)``.
 
         Returns ``(lower (n, m), alpha, beta, scores (n, N))``: the best certified row bounds over
@@ -309,7 +313,9 @@ class BetaCrown:
         (the first iterate, plain CROWN with the given α, β, always runs).  ``owner (m,)``: the
         specification of each row when the rows are a *disjunction* of specifications (the root of a
         query): a domain is then closed only when every specification has a proved row; without it,
-        one proved row closes the domain (its rows are one specification's conjunction)."""
+        one proved row closes the domain (its rows are one specification's conjunction).  ``C (n, m, *out)``
+        and ``d (n, m)``: per-domain specification rows and thresholds instead of the instance's (the
+        per-neuron searches of relax/bab/refine.py: each domain bounds its own neuron)."""
         n = S.shape[0]
         dt = self.dtype
         lo = self.lo.expand(n, *self.lo.shape[1:]) if lo is None else lo
@@ -323,8 +329,9 @@ class BetaCrown:
         eng.signs = self._unflat(Sf, names_s, self.s_shape, self.s_size, (n,))
         a_p = alpha.detach().clone().requires_grad_(iters > 0 and self.Na > 0)
         b_p = beta.detach().clone().requires_grad_(iters > 0 and bool((S != 0).any()))
-        Cs = self.C.expand(n, *self.C.shape[1:])
-        best = torch.full((n, self.m), -math.inf, dtype=dt, device=lo.device)
+        Cs = self.C.expand(n, *self.C.shape[1:]) if C is None else C.to(dt)
+        dd = self.d if d is None else d.to(torch.float64)
+        best = torch.full((n, Cs.shape[1]), -math.inf, dtype=dt, device=lo.device)
         best_a, best_b = a_p.detach().clone(), b_p.detach().clone()
         params = [(p, lr) for p, lr in ((a_p, lr_alpha), (b_p, lr_beta)) if p.requires_grad]
         opt = _Adam(params) if params else None
@@ -345,7 +352,7 @@ class BetaCrown:
                 best_b = torch.where(better.unsqueeze(2), b_p.detach(), best_b)
                 if it == 0 or better.any():
                     rec = dict(eng.record)
-                proved = best.double() > self.d
+                proved = best.double() > dd
                 if owner is None:
                     closed = proved.any(1)
                 else:

@@ -7,6 +7,10 @@ Order (each stage only for what the previous ones left open; one time budget for
 2. **CROWN, then α-CROWN** over each input box (specifications sharing a box are bounded together:
    one intermediate-bound sweep, one row per specification row).  A specification is refuted when
    some row's certified lower bound exceeds its ``d``.
+2b. **Refined intermediate bounds** (``refine``, relax/bab/refine.py; "auto": convolution-free ReLU nets
+   with activation splitting): when α-CROWN leaves the query open, the pre-activation bounds of unstable
+   neurons are tightened layer by layer by a per-neuron β-CROWN branch-and-bound (every bound proved)
+   within ``refine_share`` of the time left; the root is re-bounded with them.
 3. **Branch-and-bound** (relax/bab/search.py) per open specification, easiest first (largest root
    bound): input splitting (relax/bab/input_split.py) when the input has at most
    ``input_split_max`` values, β-CROWN activation splitting (relax/bab/beta_crown.py) otherwise, with
@@ -30,6 +34,7 @@ from ..spec import Query, SpecBatch, Verdict, outward_box, working_dtype
 from .attack import check_counterexample, pgd_search
 from .beta_crown import BaBSRPolicy, BetaCrown, FSBPolicy, make_bounder as relu_bounder
 from .box_crown import AffineReluChain
+from .refine import REFINE_MODES, refine_applies, refine_intermediate
 from .input_split import ChainSplit, InputSplit, InputSplitPolicy, make_bounder as box_bounder
 from .search import BaBProgress, branch_and_bound
 
@@ -37,7 +42,7 @@ DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts="auto", alpha_iters=50, a
                 input_split="auto", input_split_max=16, batch=None, memory_budget=2e9, bab_iters=10,
                 lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every="auto", max_domains=None, threads=1,
                 interm_iters=20, interm_lr=0.25, branching="babsr", fsb_k=4, chain=True,
-                input_lookahead="portfolio")
+                input_lookahead="portfolio", refine="auto", refine_share=0.5, refine_batch=64)
 
 
 def solve_query(net: Network, query: Query, *, timeout: float, start: float | None = None, **opts) -> Verdict:
@@ -73,7 +78,11 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     ``branching`` (activation splitting: "babsr", default, or "fsb" = filtered smart branching) and
     ``fsb_k`` (FSB candidates per list, 4);
     ``chain`` (True: input splitting on affine-ReLU chains uses the batched relax/bab/box_crown.py bounds);
-    ``input_lookahead`` ("portfolio": look-ahead and plain "sb" branching time-sliced; or "all" / "off").
+    ``input_lookahead`` ("portfolio": look-ahead and plain "sb" branching time-sliced; or "all" / "off");
+    ``refine`` ("auto": on for activation splitting on convolution-free ReLU networks, "bab": on, "off"):
+    before the search, the intermediate bounds of unstable neurons are tightened layer by layer by a
+    per-neuron β-CROWN branch-and-bound (relax/bab/refine.py; every bound proved, anytime) within
+    ``refine_share`` (0.5) of the time left after α-CROWN, ``refine_batch`` (64) leaves split per round.
     """
     bad = sorted(set(opts) - set(DEFAULTS))
     if bad:
@@ -84,6 +93,13 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         raise InvalidArgumentError(f"verify_query: branching must be 'fsb' or 'babsr', got {o['branching']!r}")
     if not (isinstance(o["fsb_k"], int) and o["fsb_k"] >= 1):
         raise InvalidArgumentError(f"verify_query: fsb_k must be a positive integer, got {o['fsb_k']!r}")
+    if o["refine"] not in REFINE_MODES:
+        raise InvalidArgumentError(f"verify_query: refine must be one of {', '.join(REFINE_MODES)}, got {o['refine']!r}")
+    share = o["refine_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise InvalidArgumentError(f"verify_query: refine_share must be a number in [0, 1], got {share!r}")
+    if not (isinstance(o["refine_batch"], int) and o["refine_batch"] >= 1):
+        raise InvalidArgumentError(f"verify_query: refine_batch must be a positive integer, got {o['refine_batch']!r}")
     t0 = time.monotonic() if start is None else start
     deadline = t0 + timeout
     dev = net.device
@@ -93,12 +109,17 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     visited = 0
 
     sb = torch.full((batch.n_specs,), -math.inf, dtype=torch.float64)
+    refine_log = []  # RefineStats of the refined boxes
 
     def done(status, reason="", hit=None, x=None, y=None):
+        if refine_log and status != "sat":  # what the refinement did (relax/bab/refine.py RefineStats)
+            reason = f"{reason} [{'; '.join(r.summary() for r in refine_log)}]"
         return Verdict(status, x, y, time.monotonic() - t0, visited, reason, hit, sb.clone())
 
     n_in = int(math.prod(net.input_shape))
     use_input = (n_in <= int(o["input_split_max"])) if o["input_split"] == "auto" else bool(o["input_split"])
+    do_refine = o["bab"] and not use_input and float(share) > 0 and (
+        o["refine"] == "bab" or (o["refine"] == "auto" and refine_applies(net)))
     restarts = o["pgd_restarts"]
     if restarts == "auto":  # random restarts are cheap and effective on low-dimensional inputs (ACAS Xu)
         restarts = 500 if use_input else 10
@@ -192,6 +213,31 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                                         float(o["alpha_lr"]), 0.0, deadline=deadline, owner=own)
             lower = torch.maximum(lower, lower2)
             mark(lower, "alpha-crown")
+            if do_refine and not bool(refuted[specs_g].all()) and time.monotonic() < deadline:
+                # still open: per-neuron BaB on the intermediate bounds, layer by layer (relax/bab/refine.py),
+                # ending early once CROWN on the rows proves every specification with the bounds so far
+                def proved_with(pre, lo=lo, hi=hi, Cg=Cg, dg=dg, own=own):
+                    b_ = BetaCrown(net, lo, hi, Cg, dg, dt, pre=pre)
+                    l_, *_ = b_.bound(torch.zeros(1, b_.N, dtype=torch.int8, device=dev), b_.default_alpha().unsqueeze(0),
+                                      torch.zeros(1, b_.m, b_.N, dtype=dt, device=dev), 0, 0.0, 0.0, owner=own)
+                    ok = l_[0].double() > dg
+                    return all(bool(ok[own == i].any()) or bool(refuted[i]) for i in specs_g)
+
+                now = time.monotonic()
+                pre_r, rst = refine_intermediate(bc, bc.pre0, deadline=now + float(share) * (deadline - now),
+                                                 interm_iters=int(o["interm_iters"]), interm_lr=float(o["interm_lr"]),
+                                                 iters=int(o["bab_iters"]), lr_alpha=float(o["lr_alpha"]),
+                                                 lr_beta=float(o["lr_beta"]), batch=int(o["refine_batch"]), seed=seed,
+                                                 stop=proved_with)
+                refine_log.append(rst)
+                bc = BetaCrown(net, lo, hi, Cg, dg, dt, root_iters=int(o["alpha_iters"]),
+                               root_lr=float(o["alpha_lr"]), pre=pre_r)
+                S0 = torch.zeros(1, bc.N, dtype=torch.int8, device=dev)
+                B0 = torch.zeros(1, bc.m, bc.N, dtype=dt, device=dev)
+                lower2, a, b, sc = bc.bound(S0, bc.default_alpha().unsqueeze(0), B0, int(o["alpha_iters"]),
+                                            float(o["alpha_lr"]), 0.0, deadline=deadline, owner=own)
+                lower = torch.maximum(lower, lower2)
+                mark(lower, "refined alpha-crown")
         visited += 1
         for i in specs_g:
             sel = own == i
@@ -201,7 +247,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                 continue
             roots[i] = (key, ("relu", bc, sel, lower[0][sel], a[0][sel]))
     if bool(refuted.all()):
-        return done("unsat", "alpha-crown" if "alpha-crown" in how.values() else "crown")
+        vals = set(how.values())
+        return done("unsat", next((m for m in ("refined alpha-crown", "alpha-crown") if m in vals), "crown"))
     if time.monotonic() > deadline:
         return done("timeout", "time budget exhausted after alpha-crown")
     if not o["bab"]:
