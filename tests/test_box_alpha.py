@@ -168,13 +168,14 @@ def test_chain_split_with_alpha_verdicts_match_milp(seed, single_thread):
 
 
 def test_verify_query_portfolio_member_options(single_thread):
-    """The fourth portfolio member is on by default and can be switched off; both agree with the MILP truth."""
+    """The fourth portfolio member is on by default, can be switched off or run alone ("alpha"); all agree with
+    the MILP truth."""
     net = _mlp(31, (3, 10, 10, 2))
     lo, hi = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
     m = spec_min(net, lo, hi, C, torch.zeros(1, dtype=torch.float64))
     for d, want in ((m - 0.02, "unsat"), (m + 0.02, "sat")):
         q = Query([Specification(lo, hi, C, torch.tensor([d], dtype=torch.float64))])
-        for ai in (10, 0):
-            v = verify_query(net, q, timeout=60, input_split=True, pgd_restarts=0, pgd_steps=0, input_alpha_iters=ai)
-            assert v.status == want, (ai, v.reason)
+        for opts in ({"input_alpha_iters": 10}, {"input_alpha_iters": 0}, {"input_lookahead": "alpha"}):
+            v = verify_query(net, q, timeout=60, input_split=True, pgd_restarts=0, pgd_steps=0, **opts)
+            assert v.status == want, (opts, v.reason)

@@ -73,7 +73,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     ``branching`` (activation splitting: "babsr", default, or "fsb" = filtered smart branching) and
     ``fsb_k`` (FSB candidates per list, 4);
     ``chain`` (True: input splitting on affine-ReLU chains uses the batched relax/bab/box_crown.py bounds);
-    ``input_lookahead`` ("portfolio": look-ahead and plain "sb" branching time-sliced; or "all" / "off");
+    ``input_lookahead`` ("portfolio": look-ahead and plain "sb" branching time-sliced; or "all" / "off", or
+    "alpha": the fourth member below alone);
     ``input_alpha_iters``/``input_refine_iters`` (10/3; 0 = off): the portfolio's fourth member, plain "sb" with
     alpha-CROWN on the boxes CROWN leaves open and alpha-CROWN intermediate bounds where splitting stalls
     (relax/bab/box_crown.py ``alpha_bound``/``refine_intermediate``), given twice the others' time slice.
@@ -252,8 +253,9 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         # width (+ 0.1 relative width); measured on ACAS Xu, each wins on properties where the others stall
         # (P1/P10, P9, P3 on 5_1); any one's proof is a proof
         ai, ri = int(o["input_alpha_iters"]), int(o["input_refine_iters"])
-        looks = ([(o["input_lookahead"], 0.0, 0)] if o["input_lookahead"] != "portfolio"
-                 else [("all", 0.0, 0), ("off", 0.0, 0), ("off", 0.1, 0)] + ([("off", 0.0, ai)] if ai > 0 else []))
+        looks = ([("all", 0.0, 0), ("off", 0.0, 0), ("off", 0.1, 0)] + ([("off", 0.0, ai)] if ai > 0 else [])
+                 if o["input_lookahead"] == "portfolio" else [("off", 0.0, max(ai, 1))] if o["input_lookahead"] == "alpha"
+                 else [(o["input_lookahead"], 0.0, 0)])
         css = [ChainSplit(chain, net64, batch.lower[g], batch.upper[g], batch.C[g][rows], batch.d[g][rows], own_l,
                           dtype=cdt, deadline=deadline, chunk=int(o["batch"] or 256), lookahead=lk, width_mix=mx,
                           alpha_iters=a_, refine_iters=ri if a_ > 0 else 0)
