@@ -19,6 +19,9 @@ Math
   on the box.  Looser than backward CROWN, about ``n_k / (n_in + 1)`` times cheaper.
 * The final rows ``C f - d`` are always bounded by the backward pass (few rows), on the intermediate
   bounds of either mode; their coefficient on the input, ``A (N, m, n_in)``, is returned for branching.
+* alpha-CROWN (:meth:`BoxCrown.alpha_bound`, :meth:`BoxCrown.refine_intermediate`): the lower slopes of the
+  unstable ReLUs are free in ``[0, 1]`` (every choice is a valid relaxation) and optimized per box by Adam,
+  for the final rows (intermediate bounds fixed) or for the intermediate bounds themselves, layer by layer.
 
 Guarantee and floating point
 ----------------------------

@@ -12,7 +12,9 @@ Two implementations of the same search, both on relax/bab/search.py's loop:
   Branching: "sb" (the coordinate ``i`` maximising ``|A_i| (hi_i - lo_i)``, ``A`` the CROWN input
   coefficient of the worst specification's best row) with an optional look-ahead (both halves along every
   other coordinate bounded for the boxes where the "sb" split gains little; the coordinate whose worse
-  child is best kept).
+  child is best kept).  Optionally (``alpha_iters``/``refine_iters``) the boxes CROWN leaves open get
+  alpha-CROWN on the final rows (slopes warm-started from the parent box), and those where the split gained
+  less than ``refine_gain`` of the bound also alpha-CROWN intermediate bounds (kept for their children).
 * :class:`InputSplit` (any network, the generic engine relax/engine.py, one domain per box): the
   fallback for networks that are not affine-ReLU chains (LeakyReLU, residual adds, sorting activations).
 
@@ -211,7 +213,13 @@ class ChainSplit:
     ``|A_i| (hi_i - lo_i)`` for the best row of the worst specification (``A``: that row's CROWN coefficient
     on the input, so ``|A_i| (hi_i - lo_i) / 2`` is the looseness coordinate ``i`` adds); zero-width
     coordinates are never split.  Counterexamples: every bounded box's centre and the minimiser of its
-    worst row's linear bound are evaluated in float64 (vectorised) and a hit is re-checked alone."""
+    worst row's linear bound are evaluated in float64 (vectorised) and a hit is re-checked alone.
+
+    ``alpha_iters > 0`` (default 0): boxes still open after CROWN get :meth:`BoxCrown.alpha_bound` (that many
+    Adam steps, from the parent's slopes); ``refine_iters > 0``: boxes still open whose bound rose by less
+    than ``refine_gain`` (relative) over the parent's get :meth:`BoxCrown.refine_intermediate` first (the
+    tightened bounds are inherited by their children).  Every bound stays certified (any slopes in [0, 1]);
+    boxes that only the float32 rounding margin keeps open are re-bounded in float64 with the slopes found."""
 
     def __init__(self, chain, net64: Network, lo0, hi0, C, d, owner, *, dtype=torch.float32, chunk: int = 256,
                  chunk_max: int = 4096, step_s: float = 0.3, deadline: float = math.inf, lookahead: str = "all", width_mix: float = 0.0,
