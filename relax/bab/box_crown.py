@@ -19,6 +19,9 @@ Math
   on the box.  Looser than backward CROWN, about ``n_k / (n_in + 1)`` times cheaper.
 * The final rows ``C f - d`` are always bounded by the backward pass (few rows), on the intermediate
   bounds of either mode; their coefficient on the input, ``A (N, m, n_in)``, is returned for branching.
+* alpha-CROWN (:meth:`BoxCrown.alpha_bound`, :meth:`BoxCrown.refine_intermediate`): the lower slopes of the
+  unstable ReLUs are free in ``[0, 1]`` (every choice is a valid relaxation) and optimized per box by Adam,
+  for the final rows (intermediate bounds fixed) or for the intermediate bounds themselves, layer by layer.
 
 Guarantee and floating point
 ----------------------------
@@ -35,6 +38,7 @@ returns ``None`` then.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -65,6 +69,27 @@ class AffineReluChain:
     @property
     def depth(self) -> int:
         return len(self.W)
+
+
+class _Adam:
+    """Adam ascent steps on a list of tensors (no torch.optim: its first use costs about a second of imports)."""
+
+    def __init__(self, params, lr, b1=0.9, b2=0.999, eps=1e-8):
+        self.params, self.lr, self.b1, self.b2, self.eps, self.t = params, lr, b1, b2, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def step(self, grads):
+        """``p <- p - lr * m_hat / (sqrt(v_hat) + eps)`` for the gradients ``grads`` of a loss to minimize."""
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        with torch.no_grad():
+            for p, g, m, v in zip(self.params, grads, self.m, self.v):
+                if g is None:
+                    continue
+                m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+                v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+                p.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + self.eps))
 
 
 def _relu_lines(l, u):
@@ -129,7 +154,7 @@ class BoxCrown:
             aL, aU, bU = relax[j]
             Ap = A.clamp(min=0)
             An = A - Ap
-            A = Ap * aL.unsqueeze(1) + An * aU.unsqueeze(1)
+            A = Ap * (aL if aL.dim() == 3 else aL.unsqueeze(1)) + An * aU.unsqueeze(1)
             t = torch.einsum("nrj,nj->nr", An, bU)
             const = const + t
             mag = mag - t
@@ -183,13 +208,9 @@ class BoxCrown:
             pre.append((torch.maximum(lo_v - self.gamma * lo_m, il), torch.minimum(-(hi_v - self.gamma * hi_m), iu)))
         return pre
 
-    # ---------------------------------------------------------------- the bound
-    def bound(self, lo: torch.Tensor, hi: torch.Tensor, parent: list | None = None):
-        """Certified lower bounds of ``C f(x) - d`` over the boxes ``lo/hi (N, n_in)`` (any float dtype; rounded
-        outward to the working dtype).  Returns ``(low (N, m) float64, A (N, m, n_in), pre)``: ``A`` the rows'
-        coefficients on the input (for branching), ``pre`` the pre-activation bounds ``[(l, u) (N, n_k)]`` of
-        the hidden layers.  ``parent``: such bounds valid on boxes containing these (e.g. the parents' of
-        split children): they are intersected in, and CROWN is run only for neurons still unstable."""
+    def _box(self, lo, hi):
+        """Centre ``c``, radius ``r`` and ``|c|`` in the working dtype of boxes ``lo/hi (N, n_in)`` (any float
+        dtype), rounded so that ``[c - r, c + r]`` contains every box."""
         lo_w, hi_w = lo.to(self.dtype), hi.to(self.dtype)
         if self.dtype != lo.dtype:
             lo_w = torch.where(lo_w.to(lo.dtype) > lo, torch.nextafter(lo_w, lo_w.new_tensor(-math.inf)), lo_w)
@@ -198,7 +219,16 @@ class BoxCrown:
         r = (hi_w - lo_w) / 2
         # c and r are rounded: widen r so that [c - r, c + r] still contains the box
         r = torch.maximum(r, torch.maximum(hi_w - c, c - lo_w)) * (1 + 2 * torch.finfo(self.dtype).eps)
-        cabs = c.abs()
+        return c, r, c.abs()
+
+    # ---------------------------------------------------------------- the bound
+    def bound(self, lo: torch.Tensor, hi: torch.Tensor, parent: list | None = None):
+        """Certified lower bounds of ``C f(x) - d`` over the boxes ``lo/hi (N, n_in)`` (any float dtype; rounded
+        outward to the working dtype).  Returns ``(low (N, m) float64, A (N, m, n_in), pre)``: ``A`` the rows'
+        coefficients on the input (for branching), ``pre`` the pre-activation bounds ``[(l, u) (N, n_k)]`` of
+        the hidden layers.  ``parent``: such bounds valid on boxes containing these (e.g. the parents' of
+        split children): they are intersected in, and CROWN is run only for neurons still unstable."""
+        c, r, cabs = self._box(lo, hi)
         W0 = self.W[0]
         N = c.shape[0]
         L = len(self.W)
@@ -240,6 +270,108 @@ class BoxCrown:
         # the rounding margin subtracted from each final row (N, m): what a float64 pass could win back
         self.margin = (self.last_margin + self.gamma * self.babs[-1]).to(torch.float64)
         return self._finite(low), A, pre
+
+    def alpha_bound(self, lo: torch.Tensor, hi: torch.Tensor, pre: list, iters: int = 10, lr: float = 0.2,
+                    alpha: list | None = None, deadline: float = math.inf):
+        """alpha-CROWN on the final rows: certified lower bounds of ``C f(x) - d`` over the boxes ``lo/hi (N, n_in)``
+        with the pre-activation bounds ``pre`` (valid on the boxes, e.g. :meth:`bound`'s) held fixed.
+
+        Math: on ``[l, u]`` with ``l < 0 < u``, ``relu(z) >= a z`` for **every** ``a in [0, 1]``, so the backward
+        pass of :meth:`_backward` with any such slopes (CROWN picks ``a = 1[u >= -l]``) is a valid lower bound; the
+        slopes (per box, row and neuron) are optimized by projected Adam on ``-sum`` of the bounds (Xu et al.
+        2021, alpha-CROWN; with fixed intermediate bounds its optimum is the LP relaxation's).  Every iterate is
+        a certified bound (the rounding margin of :meth:`bound` subtracted), the best per (box, row) is returned.
+        ``alpha``: slopes ``[(N, m, n_k)]`` to start from (e.g. the parent box's), default CROWN's; ``iters = 0``:
+        just evaluate them; ``deadline`` (``time.monotonic()``): no further iteration after it.  Returns ``(low (N, m) float64, alpha, margin (N, m) float64)``: the best bounds,
+        the slopes reaching them (clipped to ``[0, 1]``) and the rounding margin subtracted from them."""
+        c, r, cabs = self._box(lo, hi)
+        N, L, dev = c.shape[0], len(self.W), c.device
+        if L == 1 or not len(pre):
+            raise ValueError("alpha_bound needs a chain with at least one hidden layer")
+        lines = [_relu_lines(l.to(self.dtype), u.to(self.dtype)) for l, u in pre]
+        unst = [((l < 0) & (u > 0)).unsqueeze(1) for l, u in pre]
+        if alpha is None:
+            alpha = [aL.unsqueeze(1).expand(-1, self.m, -1) for aL, _, _ in lines]
+        alpha = [a.to(self.dtype).clone().clamp_(0, 1).requires_grad_(iters > 0) for a in alpha]
+        opt = _Adam(alpha, lr) if iters > 0 else None
+        best = torch.full((N, self.m), -math.inf, dtype=torch.float64, device=dev)
+        best_alpha = [a.detach().clone() for a in alpha]
+        best_margin = torch.zeros_like(best)
+        extra = self.gamma * self.babs[-1]
+        for it in range(iters + 1):
+            relax = [(torch.where(us, a, aL.unsqueeze(1)), aU, bU) for a, us, (aL, aU, bU) in zip(alpha, unst, lines)]
+            with torch.set_grad_enabled(it < iters):
+                low, _ = self._backward(L - 1, self.W[-1].unsqueeze(0), relax, c, r, cabs)
+                low = low + self.b[-1] - extra
+            lowd = self._finite(low.detach())
+            better = lowd > best
+            best = torch.where(better, lowd, best)
+            best_margin = torch.where(better, (self.last_margin.detach() + extra).to(torch.float64), best_margin)
+            for b_, a in zip(best_alpha, alpha):
+                b_.copy_(torch.where(better.unsqueeze(2), a.detach(), b_))
+            if it == iters or time.monotonic() > deadline:
+                break
+            loss = -torch.where(torch.isfinite(low), low, torch.zeros_like(low)).sum()
+            opt.step(torch.autograd.grad(loss, alpha, allow_unused=True))
+            with torch.no_grad():
+                for a in alpha:
+                    a.clamp_(0, 1)
+        self.margin = best_margin
+        return best, best_alpha, best_margin
+
+    def refine_intermediate(self, lo: torch.Tensor, hi: torch.Tensor, pre: list, iters: int = 10, lr: float = 0.2,
+                            deadline: float = math.inf):
+        """Tighter pre-activation bounds of hidden layers ``2..L-1`` over the boxes ``lo/hi (N, n_in)``: alpha-CROWN
+        per unstable neuron, layer by layer (each layer's bounds use the tightened bounds of the layers before).
+
+        For every box and every neuron ``j`` of layer ``k`` with ``l < 0 < u`` in ``pre``, the rows ``+-W_k[j]``
+        are bounded by :meth:`_backward` with the lower ReLU slopes of the unstable neurons of layers ``< k``
+        optimized (per box, neuron and sign) by projected Adam; any slopes in ``[0, 1]`` give valid bounds (the
+        rounding margin subtracted), so every iterate is certified and the best is intersected with ``pre``.
+        Fewer unstable neurons and tighter relaxations follow; measured on ACAS Xu 3_3 P2 boxes where the
+        final-layer LP is loose: LP-tight intermediate bounds turned the LP bound from -0.007 to +0.0011.
+        ``deadline`` (``time.monotonic()``): no further iteration or layer after it.
+        Returns the new ``[(l, u)]`` (working dtype), each contained in ``pre``'s."""
+        c, r, cabs = self._box(lo, hi)
+        L = len(self.W)
+        pre = [(l.to(self.dtype).clone(), u.to(self.dtype).clone()) for l, u in pre]
+        for k in range(1, L - 1):
+            if time.monotonic() > deadline:
+                break
+            lk, uk = pre[k]
+            n_idx, j_idx = ((lk < 0) & (uk > 0)).nonzero(as_tuple=True)
+            P = n_idx.numel()
+            if P == 0:
+                continue
+            w = self.W[k][j_idx]
+            rows = torch.stack([w, -w], 1)  # (P, 2, n_{k-1})
+            lines = [_relu_lines(*pre[j]) for j in range(k)]
+            sub = [(aL[n_idx], aU[n_idx], bU[n_idx]) for aL, aU, bU in lines]
+            unst = [((pre[j][0] < 0) & (pre[j][1] > 0))[n_idx].unsqueeze(1) for j in range(k)]
+            alpha = [aL.unsqueeze(1).expand(-1, 2, -1).clone().requires_grad_(iters > 0) for aL, _, _ in sub]
+            opt = _Adam(alpha, lr) if iters > 0 else None
+            ci, ri, cai = c[n_idx], r[n_idx], cabs[n_idx]
+            best = torch.full((P, 2), -math.inf, dtype=self.dtype, device=c.device)
+            for it in range(iters + 1):
+                relax = [(torch.where(us, a, aL.unsqueeze(1)), aU, bU) for a, us, (aL, aU, bU) in zip(alpha, unst, sub)]
+                with torch.set_grad_enabled(it < iters):
+                    v, _ = self._backward(k, rows, relax, ci, ri, cai)
+                fin = torch.isfinite(v)
+                best = torch.maximum(best, torch.where(fin, v.detach(), torch.full_like(best, -math.inf)))
+                if it == iters or time.monotonic() > deadline:
+                    break
+                loss = -torch.where(fin, v, torch.zeros_like(v)).sum()
+                opt.step(torch.autograd.grad(loss, alpha, allow_unused=True))
+                with torch.no_grad():
+                    for a in alpha:
+                        a.clamp_(0, 1)
+            bk, ek = self.b[k][j_idx], self.gamma * self.babs[k][j_idx]
+            pre[k] = (lk.index_put((n_idx, j_idx), torch.maximum(lk[n_idx, j_idx], best[:, 0] + bk - ek)),
+                      uk.index_put((n_idx, j_idx), torch.minimum(uk[n_idx, j_idx], -best[:, 1] + bk + ek)))
+            if k + 1 < L - 1:  # interval propagation of the tightened layer into the next one
+                il, iu = self._ibp(k + 1, *pre[k])
+                pre[k + 1] = (torch.maximum(pre[k + 1][0], il), torch.minimum(pre[k + 1][1], iu))
+        return pre
 
     @staticmethod
     def _finite(low):

@@ -42,7 +42,8 @@ DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts="auto", alpha_iters=50, a
                 input_split="auto", input_split_max=16, batch=None, memory_budget=2e9, bab_iters=10,
                 lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every="auto", max_domains=None, threads=1,
                 interm_iters=20, interm_lr=0.25, branching="babsr", fsb_k=4, chain=True,
-                input_lookahead="portfolio", refine="auto", refine_share=0.5, refine_batch=64)
+                input_lookahead="portfolio", input_alpha_iters=10, input_refine_iters=3,
+                refine="auto", refine_share=0.5, refine_batch=64)
 
 
 def solve_query(net: Network, query: Query, *, timeout: float, start: float | None = None, **opts) -> Verdict:
@@ -78,7 +79,11 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     ``branching`` (activation splitting: "babsr", default, or "fsb" = filtered smart branching) and
     ``fsb_k`` (FSB candidates per list, 4);
     ``chain`` (True: input splitting on affine-ReLU chains uses the batched relax/bab/box_crown.py bounds);
-    ``input_lookahead`` ("portfolio": look-ahead and plain "sb" branching time-sliced; or "all" / "off");
+    ``input_lookahead`` ("portfolio": look-ahead and plain "sb" branching time-sliced; or "all" / "off", or
+    "alpha": the fourth member below alone);
+    ``input_alpha_iters``/``input_refine_iters`` (10/3; 0 = off): the portfolio's fourth member, plain "sb" with
+    alpha-CROWN on the boxes CROWN leaves open and alpha-CROWN intermediate bounds where splitting stalls
+    (relax/bab/box_crown.py ``alpha_bound``/``refine_intermediate``), given twice the others' time slice.
     ``refine`` ("auto": on for activation splitting on convolution-free ReLU networks, "bab": on, "off"):
     before the search, the intermediate bounds of unstable neurons are tightened layer by layer by a
     per-neuron β-CROWN branch-and-bound (relax/bab/refine.py; every bound proved, anytime) within
@@ -295,11 +300,14 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         # look-ahead (every coordinate tried where "sb" gains little), plain "sb", and "sb" share x relative
         # width (+ 0.1 relative width); measured on ACAS Xu, each wins on properties where the others stall
         # (P1/P10, P9, P3 on 5_1); any one's proof is a proof
-        looks = ([(o["input_lookahead"], 0.0)] if o["input_lookahead"] != "portfolio"
-                 else [("all", 0.0), ("off", 0.0), ("off", 0.1)])
+        ai, ri = int(o["input_alpha_iters"]), int(o["input_refine_iters"])
+        looks = ([("all", 0.0, 0), ("off", 0.0, 0), ("off", 0.1, 0)] + ([("off", 0.0, ai)] if ai > 0 else [])
+                 if o["input_lookahead"] == "portfolio" else [("off", 0.0, max(ai, 1))] if o["input_lookahead"] == "alpha"
+                 else [(o["input_lookahead"], 0.0, 0)])
         css = [ChainSplit(chain, net64, batch.lower[g], batch.upper[g], batch.C[g][rows], batch.d[g][rows], own_l,
-                          dtype=cdt, deadline=deadline, chunk=int(o["batch"] or 256), lookahead=lk, width_mix=mx)
-               for lk, mx in looks]
+                          dtype=cdt, deadline=deadline, chunk=int(o["batch"] or 256), lookahead=lk, width_mix=mx,
+                          alpha_iters=a_, refine_iters=ri if a_ > 0 else 0)
+               for lk, mx, a_ in looks]
         cs = css[0]
         root = cs.root()
         visited += 1
@@ -323,7 +331,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                 def between(store, held=held):
                     held[0] = store
                     return attack(store)
-                span = deadline - now if len(css) == 1 else min(slice_s, deadline - now)
+                span = deadline - now if len(css) == 1 else min(slice_s * (2 if c_k.alpha_iters else 1), deadline - now)
                 c_k.deadline = now + span
                 outc = branch_and_bound(opens[k], c_k, c_k.bound, timeout=span, batch=4,
                                         memory_budget=float(o["memory_budget"]) / len(css),

@@ -12,7 +12,9 @@ Two implementations of the same search, both on relax/bab/search.py's loop:
   Branching: "sb" (the coordinate ``i`` maximising ``|A_i| (hi_i - lo_i)``, ``A`` the CROWN input
   coefficient of the worst specification's best row) with an optional look-ahead (both halves along every
   other coordinate bounded for the boxes where the "sb" split gains little; the coordinate whose worse
-  child is best kept).
+  child is best kept).  Optionally (``alpha_iters``/``refine_iters``) the boxes CROWN leaves open get
+  alpha-CROWN on the final rows (slopes warm-started from the parent box), and those where the split gained
+  less than ``refine_gain`` of the bound also alpha-CROWN intermediate bounds (kept for their children).
 * :class:`InputSplit` (any network, the generic engine relax/engine.py, one domain per box): the
   fallback for networks that are not affine-ReLU chains (LeakyReLU, residual adds, sorting activations).
 
@@ -173,10 +175,11 @@ class BoxChunk:
     ``key``: the smallest box key (the chunk's certified lower bound of ``min_spec max_row (C f - d)``).
     The boxes of a chunk and of all chunks together cover the open part of the root box."""
 
-    __slots__ = ("lo", "hi", "dim", "keys", "pre", "key", "nbytes", "depth", "stuck", "bounded")
+    __slots__ = ("lo", "hi", "dim", "keys", "pre", "key", "nbytes", "depth", "stuck", "bounded", "alpha")
 
-    def __init__(self, lo, hi, dim, keys, pre, depth=0, stuck=False, bounded=False):
+    def __init__(self, lo, hi, dim, keys, pre, depth=0, stuck=False, bounded=False, alpha=None):
         self.lo, self.hi, self.dim, self.keys, self.pre = lo, hi, dim, keys, pre
+        self.alpha = alpha  # alpha-CROWN slopes [(n, m, n_k)] of the boxes (warm start of their children), or None
         self.depth, self.stuck, self.bounded = depth, stuck, bounded
         self.key = float(keys.min()) if keys.numel() else math.inf
         self.nbytes = self.size()
@@ -184,10 +187,16 @@ class BoxChunk:
     def size(self) -> int:
         """Bytes held (the store's memory accounting)."""
         return int(self.lo.numel() * 16 + self.keys.numel() * 8 + self.lo.shape[0] * 8
-                   + sum(a.numel() * a.element_size() * 2 for a, _ in self.pre) + 256)
+                   + sum(a.numel() * a.element_size() * 2 for a, _ in self.pre)
+                   + sum(a.numel() * a.element_size() for a in (self.alpha or [])) + 256)
 
     def __len__(self):
         return self.lo.shape[0]
+
+
+def _relu_default(l, u):
+    """CROWN's lower ReLU slopes on ``[l, u]`` (1 where ``u >= -l``, else 0; 1 / 0 on active / inactive neurons)."""
+    return torch.where(l >= 0, torch.ones_like(l), torch.where(u <= 0, torch.zeros_like(l), (u >= -l).to(l.dtype)))
 
 
 def _cat_pre(pres):
@@ -204,10 +213,17 @@ class ChainSplit:
     ``|A_i| (hi_i - lo_i)`` for the best row of the worst specification (``A``: that row's CROWN coefficient
     on the input, so ``|A_i| (hi_i - lo_i) / 2`` is the looseness coordinate ``i`` adds); zero-width
     coordinates are never split.  Counterexamples: every bounded box's centre and the minimiser of its
-    worst row's linear bound are evaluated in float64 (vectorised) and a hit is re-checked alone."""
+    worst row's linear bound are evaluated in float64 (vectorised) and a hit is re-checked alone.
+
+    ``alpha_iters > 0`` (default 0): boxes still open after CROWN get :meth:`BoxCrown.alpha_bound` (that many
+    Adam steps, from the parent's slopes); ``refine_iters > 0``: boxes still open whose bound rose by less
+    than ``refine_gain`` (relative) over the parent's get :meth:`BoxCrown.refine_intermediate` first (the
+    tightened bounds are inherited by their children).  Every bound stays certified (any slopes in [0, 1]);
+    boxes that only the float32 rounding margin keeps open are re-bounded in float64 with the slopes found."""
 
     def __init__(self, chain, net64: Network, lo0, hi0, C, d, owner, *, dtype=torch.float32, chunk: int = 256,
-                 chunk_max: int = 4096, step_s: float = 0.3, deadline: float = math.inf, lookahead: str = "all", width_mix: float = 0.0):
+                 chunk_max: int = 4096, step_s: float = 0.3, deadline: float = math.inf, lookahead: str = "all", width_mix: float = 0.0,
+                 alpha_iters: int = 0, alpha_lr: float = 0.2, refine_iters: int = 0, refine_gain: float = 0.1):
         from .box_crown import BoxCrown
         self.net64 = net64
         self.shape = tuple(lo0.shape)
@@ -218,8 +234,14 @@ class ChainSplit:
         self.bc = BoxCrown(chain, self.C64, self.d64, dtype=dtype)
         self.bc64 = BoxCrown(chain, self.C64, self.d64, dtype=torch.float64) if dtype != torch.float64 else None
         self.mix = float(width_mix)
+        self.alpha_iters, self.alpha_lr = int(alpha_iters), float(alpha_lr)
+        self.refine_iters, self.refine_gain = int(refine_iters), float(refine_gain)
+        self.alpha_boxes = self.alpha_closed = 0  # boxes given alpha-CROWN, and closed by it
+        self.refine_boxes = self.refine_closed = 0  # boxes given refined intermediate bounds, and closed then
         self.splittable = (self.hi0 - self.lo0).flatten() > 0
         self.chunk, self.chunk_max, self.step_s = int(chunk), int(chunk_max), float(step_s)
+        if self.alpha_iters > 0:  # ~5-20 times the work per box: smaller first pieces (then adapted to the time)
+            self.chunk = min(self.chunk, 64)
         self.deadline = deadline
         self.witness = None
         self.boxes = 0  # boxes bounded
@@ -237,19 +259,73 @@ class ChainSplit:
         out = torch.full((n, self.S), -math.inf, dtype=torch.float64, device=low.device)
         return out.scatter_reduce(1, self.owner.unsqueeze(0).expand(n, -1), low, reduce="amax")
 
-    def bound_boxes(self, lo, hi, parent=None):
+    def bound_boxes(self, lo, hi, parent=None, pkeys=None, palpha=None):
         low, A, pre = self.bc.bound(lo, hi, parent)
-        self.boxes += lo.shape[0]
+        margin = self.bc.margin
+        n = lo.shape[0]
+        self.boxes += n
+        # the slopes per box: found by alpha-CROWN (where has_alpha), else the parent's (warm start), else
+        # CROWN's; kept for the float64 re-bound and the children
+        alpha = None
+        has_alpha = torch.zeros(n, dtype=torch.bool, device=lo.device)
+        self.last_alpha = None
+        if self.alpha_iters > 0 and len(pre):
+            alpha = ([a.clone() for a in palpha] if palpha is not None else
+                     [_relu_default(l, u).unsqueeze(1).expand(-1, self.bc.m, -1).clone() for l, u in pre])
+
+        def improve(idx, low, margin, pre_i):
+            """alpha-CROWN on the boxes ``idx`` (bounds ``pre_i``, slopes from ``alpha``); the better bounds kept."""
+            la, al, ma = self.bc.alpha_bound(lo[idx], hi[idx], pre_i, iters=self.alpha_iters, lr=self.alpha_lr,
+                                             alpha=[a[idx] for a in alpha], deadline=self.deadline)
+            up = la > low[idx]
+            low, margin = low.clone(), margin.clone()
+            low[idx] = torch.where(up, la, low[idx])
+            margin[idx] = torch.where(up, ma, margin[idx])
+            for full, a in zip(alpha, al):
+                full[idx] = a
+            has_alpha[idx] = True
+            return low, margin
+
+        if self.alpha_iters > 0 and len(pre) and time.monotonic() < self.deadline:
+            # boxes CROWN leaves open: alpha-CROWN on the final rows (same intermediate bounds)
+            idx = (~(self._spec_keys(low).amin(1) > 0)).nonzero().flatten()
+            if idx.numel():
+                low, margin = improve(idx, low, margin, [(l[idx], u[idx]) for l, u in pre])
+                self.alpha_boxes += idx.numel()
+                self.alpha_closed += int((self._spec_keys(low[idx]).amin(1) > 0).sum())
+        if self.refine_iters > 0 and self.alpha_iters > 0 and len(pre) > 1 and time.monotonic() < self.deadline:
+            # still open: alpha-CROWN on the intermediate bounds too (kept for the children), then on the rows
+            k_now = self._spec_keys(low).amin(1)
+            stall = ~(k_now > 0)
+            if pkeys is not None:  # only where splitting stopped paying: the split gained < refine_gain of the bound
+                stall &= ~(k_now > pkeys + self.refine_gain * pkeys.abs())
+            idx = stall.nonzero().flatten()
+            if idx.numel():
+                ref = self.bc.refine_intermediate(lo[idx], hi[idx], [(l[idx], u[idx]) for l, u in pre],
+                                                  iters=self.refine_iters, lr=self.alpha_lr, deadline=self.deadline)
+                pre = [(l.index_put((idx,), rl), u.index_put((idx,), ru)) for (l, u), (rl, ru) in zip(pre, ref)]
+                low, margin = improve(idx, low, margin, ref)
+                self.refine_boxes += idx.numel()
+                self.refine_closed += int((self._spec_keys(low[idx]).amin(1) > 0).sum())
         if self.bc64 is not None:
-            # boxes that only the working dtype's rounding margin keeps open: bounded again in float64
-            # (the parents' bounds still intersected in; both results are valid, the larger is kept)
-            near = (~(self._spec_keys(low).amin(1) > 0)) & (self._spec_keys(low + self.bc.margin).amin(1) > 0)
+            # boxes that only the working dtype's rounding margin keeps open: bounded again in float64, their
+            # own intermediate bounds intersected in, with the alpha-CROWN slopes found where there are; every
+            # result is valid, the largest is kept
+            near = (~(self._spec_keys(low).amin(1) > 0)) & (self._spec_keys(low + margin).amin(1) > 0)
             idx = near.nonzero().flatten()
             if idx.numel():
-                par = None if parent is None else [(l[idx].double(), u[idx].double()) for l, u in parent]
-                low64, _, _ = self.bc64.bound(lo[idx], hi[idx], par)
+                par = [(l[idx].double(), u[idx].double()) for l, u in pre]
+                low64, _, pre64 = self.bc64.bound(lo[idx], hi[idx], par)
+                has = has_alpha[idx]
+                if bool(has.any()):
+                    sub = idx[has]
+                    la64, _, _ = self.bc64.alpha_bound(lo[sub], hi[sub], [(l[has], u[has]) for l, u in pre64],
+                                                          iters=0, alpha=[a[sub] for a in alpha])
+                    low64 = low64.clone()
+                    low64[has] = torch.maximum(low64[has], la64)
                 low = low.clone()
                 low[idx] = torch.maximum(low[idx], low64)
+        self.last_alpha = alpha
         sk = self._spec_keys(low)
         keys = sk.amin(1)
         worst = sk.argmin(1)
@@ -300,7 +376,7 @@ class ChainSplit:
 
     def root(self) -> BoxChunk:
         keys, dim, pre = self.bound_boxes(self.lo0, self.hi0)
-        return BoxChunk(self.lo0.clone(), self.hi0.clone(), dim, keys, pre)
+        return BoxChunk(self.lo0.clone(), self.hi0.clone(), dim, keys, pre, alpha=self.last_alpha)
 
     def root_spec_keys(self):
         low, _, _ = self.bc.bound(self.lo0, self.hi0)
@@ -317,6 +393,8 @@ class ChainSplit:
         dim = torch.cat([c.dim for c in chunks])
         pkeys = torch.cat([c.keys for c in chunks])
         pre = _cat_pre([c.pre for c in chunks])
+        alpha = ([torch.cat([c.alpha[k] for c in chunks]) for k in range(len(chunks[0].alpha))]
+                 if all(c.alpha is not None for c in chunks) else None)
         depth = max(c.depth for c in chunks) + 1
         a = lo.gather(1, dim[:, :1])
         b = hi.gather(1, dim[:, :1])
@@ -325,9 +403,11 @@ class ChainSplit:
         out: list = []
         if not bool(can.all()):
             st = ~can
-            out.append(BoxChunk(lo[st], hi[st], dim[st], pkeys[st], [(l[st], u[st]) for l, u in pre], depth, stuck=True))
+            out.append(BoxChunk(lo[st], hi[st], dim[st], pkeys[st], [(l[st], u[st]) for l, u in pre], depth, stuck=True,
+                                alpha=None if alpha is None else [a[st] for a in alpha]))
             lo, hi, dim, mid, pkeys = lo[can], hi[can], dim[can], mid[can], pkeys[can]
             pre = [(l[can], u[can]) for l, u in pre]
+            alpha = None if alpha is None else [a[can] for a in alpha]
         if lo.shape[0] and self.lookahead and time.monotonic() < self.deadline:
             out += self._lookahead(lo, hi, dim, pkeys, pre, depth)
         elif lo.shape[0]:
@@ -336,10 +416,12 @@ class ChainSplit:
             clo, chi = torch.cat([lo, lo2]), torch.cat([hi1, hi])
             cpre = [(torch.cat([l, l]), torch.cat([u, u])) for l, u in pre]
             ckeys, cdim = torch.cat([pkeys, pkeys]), torch.cat([dim, dim])  # the parents' (valid until bounded)
+            calpha = None if alpha is None else [torch.cat([a, a]) for a in alpha]
             n = clo.shape[0]
             for s in range(0, n, self.chunk):
                 sl = slice(s, s + self.chunk)
-                out.append(BoxChunk(clo[sl], chi[sl], cdim[sl], ckeys[sl], [(l[sl], u[sl]) for l, u in cpre], depth))
+                out.append(BoxChunk(clo[sl], chi[sl], cdim[sl], ckeys[sl], [(l[sl], u[sl]) for l, u in cpre], depth,
+                                    alpha=None if calpha is None else [a[sl] for a in calpha]))
         return [out] + [[] for _ in chunks[1:]]
 
     def _lookahead(self, lo, hi, dim, pkeys, pre, depth):
@@ -391,7 +473,7 @@ class ChainSplit:
         N = lo.shape[0]
         t = time.monotonic()
         c0lo, c0hi, ok0 = self._halves(lo, hi, cand[:, :1])
-        k0, d0, p0 = self.bound_boxes(c0lo, c0hi, [(l.repeat(2, 1), u.repeat(2, 1)) for l, u in pre])
+        k0, d0, p0 = self.bound_boxes(c0lo, c0hi, [(l.repeat(2, 1), u.repeat(2, 1)) for l, u in pre], pkeys.repeat(2))
         w0 = torch.minimum(k0[:N], k0[N:])
         b0 = torch.maximum(k0[:N], k0[N:])
         score0 = torch.where(ok0, w0 + 1e-6 * b0.clamp(max=1e6), torch.full_like(w0, -math.inf))
@@ -412,7 +494,7 @@ class ChainSplit:
                 valid.append(ok)
             clo, chi = torch.cat(los), torch.cat(his)
             keys, dims, kpre = self.bound_boxes(clo, chi, [(l.repeat(2 * (K - 1), 1), u.repeat(2 * (K - 1), 1))
-                                                            for l, u in pre_p])
+                                                            for l, u in pre_p], pkeys[idx].repeat(2 * (K - 1)))
             k2 = keys.reshape(K - 1, 2, M)
             worse, better = k2.amin(1), k2.amax(1)
             sc = torch.where(torch.stack(valid), worse + 1e-6 * better.clamp(max=1e6), torch.full_like(worse, -math.inf))
@@ -451,9 +533,10 @@ class ChainSplit:
             if t > self.deadline:
                 continue  # the child keeps its parent's keys (valid on the sub-box); the search stops at its deadline
             if ch.bounded:  # bounded by the look-ahead of split()
-                keys, dim, pre = ch.keys, ch.dim, ch.pre
+                keys, dim, pre, alpha = ch.keys, ch.dim, ch.pre, None
             else:
-                keys, dim, pre = self.bound_boxes(ch.lo, ch.hi, ch.pre)
+                keys, dim, pre = self.bound_boxes(ch.lo, ch.hi, ch.pre, ch.keys, ch.alpha)
+                alpha = self.last_alpha
             if self.witness is not None:
                 s, x, y = self.witness
                 return x, y, s
@@ -461,6 +544,7 @@ class ChainSplit:
             closed_min = float(keys[~op].min()) if bool((~op).any()) else math.inf
             ch.lo, ch.hi, ch.dim, ch.keys = ch.lo[op], ch.hi[op], dim[op], keys[op]
             ch.pre = [(l[op], u[op]) for l, u in pre]
+            ch.alpha = None if alpha is None else [a[op] for a in alpha]
             ch.key = float(ch.keys.min()) if bool(op.any()) else closed_min
             ch.nbytes = ch.size()
             # adapt the chunk size to the measured time per box (bounded work per step)
