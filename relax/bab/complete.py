@@ -33,7 +33,7 @@ from .box_crown import AffineReluChain
 from .input_split import ChainSplit, InputSplit, InputSplitPolicy, make_bounder as box_bounder
 from .search import BaBProgress, branch_and_bound
 
-DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts="auto", alpha_iters=50, alpha_lr=0.1, seed=0, bab=True,
+DEFAULTS = dict(dtype=None, pgd_steps=100, pgd_restarts="auto", alpha_iters=50, alpha_lr=0.1, seed=0, bab=True,
                 input_split="auto", input_split_max=16, batch=None, memory_budget=2e9, bab_iters=10,
                 lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every="auto", max_domains=None, threads=1,
                 interm_iters=20, interm_lr=0.25, branching="babsr", fsb_k=4, chain=True,
@@ -61,7 +61,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     """The body of :func:`relax.spec.verify_query` (the query is already validated).
 
     Options: ``dtype`` (working dtype of the bounds; float64 when ``C`` is not exact in it),
-    ``pgd_steps``/``pgd_restarts`` (50 / "auto": 500 before and 2000 per round during input splitting, 10 otherwise), ``alpha_iters``/``alpha_lr`` (root α-CROWN, 50/0.1),
+    ``pgd_steps``/``pgd_restarts`` (100 / "auto": 500 before and 2000 per round during input splitting, 10 per specification row otherwise; restarts are spread over the specifications, relax/bab/attack.py), ``alpha_iters``/``alpha_lr`` (root α-CROWN, 50/0.1),
     ``seed``, ``bab`` (True; False stops after α-CROWN), ``input_split`` ("auto": when the input has at
     most ``input_split_max`` = 16 values; or True/False), ``batch`` (domains popped per step; default 512
     for input splitting, 64 for activation splitting), ``memory_budget`` (bytes of open domains, 2e9),
@@ -101,7 +101,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     use_input = (n_in <= int(o["input_split_max"])) if o["input_split"] == "auto" else bool(o["input_split"])
     restarts = o["pgd_restarts"]
     if restarts == "auto":  # random restarts are cheap and effective on low-dimensional inputs (ACAS Xu)
-        restarts = 500 if use_input else 10
+        # ReLU BaB: 10 per specification (pgd_search spreads its restarts over the group's specifications)
+        restarts = 500 if use_input else 10 * max(int((batch.owner[g] >= 0).sum()) for g in range(batch.owner.shape[0]))
     restarts_in = 2000 if o["pgd_restarts"] == "auto" else int(restarts)  # during input splitting
     every_in = 1.0 if o["attack_every"] == "auto" else float(o["attack_every"])
     if o["attack_every"] == "auto":
