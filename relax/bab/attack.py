@@ -1,11 +1,19 @@
 """Counterexample search for specifications ``C f(x) <= d`` on boxes, and its exact float64 re-check.
 
-:func:`pgd_search` runs projected signed-gradient descent (with random restarts, the box centres and
-optional given starts) on ``min over specifications of max over rows (C_k f(x) - d_k)`` inside each
-box, in the working dtype; its points are only *candidates*.  :func:`check_counterexample` is the
-judge: a point is clamped into its box in float64, the network is evaluated **in float64 on that point
-alone**, and the point is returned only if every row of one specification holds (``C f <= d``) there
-and the point lies in the box.  A float32-only violation is never reported.
+:func:`pgd_search` runs projected signed-gradient descent inside each box, **one specification
+(OR-clause) per starting point**: the restarts of a group are spread over its specifications, and
+every point descends its own clause's loss ``sum_rows max(C_k f(x) - d_k, 0)``; every fourth random
+start is first diversified in output space (ODI).  Its points are only *candidates*.
+:func:`check_counterexample` is the judge: a point is clamped into its box in float64, the network is
+evaluated **in float64 on that point alone**, and the point is returned only if every row of one
+specification holds (``C f <= d``) there and the point lies in the box.  A float32-only violation is
+never reported.
+
+Measured (VNN-COMP 2021 MNIST-FC, all 90 instances, attack alone, 10 restarts per specification,
+30-100 steps; loaded 2-core CPU): 22 counterexamples vs 18 for the former untargeted attack (gradient
+of ``min over clauses``, 10 restarts), 0.2-0.9 s per instance without one.  Per-clause targeting finds
+256x2 prop_9_0.05 and 256x4 prop_14_0.05, ODI finds 256x4 prop_1_0.05 and 256x6 prop_3_0.05 (plain
+restarts all converge to the same local optimum there, whatever the step schedule, momentum or count).
 """
 
 from __future__ import annotations
@@ -51,8 +59,9 @@ def _targets(batch: SpecBatch) -> torch.Tensor:
                         device=batch.lower.device)
 
 
-def pgd_search(net: Network, batch: SpecBatch, *, steps: int = 100, restarts: int = 10, seed: int = 0,
-               dtype=None, deadline: float = math.inf, starts: torch.Tensor | None = None, odi_steps: int = 2):
+def pgd_search(net: Network, batch: SpecBatch, *, steps: int = 50, restarts: int = 10, seed: int = 0,
+               dtype=None, deadline: float = math.inf, starts: torch.Tensor | None = None, odi_steps: int = 2,
+               odi_every: int = 4):
     """Per-specification (per OR-clause) targeted projected signed-gradient descent inside every group's box.
 
     Every point attacks **one** specification ``k`` of its group: it minimises that clause's loss
@@ -63,7 +72,8 @@ def pgd_search(net: Network, batch: SpecBatch, *, steps: int = 100, restarts: in
     counterexamples of the others (measured: VNN-COMP 2021 MNIST-FC 256x2 prop_9_0.05).
 
     Starting points per group: ``restarts`` spread over its specifications (``ceil(restarts / K)``
-    random points each, at least one) plus the box centre for every specification, plus ``starts``
+    random points each, at least one; every ``odi_every``-th of them first takes ``odi_steps`` output-diversifying
+    steps, see the code) plus the box centre for every specification, plus ``starts``
     ``(G, S0, *shape)`` (each given start attacks every specification).  All points of all groups and
     specifications run as one batch.  Stops at ``deadline``, after ``steps`` steps, or as soon as some
     point satisfies some specification in the working dtype.  Returns the candidate points
@@ -97,12 +107,13 @@ def pgd_search(net: Network, batch: SpecBatch, *, steps: int = 100, restarts: in
     valid = (batch.owner >= 0).unsqueeze(1)
     neg = torch.tensor(-math.inf, dtype=dt, device=dev)
     decay = 0.05 ** (1.0 / max(int(steps), 1))
-    if odi_steps > 0 and R > 1:
-        # output-diversified initialisation (Tashiro et al. 2020): every second random start first ascends a
-        # random direction w . f(x) of the output space, so restarts do not all fall into one basin
-        # (measured: MNIST-FC 256x6 prop_3_0.05, whose counterexample no plain start reached)
+    if odi_steps > 0 and R >= odi_every >= 1:
+        # output-diversified initialisation (Tashiro et al. 2020): every odi_every-th random start first takes
+        # odi_steps full-width signed steps up a random direction w . f(x) of the output space, so restarts do
+        # not all fall into one basin (MNIST-FC 256x4 prop_1_0.05, 256x6 prop_3_0.05: no plain start reached
+        # them).  Every 4th, not every 2nd: ACAS Xu 4_9 prop_2 needs the plain starts (3/6 vs 2/6 seeds)
         div = torch.zeros(G, K, R + 1, dtype=torch.bool, device=dev)
-        div[:, :, 2::2] = True
+        div[:, :, odi_every::odi_every] = True
         div = torch.cat([div.reshape(G, -1), torch.zeros(G, S - K * (R + 1), dtype=torch.bool, device=dev)], 1)
         w = (torch.rand((G, S, batch.C.shape[2]), generator=gen, dtype=torch.float64) * 2 - 1).to(device=dev, dtype=dt)
         dmask = div.reshape(G, S, *([1] * nd)).to(dt)
