@@ -224,3 +224,29 @@ def test_conv_net_two_boxes_odd_shapes_and_float64():
             s = specs[i]
             assert bool(((x >= s.lower) & (x <= s.upper)).all())
             assert bool((s.C @ net.to(dtype=torch.float64)(x[None])[0].flatten() <= s.d).all())
+
+
+def test_attack_rounds_during_relu_bab_take_a_bounded_share(monkeypatch):
+    """Rounds of the attack between branch-and-bound batches: a round that took t s is followed by at least
+    9 t s of search (attack_every=0 asks for a round after every batch).  The property is violated at the
+    box centre, so no proof ends the search; the stand-in attack is slow and returns no candidate."""
+    net = _mlp(7, (6, 48, 48, 48, 2))
+    lo, hi = torch.full((6,), -1.0, dtype=torch.float64), torch.full((6,), 1.0, dtype=torch.float64)
+    C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    yc = net.to(dtype=torch.float64)(torch.zeros(1, 6, dtype=torch.float64))[0]
+    q = Query([Specification(lo, hi, C, (C @ yc).reshape(1))])
+    calls = []
+
+    def slow(net_, batch, **k):
+        t0 = time.monotonic()
+        time.sleep(0.15)
+        calls.append((t0, time.monotonic()))
+        return batch.lower.new_zeros((batch.lower.shape[0], 0, *batch.lower.shape[1:]))
+
+    monkeypatch.setattr(complete, "pgd_search", slow)
+    v = verify_query(net, q, timeout=4, input_split=False, attack_every=0.0)
+    assert v.status == "timeout"
+    rounds = calls[1:]  # the first call is the attack before the bounds
+    assert len(rounds) >= 1
+    for (s0, e0), (s1, _) in zip(rounds, rounds[1:]):
+        assert s1 - e0 >= 9 * (e0 - s0) - 1e-3

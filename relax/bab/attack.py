@@ -34,6 +34,8 @@ def check_counterexample(net64: Network, batch: SpecBatch, x64: torch.Tensor):
     point found that satisfies some specification -- ``hit = (spec index, group, sample)`` -- or
     ``(None, None, None)``."""
     G, S = x64.shape[:2]
+    if G * S == 0:
+        return None, None, None
     lo, hi = batch.lower.unsqueeze(1), batch.upper.unsqueeze(1)
     x = torch.minimum(torch.maximum(x64.to(torch.float64), lo), hi)
     with torch.no_grad():
