@@ -319,6 +319,95 @@ class BoxCrown:
         self.margin = best_margin
         return best, best_alpha, best_margin
 
+    def combo_bound(self, lo: torch.Tensor, hi: torch.Tensor, pre: list, owner: torch.Tensor, *, iters: int = 10,
+                    lr: float = 0.5, lam: torch.Tensor | None = None, alpha: list | None = None, opt_alpha: bool = False,
+                    deadline: float = math.inf):
+        """Refutation of AND clauses by a convex combination of their rows: certified lower bounds of
+        ``lam_s . (C_s f(x) - d_s)`` over the boxes ``lo/hi (N, n_in)``, per box and specification ``s``
+        (``owner (m,)``: the specification of each row, ``0..S-1``), with ``pre`` (valid on the boxes) fixed.
+
+        Math: if ``lam >= 0`` (not all zero) and ``min_box lam . (C f - d) > 0``, no point of the box satisfies
+        every row ``C_k f <= d_k`` of the clause, although possibly no single row is ``> 0`` on the whole box
+        (near a point where two rows tie).  ``lam . (C f - d)`` is one more row: its bound is the backward
+        pass of :meth:`_backward` from ``lam @ (C W_L)`` (sign-adaptive ReLU relaxation, slopes CROWN's or
+        ``alpha``), so for fixed slopes it is concave in ``lam`` (a minimum of functions linear in ``lam``).
+        ``lam = softmax(theta)`` over the clause's rows is optimised by Adam (``iters`` steps, ``lr``), jointly
+        with the lower slopes in ``[0, 1]`` per box/clause/neuron when ``opt_alpha``; warm starts ``lam (N, S, m)``
+        (zero off the clause) and ``alpha [(N, S, n_k)]`` (e.g. the parent box's).
+
+        Guarantee: every iterate is evaluated as a certified bound -- :meth:`_backward`'s rounding margin, the
+        margin of ``b_L``, plus the rounding of forming the combined row in the working dtype,
+        ``2 (m + 4) eps (lam . |C W_L| relu(u_{L-1}) + lam . |C b_L - d|)`` (``|h| <= relu(u)`` for the last
+        hidden layer's outputs ``h``) -- and the best per (box, clause) is kept with the ``lam`` (exactly the
+        weights used, ``>= 0``) and slopes reaching it.  Clauses of one row get ``-inf`` (nothing to combine).
+        Returns ``(low (N, S) float64, lam (N, S, m), alpha or None, margin (N, S) float64, A_in (N, S, n_in))``."""
+        c, r, cabs = self._box(lo, hi)
+        N, L, dev, m = c.shape[0], len(self.W), c.device, self.m
+        owner = owner.to(dev)
+        S = int(owner.max()) + 1
+        mask = owner.unsqueeze(0) == torch.arange(S, device=dev).unsqueeze(1)  # (S, m)
+        multi = mask.sum(1) >= 2
+        best = torch.full((N, S), -math.inf, dtype=torch.float64, device=dev)
+        best_margin = torch.zeros_like(best)
+        best_A = torch.zeros(N, S, c.shape[1], dtype=self.dtype, device=dev)
+        if L == 1 or not len(pre) or not bool(multi.any()):
+            z = torch.zeros(N, S, m, dtype=self.dtype, device=dev)
+            return best, z, None, best_margin, best_A
+        lines = [_relu_lines(l.to(self.dtype), u.to(self.dtype)) for l, u in pre]
+        hmax = pre[-1][1].to(self.dtype).clamp(min=0)  # (N, n_{L-1}): |relu(z_{L-1})| <= relu(u)
+        eps_c = 2.0 * (m + 4) * torch.finfo(self.dtype).eps
+        if lam is None:
+            theta = torch.zeros(N, S, m, dtype=self.dtype, device=dev)
+        else:
+            theta = lam.to(self.dtype).clamp(min=1e-6).log()
+        theta = theta.masked_fill(~mask.unsqueeze(0), -math.inf).requires_grad_(iters > 0)
+        params = [theta]
+        unst = [((l < 0) & (u > 0)).unsqueeze(1) for l, u in pre]
+        if opt_alpha:
+            if alpha is None:
+                alpha = [aL.unsqueeze(1).expand(-1, S, -1) for aL, _, _ in lines]
+            alpha = [a.to(self.dtype).clone().clamp_(0, 1).requires_grad_(iters > 0) for a in alpha]
+            params = params + alpha
+        opt = _Adam(params, lr) if iters > 0 else None
+        best_lam = torch.zeros(N, S, m, dtype=self.dtype, device=dev)
+        best_alpha = [a.detach().clone() for a in alpha] if opt_alpha else None
+        W, b, Wabs, babs = self.W[-1], self.b[-1], self.Wabs[-1], self.babs[-1]
+        keep = multi.unsqueeze(0)
+        for it in range(iters + 1):
+            with torch.set_grad_enabled(it < iters):
+                lam_t = torch.softmax(theta, dim=2)  # (N, S, m), exactly 0 off the clause
+                lam_d = lam_t.detach()
+                if opt_alpha:
+                    relax = [(torch.where(us, a, aL.unsqueeze(1)), aU, bU)
+                             for a, us, (aL, aU, bU) in zip(alpha, unst, lines)]
+                else:
+                    relax = lines
+                val, A_in = self._backward(L - 1, lam_t @ W, relax, c, r, cabs)
+                extra = (self.gamma * (lam_d @ babs)
+                         + eps_c * (torch.einsum("nsj,nj->ns", lam_d @ Wabs, hmax) + lam_d @ babs))
+                low = val + lam_t @ b - extra
+            lowd = torch.where(keep, self._finite(low.detach()), torch.full_like(best, -math.inf))
+            better = lowd > best
+            best = torch.where(better, lowd, best)
+            best_margin = torch.where(better, (self.last_margin.detach() + extra).to(torch.float64), best_margin)
+            best_lam = torch.where(better.unsqueeze(2), lam_d, best_lam)
+            best_A = torch.where(better.unsqueeze(2), A_in.detach(), best_A)
+            if opt_alpha:
+                for b_, a in zip(best_alpha, alpha):
+                    b_.copy_(torch.where(better.unsqueeze(2), a.detach(), b_))
+            if it == iters or time.monotonic() > deadline:
+                break
+            loss = -torch.where(torch.isfinite(low) & keep, low, torch.zeros_like(low)).sum()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            grads = [None if g is None else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+            opt.step(grads)
+            with torch.no_grad():
+                if opt_alpha:
+                    for a in alpha:
+                        a.clamp_(0, 1)
+        self.margin = best_margin
+        return best, best_lam, best_alpha, best_margin, best_A
+
     def refine_intermediate(self, lo: torch.Tensor, hi: torch.Tensor, pre: list, iters: int = 10, lr: float = 0.2,
                             deadline: float = math.inf):
         """Tighter pre-activation bounds of hidden layers ``2..L-1`` over the boxes ``lo/hi (N, n_in)``: alpha-CROWN

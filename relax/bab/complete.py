@@ -42,7 +42,7 @@ DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts="auto", alpha_iters=50, a
                 input_split="auto", input_split_max=16, batch=None, memory_budget=2e9, bab_iters=10,
                 lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every="auto", max_domains=None, threads=1,
                 interm_iters=20, interm_lr=0.25, branching="babsr", fsb_k=4, chain=True,
-                input_lookahead="portfolio", input_alpha_iters=10, input_refine_iters=3,
+                input_lookahead="portfolio", input_alpha_iters=10, input_refine_iters=3, input_combo_iters=0,
                 refine="auto", refine_share=0.5, refine_batch=64)
 
 
@@ -84,6 +84,9 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     ``input_alpha_iters``/``input_refine_iters`` (10/3; 0 = off): the portfolio's fourth member, plain "sb" with
     alpha-CROWN on the boxes CROWN leaves open and alpha-CROWN intermediate bounds where splitting stalls
     (relax/bab/box_crown.py ``alpha_bound``/``refine_intermediate``), given twice the others' time slice.
+    ``input_combo_iters`` (0 = off): AND clauses left open on a box are refuted by a convex combination of their
+    rows (relax/bab/box_crown.py ``combo_bound``: that many Adam steps on the weights, jointly with the slopes in
+    the alpha member), at the root and in every portfolio member.
     ``refine`` ("auto": on for activation splitting on convolution-free ReLU networks, "bab": on, "off"):
     before the search, the intermediate bounds of unstable neurons are tightened layer by layer by a
     per-neuron β-CROWN branch-and-bound (relax/bab/refine.py; every bound proved, anytime) within
@@ -163,7 +166,8 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
             # one batched CROWN over the box for every specification of the group (shared work)
             local = {i: k for k, i in enumerate(specs_g)}
             own_l = torch.tensor([local[int(i)] for i in own.tolist()], dtype=torch.long, device=dev)
-            cs = ChainSplit(chain, net64, lo64, hi64, Cg, dg, own_l, dtype=cdt, deadline=deadline)
+            cs = ChainSplit(chain, net64, lo64, hi64, Cg, dg, own_l, dtype=cdt, deadline=deadline,
+                            combo_iters=int(o["input_combo_iters"]))
             rk = cs.root_spec_keys()
             visited += 1
             for i in specs_g:
@@ -307,7 +311,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                  else [(o["input_lookahead"], 0.0, 0)])
         css = [ChainSplit(chain, net64, batch.lower[g], batch.upper[g], batch.C[g][rows], batch.d[g][rows], own_l,
                           dtype=cdt, deadline=deadline, chunk=int(o["batch"] or 256), lookahead=lk, width_mix=mx,
-                          alpha_iters=a_, refine_iters=ri if a_ > 0 else 0)
+                          alpha_iters=a_, refine_iters=ri if a_ > 0 else 0, combo_iters=int(o["input_combo_iters"]))
                for lk, mx, a_ in looks]
         cs = css[0]
         root = cs.root()

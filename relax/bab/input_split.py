@@ -175,11 +175,12 @@ class BoxChunk:
     ``key``: the smallest box key (the chunk's certified lower bound of ``min_spec max_row (C f - d)``).
     The boxes of a chunk and of all chunks together cover the open part of the root box."""
 
-    __slots__ = ("lo", "hi", "dim", "keys", "pre", "key", "nbytes", "depth", "stuck", "bounded", "alpha")
+    __slots__ = ("lo", "hi", "dim", "keys", "pre", "key", "nbytes", "depth", "stuck", "bounded", "alpha", "lam")
 
-    def __init__(self, lo, hi, dim, keys, pre, depth=0, stuck=False, bounded=False, alpha=None):
+    def __init__(self, lo, hi, dim, keys, pre, depth=0, stuck=False, bounded=False, alpha=None, lam=None):
         self.lo, self.hi, self.dim, self.keys, self.pre = lo, hi, dim, keys, pre
         self.alpha = alpha  # alpha-CROWN slopes [(n, m, n_k)] of the boxes (warm start of their children), or None
+        self.lam = lam  # row weights (n, S, m) of the AND-clause combinations (warm start of the children), or None
         self.depth, self.stuck, self.bounded = depth, stuck, bounded
         self.key = float(keys.min()) if keys.numel() else math.inf
         self.nbytes = self.size()
@@ -188,7 +189,8 @@ class BoxChunk:
         """Bytes held (the store's memory accounting)."""
         return int(self.lo.numel() * 16 + self.keys.numel() * 8 + self.lo.shape[0] * 8
                    + sum(a.numel() * a.element_size() * 2 for a, _ in self.pre)
-                   + sum(a.numel() * a.element_size() for a in (self.alpha or [])) + 256)
+                   + sum(a.numel() * a.element_size() for a in (self.alpha or []))
+                   + (0 if self.lam is None else self.lam.numel() * self.lam.element_size()) + 256)
 
     def __len__(self):
         return self.lo.shape[0]
@@ -223,7 +225,8 @@ class ChainSplit:
 
     def __init__(self, chain, net64: Network, lo0, hi0, C, d, owner, *, dtype=torch.float32, chunk: int = 256,
                  chunk_max: int = 4096, step_s: float = 0.3, deadline: float = math.inf, lookahead: str = "all", width_mix: float = 0.0,
-                 alpha_iters: int = 0, alpha_lr: float = 0.2, refine_iters: int = 0, refine_gain: float = 0.1):
+                 alpha_iters: int = 0, alpha_lr: float = 0.2, refine_iters: int = 0, refine_gain: float = 0.1,
+                 combo_iters: int = 0, combo_lr: float = 0.3):
         from .box_crown import BoxCrown
         self.net64 = net64
         self.shape = tuple(lo0.shape)
@@ -238,6 +241,11 @@ class ChainSplit:
         self.refine_iters, self.refine_gain = int(refine_iters), float(refine_gain)
         self.alpha_boxes = self.alpha_closed = 0  # boxes given alpha-CROWN, and closed by it
         self.refine_boxes = self.refine_closed = 0  # boxes given refined intermediate bounds, and closed then
+        self.combo_iters, self.combo_lr = int(combo_iters), float(combo_lr)
+        # AND clauses (specifications of >= 2 rows) get the row combination; boxes given it, and closed by it
+        self.multi = bool((torch.bincount(self.owner, minlength=self.S) >= 2).any())
+        self.combo_boxes = self.combo_closed = 0
+        self.last_lam = None
         self.splittable = (self.hi0 - self.lo0).flatten() > 0
         self.chunk, self.chunk_max, self.step_s = int(chunk), int(chunk_max), float(step_s)
         if self.alpha_iters > 0:  # ~5-20 times the work per box: smaller first pieces (then adapted to the time)
@@ -259,7 +267,7 @@ class ChainSplit:
         out = torch.full((n, self.S), -math.inf, dtype=torch.float64, device=low.device)
         return out.scatter_reduce(1, self.owner.unsqueeze(0).expand(n, -1), low, reduce="amax")
 
-    def bound_boxes(self, lo, hi, parent=None, pkeys=None, palpha=None):
+    def bound_boxes(self, lo, hi, parent=None, pkeys=None, palpha=None, plam=None):
         low, A, pre = self.bc.bound(lo, hi, parent)
         margin = self.bc.margin
         n = lo.shape[0]
@@ -307,6 +315,32 @@ class ChainSplit:
                 low, margin = improve(idx, low, margin, ref)
                 self.refine_boxes += idx.numel()
                 self.refine_closed += int((self._spec_keys(low[idx]).amin(1) > 0).sum())
+        # AND clauses still open: a convex combination of their rows (BoxCrown.combo_bound), lam warm-started
+        # from the parent box (else from the best row), slopes optimised jointly in the alpha-CROWN members
+        combo = torch.full((n, self.S), -math.inf, dtype=torch.float64, device=lo.device)
+        cmargin = torch.zeros_like(combo)
+        clam = cA = calpha = None
+        cidx = None
+        self.last_lam = None
+        if self.combo_iters > 0 and self.multi and len(pre) and time.monotonic() < self.deadline:
+            clam = plam.clone() if plam is not None else self._lam_init(low)
+            cidx = (~(self._spec_keys(low).amin(1) > 0)).nonzero().flatten()
+            if cidx.numel():
+                pre_c = [(l[cidx], u[cidx]) for l, u in pre]
+                ca0 = None
+                if alpha is not None:  # the slopes of each clause's heaviest row
+                    best_row = clam[cidx].argmax(2)  # (P, S)
+                    ca0 = [a[cidx].gather(1, best_row.unsqueeze(2).expand(-1, -1, a.shape[2])) for a in alpha]
+                cb, lam_c, calpha, cm, cA = self.bc.combo_bound(
+                    lo[cidx], hi[cidx], pre_c, self.owner, iters=self.combo_iters, lr=self.combo_lr, lam=clam[cidx],
+                    alpha=ca0, opt_alpha=alpha is not None, deadline=self.deadline)
+                combo[cidx], cmargin[cidx] = cb, cm
+                upd = torch.isfinite(cb).any(1)
+                clam[cidx[upd]] = lam_c[upd].to(clam.dtype)
+                self.combo_boxes += cidx.numel()
+                self.combo_closed += int((self._spec_keys(low[cidx]).amin(1) <= 0).logical_and(
+                    torch.maximum(self._spec_keys(low[cidx]), cb).amin(1) > 0).sum())
+            self.last_lam = clam
         if self.bc64 is not None:
             # boxes that only the working dtype's rounding margin keeps open: bounded again in float64, their
             # own intermediate bounds intersected in, with the alpha-CROWN slopes found where there are; every
@@ -325,13 +359,32 @@ class ChainSplit:
                     low64[has] = torch.maximum(low64[has], la64)
                 low = low.clone()
                 low[idx] = torch.maximum(low[idx], low64)
+            if cidx is not None and cidx.numel():  # the same for the combinations, with the lam (and slopes) found
+                sk_c = torch.maximum(self._spec_keys(low[cidx]), combo[cidx])
+                sk_m = torch.maximum(self._spec_keys(low[cidx]), combo[cidx] + cmargin[cidx])
+                near = ~(sk_c.amin(1) > 0) & (sk_m.amin(1) > 0)
+                j = near.nonzero().flatten()
+                if j.numel():
+                    gi = cidx[j]
+                    _, _, pre64 = self.bc64.bound(lo[gi], hi[gi], [(l[gi].double(), u[gi].double()) for l, u in pre])
+                    cb64, *_ = self.bc64.combo_bound(lo[gi], hi[gi], pre64, self.owner, iters=0, lam=clam[gi],
+                                                     alpha=None if calpha is None else [a[j] for a in calpha],
+                                                     opt_alpha=calpha is not None)
+                    combo[gi] = torch.maximum(combo[gi], cb64)
         self.last_alpha = alpha
-        sk = self._spec_keys(low)
+        sk_rows = self._spec_keys(low)
+        sk = torch.maximum(sk_rows, combo)
         keys = sk.amin(1)
         worst = sk.argmin(1)
         rowsel = torch.where(self.owner.unsqueeze(0) == worst.unsqueeze(1), low, torch.full_like(low, -math.inf))
         row = rowsel.argmax(1)
         Ar = A[torch.arange(A.shape[0], device=A.device), row].to(torch.float64)
+        if cidx is not None and cidx.numel():  # where the worst clause's best bound is its combination: its coefficient
+            ar = torch.arange(n, device=lo.device)
+            use = combo[ar, worst] > sk_rows[ar, worst]
+            full_cA = torch.zeros(n, self.S, A.shape[2], dtype=torch.float64, device=lo.device)
+            full_cA[cidx] = cA.to(torch.float64)
+            Ar = torch.where(use.unsqueeze(1), full_cA[ar, worst], Ar)
         width = hi - lo
         score = Ar.abs() * width
         ok = self.splittable.unsqueeze(0) & (width > 0)
@@ -376,11 +429,28 @@ class ChainSplit:
 
     def root(self) -> BoxChunk:
         keys, dim, pre = self.bound_boxes(self.lo0, self.hi0)
-        return BoxChunk(self.lo0.clone(), self.hi0.clone(), dim, keys, pre, alpha=self.last_alpha)
+        return BoxChunk(self.lo0.clone(), self.hi0.clone(), dim, keys, pre, alpha=self.last_alpha, lam=self.last_lam)
 
     def root_spec_keys(self):
-        low, _, _ = self.bc.bound(self.lo0, self.hi0)
-        return self._spec_keys(low)[0]
+        low, _, pre = self.bc.bound(self.lo0, self.hi0)
+        sk = self._spec_keys(low)
+        if self.combo_iters > 0 and self.multi and len(pre):
+            cb, *_ = self.bc.combo_bound(self.lo0, self.hi0, pre, self.owner, iters=self.combo_iters, lr=self.combo_lr,
+                                         lam=self._lam_init(low))
+            sk = torch.maximum(sk, cb)
+        return sk[0]
+
+    def _lam_init(self, low):
+        """Starting row weights ``(n, S, m)`` of the combinations: 0.7 on each clause's best row (by the row
+        bounds ``low (n, m)``) plus 0.3 spread evenly over its rows (so the first iterate is close to the best
+        row's bound and every row can gain weight)."""
+        n = low.shape[0]
+        mask = self.owner.unsqueeze(0) == torch.arange(self.S, device=low.device).unsqueeze(1)  # (S, m)
+        cnt = mask.sum(1, keepdim=True).clamp(min=1).to(torch.float64)
+        lowm = torch.where(mask.unsqueeze(0), low.unsqueeze(1), torch.full((n, self.S, low.shape[1]), -math.inf,
+                                                                           dtype=torch.float64, device=low.device))
+        best = torch.nn.functional.one_hot(lowm.argmax(2), low.shape[1]).to(torch.float64)
+        return (0.7 * best + 0.3 * mask.unsqueeze(0).to(torch.float64) / cnt) * mask.unsqueeze(0)
 
     # ------------------------------------------------------------ the policy (search.py's BranchingPolicy)
     def split(self, chunks: list[BoxChunk]):
@@ -395,6 +465,7 @@ class ChainSplit:
         pre = _cat_pre([c.pre for c in chunks])
         alpha = ([torch.cat([c.alpha[k] for c in chunks]) for k in range(len(chunks[0].alpha))]
                  if all(c.alpha is not None for c in chunks) else None)
+        lam = torch.cat([c.lam for c in chunks]) if all(c.lam is not None for c in chunks) else None
         depth = max(c.depth for c in chunks) + 1
         a = lo.gather(1, dim[:, :1])
         b = hi.gather(1, dim[:, :1])
@@ -404,10 +475,12 @@ class ChainSplit:
         if not bool(can.all()):
             st = ~can
             out.append(BoxChunk(lo[st], hi[st], dim[st], pkeys[st], [(l[st], u[st]) for l, u in pre], depth, stuck=True,
-                                alpha=None if alpha is None else [a[st] for a in alpha]))
+                                alpha=None if alpha is None else [a[st] for a in alpha],
+                                lam=None if lam is None else lam[st]))
             lo, hi, dim, mid, pkeys = lo[can], hi[can], dim[can], mid[can], pkeys[can]
             pre = [(l[can], u[can]) for l, u in pre]
             alpha = None if alpha is None else [a[can] for a in alpha]
+            lam = None if lam is None else lam[can]
         if lo.shape[0] and self.lookahead and time.monotonic() < self.deadline:
             out += self._lookahead(lo, hi, dim, pkeys, pre, depth)
         elif lo.shape[0]:
@@ -417,11 +490,13 @@ class ChainSplit:
             cpre = [(torch.cat([l, l]), torch.cat([u, u])) for l, u in pre]
             ckeys, cdim = torch.cat([pkeys, pkeys]), torch.cat([dim, dim])  # the parents' (valid until bounded)
             calpha = None if alpha is None else [torch.cat([a, a]) for a in alpha]
+            clam = None if lam is None else torch.cat([lam, lam])
             n = clo.shape[0]
             for s in range(0, n, self.chunk):
                 sl = slice(s, s + self.chunk)
                 out.append(BoxChunk(clo[sl], chi[sl], cdim[sl], ckeys[sl], [(l[sl], u[sl]) for l, u in cpre], depth,
-                                    alpha=None if calpha is None else [a[sl] for a in calpha]))
+                                    alpha=None if calpha is None else [a[sl] for a in calpha],
+                                    lam=None if clam is None else clam[sl]))
         return [out] + [[] for _ in chunks[1:]]
 
     def _lookahead(self, lo, hi, dim, pkeys, pre, depth):
@@ -533,10 +608,10 @@ class ChainSplit:
             if t > self.deadline:
                 continue  # the child keeps its parent's keys (valid on the sub-box); the search stops at its deadline
             if ch.bounded:  # bounded by the look-ahead of split()
-                keys, dim, pre, alpha = ch.keys, ch.dim, ch.pre, None
+                keys, dim, pre, alpha, lam = ch.keys, ch.dim, ch.pre, None, None
             else:
-                keys, dim, pre = self.bound_boxes(ch.lo, ch.hi, ch.pre, ch.keys, ch.alpha)
-                alpha = self.last_alpha
+                keys, dim, pre = self.bound_boxes(ch.lo, ch.hi, ch.pre, ch.keys, ch.alpha, ch.lam)
+                alpha, lam = self.last_alpha, self.last_lam
             if self.witness is not None:
                 s, x, y = self.witness
                 return x, y, s
@@ -545,6 +620,7 @@ class ChainSplit:
             ch.lo, ch.hi, ch.dim, ch.keys = ch.lo[op], ch.hi[op], dim[op], keys[op]
             ch.pre = [(l[op], u[op]) for l, u in pre]
             ch.alpha = None if alpha is None else [a[op] for a in alpha]
+            ch.lam = None if lam is None else lam[op]
             ch.key = float(ch.keys.min()) if bool(op.any()) else closed_min
             ch.nbytes = ch.size()
             # adapt the chunk size to the measured time per box (bounded work per step)
