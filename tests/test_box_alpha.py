@@ -176,6 +176,19 @@ def test_verify_query_portfolio_member_options(single_thread):
     m = spec_min(net, lo, hi, C, torch.zeros(1, dtype=torch.float64))
     for d, want in ((m - 0.02, "unsat"), (m + 0.02, "sat")):
         q = Query([Specification(lo, hi, C, torch.tensor([d], dtype=torch.float64))])
-        for opts in ({"input_alpha_iters": 10}, {"input_alpha_iters": 0}, {"input_lookahead": "alpha"}):
+        for opts in ({"input_alpha_iters": 10}, {"input_alpha_iters": 0}, {"input_lookahead": "alpha"},
+                     {"input_alpha_lookahead": "off", "input_alpha_weight": 2}, {"input_alpha_lookahead": "two"},
+                     {"input_combo_iters": 5}):
             v = verify_query(net, q, timeout=60, input_split=True, pgd_restarts=0, pgd_steps=0, **opts)
             assert v.status == want, (opts, v.reason)
+
+
+@pytest.mark.parametrize("opts", [{"input_alpha_lookahead": "none"}, {"input_alpha_weight": 0},
+                                  {"input_alpha_weight": float("inf")}, {"input_alpha_weight": True}])
+def test_verify_query_rejects_bad_alpha_member_options(opts):
+    from nncertify.models.errors import InvalidArgumentError
+    net = _mlp(31, (3, 10, 10, 2))
+    lo, hi = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    q = Query([Specification(lo, hi, torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))])
+    with pytest.raises(InvalidArgumentError, match=next(iter(opts))):
+        verify_query(net, q, timeout=10, input_split=True, **opts)

@@ -43,6 +43,7 @@ DEFAULTS = dict(dtype=None, pgd_steps=50, pgd_restarts="auto", alpha_iters=50, a
                 lr_alpha=0.1, lr_beta=0.05, progress=None, attack_every="auto", max_domains=None, threads=1,
                 interm_iters=20, interm_lr=0.25, branching="babsr", fsb_k=4, chain=True,
                 input_lookahead="portfolio", input_alpha_iters=10, input_refine_iters=3, input_combo_iters=0,
+                input_alpha_lookahead="all", input_alpha_weight=4,
                 refine="auto", refine_share=0.5, refine_batch=64)
 
 
@@ -83,7 +84,10 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     "alpha": the fourth member below alone);
     ``input_alpha_iters``/``input_refine_iters`` (10/3; 0 = off): the portfolio's fourth member, plain "sb" with
     alpha-CROWN on the boxes CROWN leaves open and alpha-CROWN intermediate bounds where splitting stalls
-    (relax/bab/box_crown.py ``alpha_bound``/``refine_intermediate``), given twice the others' time slice.
+    (relax/bab/box_crown.py ``alpha_bound``/``refine_intermediate``), with the look-ahead of ``input_alpha_lookahead``.
+    ``input_alpha_lookahead`` ("all", or "two"/"off": the fourth member's branching, look-ahead as above) and
+    ``input_alpha_weight`` (4: its time slice in multiples of the others'; with slices doubling each round it
+    gets 4/7 of the time, measured: the three CROWN members' slowest ACAS Xu instance took 20 s of 116);
     ``input_combo_iters`` (0 = off): AND clauses left open on a box are refuted by a convex combination of their
     rows (relax/bab/box_crown.py ``combo_bound``: that many Adam steps on the weights, jointly with the slopes in
     the alpha member), at the root and in every portfolio member.
@@ -99,6 +103,12 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
     o = {**DEFAULTS, **opts}
     if o["branching"] not in ("fsb", "babsr"):
         raise InvalidArgumentError(f"verify_query: branching must be 'fsb' or 'babsr', got {o['branching']!r}")
+    if o["input_alpha_lookahead"] not in ("all", "two", "off"):
+        raise InvalidArgumentError(f"verify_query: input_alpha_lookahead must be 'all', 'two' or 'off', "
+                                   f"got {o['input_alpha_lookahead']!r}")
+    w = o["input_alpha_weight"]
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 or not math.isfinite(w):
+        raise InvalidArgumentError(f"verify_query: input_alpha_weight must be a positive number, got {w!r}")
     if not (isinstance(o["fsb_k"], int) and o["fsb_k"] >= 1):
         raise InvalidArgumentError(f"verify_query: fsb_k must be a positive integer, got {o['fsb_k']!r}")
     if o["refine"] not in REFINE_MODES:
@@ -306,8 +316,12 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         # width (+ 0.1 relative width); measured on ACAS Xu, each wins on properties where the others stall
         # (P1/P10, P9, P3 on 5_1); any one's proof is a proof
         ai, ri = int(o["input_alpha_iters"]), int(o["input_refine_iters"])
-        looks = ([("all", 0.0, 0), ("off", 0.0, 0), ("off", 0.1, 0)] + ([("off", 0.0, ai)] if ai > 0 else [])
-                 if o["input_lookahead"] == "portfolio" else [("off", 0.0, max(ai, 1))] if o["input_lookahead"] == "alpha"
+        # the alpha member: look-ahead over every coordinate too ("all"; measured on ACAS Xu P2 3_3 / 4_2, whose
+        # open boxes "sb" keeps halving along the steep X_1 while halving X_2 is what tightens the worse child:
+        # proved alone in 36 s / 24 s at load ~4, where plain "sb" with alpha stalled at -0.002 after 110 s)
+        alk = o["input_alpha_lookahead"]
+        looks = ([("all", 0.0, 0), ("off", 0.0, 0), ("off", 0.1, 0)] + ([(alk, 0.0, ai)] if ai > 0 else [])
+                 if o["input_lookahead"] == "portfolio" else [(alk, 0.0, max(ai, 1))] if o["input_lookahead"] == "alpha"
                  else [(o["input_lookahead"], 0.0, 0)])
         css = [ChainSplit(chain, net64, batch.lower[g], batch.upper[g], batch.C[g][rows], batch.d[g][rows], own_l,
                           dtype=cdt, deadline=deadline, chunk=int(o["batch"] or 256), lookahead=lk, width_mix=mx,
@@ -325,9 +339,17 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
         opens = [[root] for _ in css]
         attack = attacker(open_g)
         slice_s = 1.0
+        weight = float(o["input_alpha_weight"])
         outc = None
         while True:
-            for k, c_k in enumerate(css):
+            # after the first round the alpha member goes first (its slice is the longest: finishing it before the
+            # others' measured 57 s instead of 81 s for ACAS Xu 3_3 P2); the first round keeps the cheap CROWN
+            # members first, so that easy instances stay fast
+            ks = list(range(len(css)))
+            if slice_s > 1.0:
+                ks = [k for k in ks if css[k].alpha_iters] + [k for k in ks if not css[k].alpha_iters]
+            for k in ks:
+                c_k = css[k]
                 now = time.monotonic()
                 if now > deadline:
                     break
@@ -336,7 +358,7 @@ def _solve(net: Network, query: Query, *, timeout: float, start: float | None = 
                 def between(store, held=held):
                     held[0] = store
                     return attack(store)
-                span = deadline - now if len(css) == 1 else min(slice_s * (2 if c_k.alpha_iters else 1), deadline - now)
+                span = deadline - now if len(css) == 1 else min(slice_s * (weight if c_k.alpha_iters else 1), deadline - now)
                 c_k.deadline = now + span
                 outc = branch_and_bound(opens[k], c_k, c_k.bound, timeout=span, batch=4,
                                         memory_budget=float(o["memory_budget"]) / len(css),
