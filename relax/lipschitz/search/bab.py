@@ -62,6 +62,7 @@ from ..result import LipschitzResult
 BAB_OPS = ("relu", "leaky_relu", "maxmin", "groupsort", "householder")
 POLY_ITERS = 20  # default dual steps of the input-polytope re-bounding
 POLY_MAX_INPUT = 128  # ... used by default only up to this many input coordinates
+REFINE_SHARE = 0.3  # share of the BaB budget for refining the root's pre-activation bounds (engine-rebounded nets)
 POLY_CHUNK_ELEMS = 1 << 22  # ~32 MB of float64 per (domains x neurons x inputs) tensor in the polytope pass
 
 
@@ -477,7 +478,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
              lp_check: bool = False, balance: bool = False,
              lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False,
              abs_weight: float = 1.0, poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
-             chunk: int = 128, ball=None, progress=None) -> LipschitzResult:
+             chunk: int = 128, ball=None, progress=None, refine_share: float | None = None) -> LipschitzResult:
     """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds, on the shared
     search loop :func:`...bab.search.branch_and_bound` (policy and bounding of :class:`_ActivationSearch`).
 
@@ -494,6 +495,12 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     bound (for progress displays; it must not raise).
     ``ball``: for an l2 / l1 ball region searched over its bounding box, the
     :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
+    ``refine_share``: at most this share of ``timeout`` goes first to refining the root's pre-activation
+    bounds by a per-neuron beta-CROWN search (:func:`..bounds.chain.refined_intermediate_bounds`; ReLU /
+    LeakyReLU chains with >= 2 activation layers; it stops early when every neuron's bound meets its sampled
+    range); 0: off; None: ``REFINE_SHARE`` where the domains are re-bounded by the forward engine
+    (``poly_iters == 0``, e.g. more than ``POLY_MAX_INPUT`` inputs), else 0.  Every domain starts from the
+    refined bounds.
     """
     from ...bab.search import branch_and_bound
     from ..bounds.common import certified
@@ -505,6 +512,17 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         raise UnsupportedOperationError("lp_check (triangle-relaxation LP of a domain) supports ReLU/LeakyReLU networks only")
     if int(batch) < 1 or int(chunk) < 1 or int(max_pool) < 1 or int(max_domains) < 1:
         raise InvalidArgumentError("bab_options: batch, chunk, max_pool and max_domains must be >= 1")
+    if refine_share is None:
+        refine_share = REFINE_SHARE if poly_iters == 0 else 0.0
+    if not 0.0 <= float(refine_share) < 1.0:
+        raise InvalidArgumentError(f"bab_options: refine_share must be in [0, 1), got {refine_share}")
+    stats_refine = None
+    if refine_share > 0 and rebound and math.isfinite(timeout):
+        from ..bounds.chain import refined_intermediate_bounds
+        ref = refined_intermediate_bounds(chain, xl.reshape(1, -1), xu.reshape(1, -1), root_fb,
+                                          deadline=t0 + float(refine_share) * timeout)
+        if ref is not None:
+            root_fb, stats_refine = ref[0], ref[1]
     S = seeds.shape[0]
     dev, dt = seeds.device, seeds.dtype
     srch = _ActivationSearch(net, chain, xl, xu, seeds, norm, root_fb, rebound, poly_iters, poly_lr,
@@ -549,6 +567,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     upper = float(per_c.max())
     stats, lb_seed = srch.stats, srch.lb_seed
     stats["open_domains"] = len(srch.open)
+    if stats_refine is not None:
+        stats["refine"] = stats_refine.summary()
     stats["search"] = out.reason
     # A finished run has closed every domain: domains pruned by the lower bound cannot hold the max, and
     # the max is exact when it is *attained*: the largest closed leaf had an interior point, where
