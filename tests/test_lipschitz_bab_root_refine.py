@@ -136,3 +136,58 @@ def test_refine_share_default_and_bad_values():
     for bad in (1.0, -0.1, 2):
         with pytest.raises(InvalidArgumentError, match="refine_share"):
             local_lipschitz(net, (lo, hi), bab_timeout=5, attack_options=FAST_ATTACK, bab_options={"refine_share": bad})
+
+
+# ------------------------------------------------------------------ the second attack round (lower bound)
+@pytest.mark.parametrize("act", ["relu", "leaky"])
+def test_boosted_lower_bound_is_attained_and_never_above_the_exact_value(act, monkeypatch):
+    """The longer attack round inside the BaB (forced at the first batch here) only reports autograd gradient
+    norms at points of the box: never above the MILP / enumerated exact value, and its witness attains it."""
+    from nncertify.relax.lipschitz.search import bab as bab_mod
+    monkeypatch.setattr(bab_mod, "BOOST_AFTER", 0.0)
+    module = mlp([3, 6, 6, 2], 4, act)
+    net = models.from_module(module)
+    lo, hi = torch.full((1, 3), -0.6, dtype=DT), torch.full((1, 3), 0.5, dtype=DT)
+    c = torch.tensor([1.0, -1.0], dtype=DT)
+    if act == "relu":
+        truth = exact_local_lipschitz(net, (lo, hi), c=c, time_limit=60)
+        assert truth.optimal
+        truth = truth.value
+    else:
+        truth = enumerate_leaky(module, lo[0].numpy(), hi[0].numpy(), c.numpy(), 0.15)
+    weak = {"n_samples": 1, "n_starts": 1, "steps": 1}  # a weak first attack: the round has work to do
+    r = local_lipschitz(net, (lo, hi), c=c, bab_timeout=20, attack_options=weak,
+                        bab_options={"lower_share": 0.2, "batch": 1})
+    assert "lower_boost" in r.stats
+    boost = max(r.stats["lower_boost"])
+    assert boost <= truth * (1 + 1e-9) + 1e-12 and r.lower <= truth * (1 + 1e-9) + 1e-12 <= r.upper * (1 + 2e-9)
+    w = torch.tensor(r.stats["witness"][0], dtype=DT).reshape(1, 3)
+    assert ((w >= lo) & (w <= hi)).all()
+    w.requires_grad_(True)
+    g = torch.autograd.grad((module(w)[0] * c).sum(), w)[0]
+    assert float(g.abs().sum()) == pytest.approx(r.lower, rel=1e-9)
+
+
+def test_boost_round_raises_a_weak_attack_and_bad_share_is_refused():
+    from nncertify.relax.lipschitz.lower_bounds.attack import attack_lower_bound
+    from nncertify.relax.lipschitz.search.bab import _ActivationSearch
+    module = mlp([6, 16, 16, 16, 3], 2, "relu")
+    net = models.from_module(module).to(dtype=DT)
+    chain = dense_chain(net)
+    lo, hi = torch.full((6,), -0.5, dtype=DT), torch.full((6,), 0.5, dtype=DT)
+    seeds = torch.eye(3, dtype=DT)
+    weak, _ = attack_lower_bound(net, chain, lo, hi, seeds, "inf", n_samples=1, n_starts=1, steps=0)
+    srch = _ActivationSearch.__new__(_ActivationSearch)  # only what boost_lower reads
+    srch.net, srch.chain, srch.xl, srch.xu, srch.seeds, srch.norm, srch.ball = net, chain, lo, hi, seeds, "inf", None
+    srch.lb_seed, srch.witness, srch.stats = weak.clone(), {}, {}
+    srch.boost_lower([1.0, 5.0, 2.0], until=time.perf_counter() + 5.0)
+    assert bool((srch.lb_seed >= weak).all()) and float(srch.lb_seed.max()) > float(weak.max())
+    for s, x in srch.witness.items():  # each improved seed's value is attained at its witness
+        X = torch.tensor(x, dtype=DT)[None].requires_grad_(True)
+        g = torch.autograd.grad(module(X)[0, s], X)[0]
+        assert float(g.abs().sum()) == pytest.approx(float(srch.lb_seed[s]), rel=1e-9)
+        assert bool(((X >= lo) & (X <= hi)).all())
+    net1 = models.from_module(mlp([4, 6, 6, 3], 0, "relu"))
+    with pytest.raises(InvalidArgumentError, match="lower_share"):
+        local_lipschitz(net1, (lo[:4][None], hi[:4][None]), bab_timeout=5, attack_options=FAST_ATTACK,
+                        bab_options={"lower_share": 1.5})

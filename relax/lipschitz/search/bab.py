@@ -63,6 +63,8 @@ BAB_OPS = ("relu", "leaky_relu", "maxmin", "groupsort", "householder")
 POLY_ITERS = 20  # default dual steps of the input-polytope re-bounding
 POLY_MAX_INPUT = 128  # ... used by default only up to this many input coordinates
 REFINE_SHARE = 0.3  # share of the BaB budget for refining the root's pre-activation bounds (engine-rebounded nets)
+BOOST_AFTER = 0.1  # ... started once this share of the budget has passed (searches that finish early skip it)
+LOWER_SHARE = 0.08  # share of the BaB budget for a second, longer attack round on the seeds that matter
 POLY_CHUNK_ELEMS = 1 << 22  # ~32 MB of float64 per (domains x neurons x inputs) tensor in the polytope pass
 
 
@@ -319,6 +321,24 @@ class _ActivationSearch:
     def _late(self) -> bool:
         return time.perf_counter() >= self.deadline
 
+    def boost_lower(self, ub_seed: list[float], until: float, n_starts: int = 64, steps: int = 200,
+                    rng_seed: int = 1) -> None:
+        """A second, longer attack round (:func:`..lower_bounds.attack.attack_lower_bound`: fresh random
+        points, ``n_starts`` smoothed-ascent restarts of ``steps`` steps, stopped at ``until``) on at most two
+        seeds: the one holding the best lower bound and the one with the largest upper bound ``ub_seed``.
+        Every value it returns is autograd's gradient dual norm at a differentiable point of the region (in
+        the ball for an l2/l1 ball), i.e. an attained lower bound; the point becomes the seed's witness."""
+        from ..lower_bounds.attack import attack_lower_bound
+        sel = sorted({int(self.lb_seed.argmax()), int(torch.tensor(ub_seed).argmax())})
+        lb, pts = attack_lower_bound(self.net, self.chain, self.xl.reshape(-1), self.xu.reshape(-1),
+                                     self.seeds[sel], self.norm, n_starts=n_starts, steps=steps, seed=rng_seed,
+                                     ball=self.ball, deadline=until)
+        for i, s_i in enumerate(sel):
+            if bool(lb[i] > self.lb_seed[s_i]):
+                self.lb_seed[s_i] = lb[i]
+                self.witness[s_i] = pts[i].cpu().numpy()
+        self.stats["lower_boost"] = [float(v) for v in lb]
+
     def _chunk(self) -> int:
         """Domains per bounding call: at most ``chunk``, and (from the measured cost per domain) few enough
         that one call takes at most ~2% of the budget -- the deadline is checked between calls."""
@@ -478,7 +498,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
              lp_check: bool = False, balance: bool = False,
              lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False,
              abs_weight: float = 1.0, poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
-             chunk: int = 128, ball=None, progress=None, refine_share: float | None = None) -> LipschitzResult:
+             chunk: int = 128, ball=None, progress=None, refine_share: float | None = None,
+             lower_share: float = LOWER_SHARE) -> LipschitzResult:
     """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds, on the shared
     search loop :func:`...bab.search.branch_and_bound` (policy and bounding of :class:`_ActivationSearch`).
 
@@ -501,6 +522,9 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     range); 0: off; None: ``REFINE_SHARE`` where the domains are re-bounded by the forward engine
     (``poly_iters == 0``, e.g. more than ``POLY_MAX_INPUT`` inputs), else 0.  Every domain starts from the
     refined bounds.
+    ``lower_share``: a search still running after ``BOOST_AFTER`` of ``timeout`` spends at most this share of
+    it on a longer attack round on the seeds that matter (:meth:`_ActivationSearch.boost_lower`; only when an
+    attack ran before, ``attack_lower`` given); 0: off.
     """
     from ...bab.search import branch_and_bound
     from ..bounds.common import certified
@@ -516,6 +540,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         refine_share = REFINE_SHARE if poly_iters == 0 else 0.0
     if not 0.0 <= float(refine_share) < 1.0:
         raise InvalidArgumentError(f"bab_options: refine_share must be in [0, 1), got {refine_share}")
+    if not 0.0 <= float(lower_share) < 1.0:
+        raise InvalidArgumentError(f"bab_options: lower_share must be in [0, 1), got {lower_share}")
     stats_refine = None
     if refine_share > 0 and rebound and math.isfinite(timeout):
         from ..bounds.chain import refined_intermediate_bounds
@@ -547,7 +573,14 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         raw = max(open_max, max(srch.closed_ub))
         return min(root.upper, float(certified(torch.tensor(raw, dtype=torch.float64))), history[-1][1])
 
+    boost = [lower_share > 0 and attack_lower is not None and math.isfinite(timeout)]
+
     def on_progress(p) -> None:
+        if boost[0] and time.perf_counter() - t0 >= BOOST_AFTER * timeout:  # not finished early: boost the lower bound
+            boost[0] = False
+            ub = srch.open_ub().tolist()
+            srch.boost_lower([max(a, b) for a, b in zip(ub, srch.closed_ub)],
+                             until=time.perf_counter() + float(lower_share) * timeout)
         history.append((time.perf_counter() - t0, anytime(p.best_bound), float(srch.lb_seed.max())))
         if progress is not None:
             progress(*history[-1])
