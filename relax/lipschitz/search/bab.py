@@ -32,6 +32,12 @@ A domain is (seed row ``s``, partial activation pattern): each neuron is free, s
    ``layer_bias = 3`` finished random 16-32x3-10 in ~30 s where 0 stood at 0.40 vs exact 0.319).
    Domains whose bound is <= the best lower bound are dropped (they cannot raise the maximum).
 
+5. **Root bounds and lower bound** (issue #15): where domains are re-bounded by the forward engine (more
+   than ``POLY_MAX_INPUT`` inputs), ``refine_share`` of the budget first refines the root pre-activation
+   bounds by a per-neuron beta-CROWN search (:func:`..bounds.chain.refined_intermediate_bounds`); a search
+   still running after ``BOOST_AFTER`` of its budget spends ``lower_share`` of it on a longer attack round
+   on the seeds that matter (:meth:`_ActivationSearch.boost_lower`: attained gradient norms, with witness).
+
 The anytime upper bound (max over open domains and closed leaves) is always certified; when no
 open domain remains, the maximum over feasible closed regions has been found: the result is exact.
 Measured (bench/results/local_lipschitz.md): on random 16-32-32-10 the polytope re-bounding takes
@@ -39,6 +45,9 @@ the search from 0.82 after 30 s (not finished) to the exact 0.58927 in under a m
 (where-free back-substitutions, parent bounds, alpha-CROWN root bounds; same loaded 2-core machine):
 domains bounded in 60 s on random 16-64-64-10 8586 -> 21506 (bound 1.589 -> 1.291), on MNIST 6x100
 at eps 0.02 436 -> 1344 (776 -> 672); random 16-32x3-10 exact in 12 s (was 54 s), 16-32x5-10 exact in 47 s.
+Refined root bounds (same machine state, 60 s): MNIST 6x100 at eps 0.02 591 -> 308 (root bound after 18 s
+of refinement 939 -> ~480); with the second attack round the lower bound is 173.5 (was 168.5): 1.8x.
+On random 16-64-64-10 (polytope re-bounding) the refinement did not pay (1.304 vs 1.273 after 30 s): off there.
 """
 
 from __future__ import annotations
