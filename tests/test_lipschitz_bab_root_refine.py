@@ -133,6 +133,10 @@ def test_refine_share_default_and_bad_values():
     assert "refine" not in r.stats
     r0 = local_lipschitz(net, (lo, hi), bab_timeout=5, attack_options=FAST_ATTACK, bab_options={"poly_iters": 0})
     assert "refine" in r0.stats and r0.upper >= r.lower * (1 - 1e-12) and r.upper >= r0.lower * (1 - 1e-12)
+    big = models.from_module(mlp([144, 8, 8, 2], 0, "relu"))  # > POLY_MAX_INPUT inputs: engine re-bounding
+    x0 = torch.rand(1, 144, generator=torch.Generator().manual_seed(0), dtype=DT)
+    rb = local_lipschitz(big, (x0 - 0.05, x0 + 0.05), bab_timeout=5, attack_options=FAST_ATTACK)
+    assert "refine" in rb.stats and rb.lower <= rb.upper
     for bad in (1.0, -0.1, 2):
         with pytest.raises(InvalidArgumentError, match="refine_share"):
             local_lipschitz(net, (lo, hi), bab_timeout=5, attack_options=FAST_ATTACK, bab_options={"refine_share": bad})
