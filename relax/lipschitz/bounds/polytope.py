@@ -66,15 +66,16 @@ def polytope_max(A: torch.Tensor, c: torch.Tensor, G: torch.Tensor | None, h: to
     m1 = torch.zeros_like(beta)
     m2 = torch.zeros_like(beta)
     b1, b2 = 0.9, 0.999
-    Gt = G.transpose(1, 2)
     gn = G.abs().sum(-1)  # (D, m) row norms; padding rows (zero) do not count
     gmean = gn.sum(-1) / (gn > 0).sum(-1).clamp(min=1)
     scale = (A.abs().sum(-1, keepdim=True) / gmean.clamp(min=1e-30)[:, None, None]).clamp(min=1e-12)
-    hb = h[:, None, :]
+    # the box maximizer of r^T x is x* = xl + w [r > 0] (w = xu - xl), so the subgradient h - G x* is
+    # (h - G xl) - (G diag(w)) [r > 0]: one batched product with the 0/1 mask, no per-entry select
+    hb = (h - G @ xl)[:, None, :]
+    Gwt = (G * (xu - xl)).transpose(1, 2)
     for t in range(1, iters + 1):
         R = torch.baddbmm(A, beta, G, alpha=-1)
-        xs = torch.where(R > 0, xu, xl)  # maximizer of r^T x over the box
-        grad = torch.baddbmm(hb, xs, Gt, alpha=-1)  # subgradient dU/dbeta = h - G x*
+        grad = torch.baddbmm(hb, (R > 0).to(R.dtype), Gwt, alpha=-1)  # subgradient dU/dbeta = h - G x*
         m1.lerp_(grad, 1 - b1)
         m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         step = lr * (1 - 0.5 * t / iters) / (1 - b1 ** t) * math.sqrt(1 - b2 ** t)

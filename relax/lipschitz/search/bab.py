@@ -32,6 +32,12 @@ A domain is (seed row ``s``, partial activation pattern): each neuron is free, s
    ``layer_bias = 3`` finished random 16-32x3-10 in ~30 s where 0 stood at 0.40 vs exact 0.319).
    Domains whose bound is <= the best lower bound are dropped (they cannot raise the maximum).
 
+5. **Root bounds and lower bound** (issue #15): where domains are re-bounded by the forward engine (more
+   than ``POLY_MAX_INPUT`` inputs), ``refine_share`` of the budget first refines the root pre-activation
+   bounds by a per-neuron beta-CROWN search (:func:`..bounds.chain.refined_intermediate_bounds`); a search
+   still running after ``BOOST_AFTER`` of its budget spends ``lower_share`` of it on a longer attack round
+   on the seeds that matter (:meth:`_ActivationSearch.boost_lower`: attained gradient norms, with witness).
+
 The anytime upper bound (max over open domains and closed leaves) is always certified; when no
 open domain remains, the maximum over feasible closed regions has been found: the result is exact.
 Measured (bench/results/local_lipschitz.md): on random 16-32-32-10 the polytope re-bounding takes
@@ -39,6 +45,9 @@ the search from 0.82 after 30 s (not finished) to the exact 0.58927 in under a m
 (where-free back-substitutions, parent bounds, alpha-CROWN root bounds; same loaded 2-core machine):
 domains bounded in 60 s on random 16-64-64-10 8586 -> 21506 (bound 1.589 -> 1.291), on MNIST 6x100
 at eps 0.02 436 -> 1344 (776 -> 672); random 16-32x3-10 exact in 12 s (was 54 s), 16-32x5-10 exact in 47 s.
+Refined root bounds (same machine state, 60 s): MNIST 6x100 at eps 0.02 591 -> 308 (root bound after 18 s
+of refinement 939 -> ~480); with the second attack round the lower bound is 173.5 (was 168.5): 1.8x.
+On random 16-64-64-10 (polytope re-bounding) the refinement did not pay (1.304 vs 1.273 after 30 s): off there.
 """
 
 from __future__ import annotations
@@ -62,6 +71,9 @@ from ..result import LipschitzResult
 BAB_OPS = ("relu", "leaky_relu", "maxmin", "groupsort", "householder")
 POLY_ITERS = 20  # default dual steps of the input-polytope re-bounding
 POLY_MAX_INPUT = 128  # ... used by default only up to this many input coordinates
+REFINE_SHARE = 0.3  # share of the BaB budget for refining the root's pre-activation bounds (engine-rebounded nets)
+BOOST_AFTER = 0.1  # ... started once this share of the budget has passed (searches that finish early skip it)
+LOWER_SHARE = 0.08  # share of the BaB budget for a second, longer attack round on the seeds that matter
 POLY_CHUNK_ELEMS = 1 << 22  # ~32 MB of float64 per (domains x neurons x inputs) tensor in the polytope pass
 
 
@@ -318,6 +330,24 @@ class _ActivationSearch:
     def _late(self) -> bool:
         return time.perf_counter() >= self.deadline
 
+    def boost_lower(self, ub_seed: list[float], until: float, n_starts: int = 64, steps: int = 200,
+                    rng_seed: int = 1) -> None:
+        """A second, longer attack round (:func:`..lower_bounds.attack.attack_lower_bound`: fresh random
+        points, ``n_starts`` smoothed-ascent restarts of ``steps`` steps, stopped at ``until``) on at most two
+        seeds: the one holding the best lower bound and the one with the largest upper bound ``ub_seed``.
+        Every value it returns is autograd's gradient dual norm at a differentiable point of the region (in
+        the ball for an l2/l1 ball), i.e. an attained lower bound; the point becomes the seed's witness."""
+        from ..lower_bounds.attack import attack_lower_bound
+        sel = sorted({int(self.lb_seed.argmax()), int(torch.tensor(ub_seed).argmax())})
+        lb, pts = attack_lower_bound(self.net, self.chain, self.xl.reshape(-1), self.xu.reshape(-1),
+                                     self.seeds[sel], self.norm, n_starts=n_starts, steps=steps, seed=rng_seed,
+                                     ball=self.ball, deadline=until)
+        for i, s_i in enumerate(sel):
+            if bool(lb[i] > self.lb_seed[s_i]):
+                self.lb_seed[s_i] = lb[i]
+                self.witness[s_i] = pts[i].cpu().numpy()
+        self.stats["lower_boost"] = [float(v) for v in lb]
+
     def _chunk(self) -> int:
         """Domains per bounding call: at most ``chunk``, and (from the measured cost per domain) few enough
         that one call takes at most ~2% of the budget -- the deadline is checked between calls."""
@@ -477,7 +507,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
              lp_check: bool = False, balance: bool = False,
              lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False,
              abs_weight: float = 1.0, poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
-             chunk: int = 128, ball=None, progress=None) -> LipschitzResult:
+             chunk: int = 128, ball=None, progress=None, refine_share: float | None = None,
+             lower_share: float = LOWER_SHARE) -> LipschitzResult:
     """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds, on the shared
     search loop :func:`...bab.search.branch_and_bound` (policy and bounding of :class:`_ActivationSearch`).
 
@@ -494,6 +525,15 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     bound (for progress displays; it must not raise).
     ``ball``: for an l2 / l1 ball region searched over its bounding box, the
     :class:`.attack.BallGuard`: leaf witnesses outside the ball do not count as lower bounds.
+    ``refine_share``: at most this share of ``timeout`` goes first to refining the root's pre-activation
+    bounds by a per-neuron beta-CROWN search (:func:`..bounds.chain.refined_intermediate_bounds`; ReLU /
+    LeakyReLU chains with >= 2 activation layers; it stops early when every neuron's bound meets its sampled
+    range); 0: off; None: ``REFINE_SHARE`` where the domains are re-bounded by the forward engine
+    (``poly_iters == 0``, e.g. more than ``POLY_MAX_INPUT`` inputs), else 0.  Every domain starts from the
+    refined bounds.
+    ``lower_share``: a search still running after ``BOOST_AFTER`` of ``timeout`` spends at most this share of
+    it on a longer attack round on the seeds that matter (:meth:`_ActivationSearch.boost_lower`; only when an
+    attack ran before, ``attack_lower`` given); 0: off.
     """
     from ...bab.search import branch_and_bound
     from ..bounds.common import certified
@@ -505,6 +545,19 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         raise UnsupportedOperationError("lp_check (triangle-relaxation LP of a domain) supports ReLU/LeakyReLU networks only")
     if int(batch) < 1 or int(chunk) < 1 or int(max_pool) < 1 or int(max_domains) < 1:
         raise InvalidArgumentError("bab_options: batch, chunk, max_pool and max_domains must be >= 1")
+    if refine_share is None:
+        refine_share = REFINE_SHARE if poly_iters == 0 else 0.0
+    if not 0.0 <= float(refine_share) < 1.0:
+        raise InvalidArgumentError(f"bab_options: refine_share must be in [0, 1), got {refine_share}")
+    if not 0.0 <= float(lower_share) < 1.0:
+        raise InvalidArgumentError(f"bab_options: lower_share must be in [0, 1), got {lower_share}")
+    stats_refine = None
+    if refine_share > 0 and rebound and math.isfinite(timeout):
+        from ..bounds.chain import refined_intermediate_bounds
+        ref = refined_intermediate_bounds(chain, xl.reshape(1, -1), xu.reshape(1, -1), root_fb,
+                                          deadline=t0 + float(refine_share) * timeout)
+        if ref is not None:
+            root_fb, stats_refine = ref[0], ref[1]
     S = seeds.shape[0]
     dev, dt = seeds.device, seeds.dtype
     srch = _ActivationSearch(net, chain, xl, xu, seeds, norm, root_fb, rebound, poly_iters, poly_lr,
@@ -529,7 +582,14 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         raw = max(open_max, max(srch.closed_ub))
         return min(root.upper, float(certified(torch.tensor(raw, dtype=torch.float64))), history[-1][1])
 
+    boost = [lower_share > 0 and attack_lower is not None and math.isfinite(timeout)]
+
     def on_progress(p) -> None:
+        if boost[0] and time.perf_counter() - t0 >= BOOST_AFTER * timeout:  # not finished early: boost the lower bound
+            boost[0] = False
+            ub = srch.open_ub().tolist()
+            srch.boost_lower([max(a, b) for a, b in zip(ub, srch.closed_ub)],
+                             until=time.perf_counter() + float(lower_share) * timeout)
         history.append((time.perf_counter() - t0, anytime(p.best_bound), float(srch.lb_seed.max())))
         if progress is not None:
             progress(*history[-1])
@@ -549,6 +609,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     upper = float(per_c.max())
     stats, lb_seed = srch.stats, srch.lb_seed
     stats["open_domains"] = len(srch.open)
+    if stats_refine is not None:
+        stats["refine"] = stats_refine.summary()
     stats["search"] = out.reason
     # A finished run has closed every domain: domains pruned by the lower bound cannot hold the max, and
     # the max is exact when it is *attained*: the largest closed leaf had an interior point, where
