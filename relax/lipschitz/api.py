@@ -34,7 +34,7 @@ ATTACK_SHARE = 0.25
 DENSE_LIMIT_BYTES = 2e9
 RESERVE_SHARE = 0.05
 # ... and the alpha-CROWN refinement of the intermediate bounds before a BaB stops at this share of it
-REFINE_SHARE = 0.1
+ALPHA_FORWARD_SHARE = 0.1
 
 
 BAB_KINDS = ("activation", "input", "auto")
@@ -185,9 +185,9 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     else:
         tb = time.perf_counter()
         # before a BaB, forward="auto" adds alpha-CROWN intermediate bounds: every domain starts from them
-        # (under a time_limit their refinement gets at most REFINE_SHARE of it; any stopping point is sound)
+        # (under a time_limit their refinement gets at most ALPHA_FORWARD_SHARE of it; any stopping point is sound)
         bb, fb, used = backward_bounds(chain, xl, xu, seeds, method, forward, refine=run_bab_after,
-                                       deadline=None if deadline is None else t0 + REFINE_SHARE * time_limit)
+                                       deadline=None if deadline is None else t0 + ALPHA_FORWARD_SHARE * time_limit)
         rows = row_dual_upper(norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
         timings["bound"] = time.perf_counter() - tb
         rows_c = certified(rows)

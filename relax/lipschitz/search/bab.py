@@ -71,7 +71,7 @@ from ..result import LipschitzResult
 BAB_OPS = ("relu", "leaky_relu", "maxmin", "groupsort", "householder")
 POLY_ITERS = 20  # default dual steps of the input-polytope re-bounding
 POLY_MAX_INPUT = 128  # ... used by default only up to this many input coordinates
-REFINE_SHARE = 0.3  # share of the BaB budget for refining the root's pre-activation bounds (engine-rebounded nets)
+ROOT_REFINE_SHARE = 0.3  # share of the BaB budget for refining the root's pre-activation bounds (engine-rebounded nets)
 BOOST_AFTER = 0.1  # ... started once this share of the budget has passed (searches that finish early skip it)
 LOWER_SHARE = 0.08  # share of the BaB budget for a second, longer attack round on the seeds that matter
 POLY_CHUNK_ELEMS = 1 << 22  # ~32 MB of float64 per (domains x neurons x inputs) tensor in the polytope pass
@@ -528,7 +528,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     ``refine_share``: at most this share of ``timeout`` goes first to refining the root's pre-activation
     bounds by a per-neuron beta-CROWN search (:func:`..bounds.chain.refined_intermediate_bounds`; ReLU /
     LeakyReLU chains with >= 2 activation layers; it stops early when every neuron's bound meets its sampled
-    range); 0: off; None: ``REFINE_SHARE`` where the domains are re-bounded by the forward engine
+    range); 0: off; None: ``ROOT_REFINE_SHARE`` where the domains are re-bounded by the forward engine
     (``poly_iters == 0``, e.g. more than ``POLY_MAX_INPUT`` inputs), else 0.  Every domain starts from the
     refined bounds.
     ``lower_share``: a search still running after ``BOOST_AFTER`` of ``timeout`` spends at most this share of
@@ -546,7 +546,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     if int(batch) < 1 or int(chunk) < 1 or int(max_pool) < 1 or int(max_domains) < 1:
         raise InvalidArgumentError("bab_options: batch, chunk, max_pool and max_domains must be >= 1")
     if refine_share is None:
-        refine_share = REFINE_SHARE if poly_iters == 0 else 0.0
+        refine_share = ROOT_REFINE_SHARE if poly_iters == 0 else 0.0
     if not 0.0 <= float(refine_share) < 1.0:
         raise InvalidArgumentError(f"bab_options: refine_share must be in [0, 1), got {refine_share}")
     if not 0.0 <= float(lower_share) < 1.0:
