@@ -343,7 +343,9 @@ class _Engine:
             need_x = x not in self.crowned and x not in self.internal  # internal: not reported
             skip_x = self.skip_stable and ln.pmap is None and getattr(ln.phi, "piecewise_linear", False)
             rows_x = self._rows(lx, ux, skip_x) if need_x else torch.zeros(0, dtype=torch.long, device=dev)
-            blocks = [torch.eye(n, dtype=self.dtype, device=dev)[rows_x].reshape(1, -1, *x_shape)]
+            unit = torch.zeros(rows_x.numel(), n, dtype=self.dtype, device=dev)  # rows of the identity, not all of it
+            unit[torch.arange(rows_x.numel(), device=dev), rows_x] = 1.0
+            blocks = [unit.reshape(1, -1, *x_shape)]
             if ln.pmap is not None:
                 npre = _numel(ln.pmap.pre_shape)
                 rows_p = self._rows(pl, pu, self.skip_stable)

@@ -233,15 +233,16 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
 
 
 def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0) -> LipschitzResult:
-    """Bounds without dense layer matrices (:mod:`.implicit`) for a chain whose dense matrices would
-    exceed ``DENSE_LIMIT_BYTES``: ``method`` "ibp" or "naive"; anything else is refused, naming the size."""
+    """Bounds without dense layer matrices for a chain whose dense matrices would exceed ``DENSE_LIMIT_BYTES``:
+    ``method`` "crown" / "recurjac" (CROWN on the backward graph with ops, :mod:`.implicit_crown`; labelled
+    "crown-implicit"), "ibp" or "naive" (:mod:`.implicit`); anything else is refused, naming the size."""
     from .bounds.implicit import dense_bytes, implicit_lipschitz
     from .lower_bounds.attack import sampled_lower
     size = f"~{dense_bytes(net64) / 1e9:.1f} GB of dense layer matrices (limit {DENSE_LIMIT_BYTES / 1e9:.1f} GB)"
-    if method not in ("ibp", "naive"):
+    if method not in ("crown", "recurjac", "ibp", "naive"):
         raise UnsupportedOperationError(
-            f"method={method!r} on {net64.name!r} needs {size}; use method='ibp' or 'naive' (bounds computed "
-            "with the layers applied as ops, relax/lipschitz/bounds/implicit.py)")
+            f"method={method!r} on {net64.name!r} needs {size}; use method='crown', 'recurjac', 'ibp' or 'naive' "
+            "(bounds computed with the layers applied as ops, relax/lipschitz/bounds/implicit*.py)")
     if bab_timeout > 0:
         raise UnsupportedOperationError(f"branch-and-bound on {net64.name!r} needs {size}; use bab_timeout=0")
     xl, xu = input_box(net64, input_set)

@@ -221,10 +221,13 @@ def implicit_naive_rows(net: Network, seeds: torch.Tensor) -> torch.Tensor:
 
 
 def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, norm: str = "inf",
-                       method: str = "ibp", operator: bool = False, forward: str = "crown") -> LipschitzResult:
-    """Certified bound (``method`` "ibp" or "naive") on a chain net without dense matrices; ``upper`` is the max
-    over the seed rows (for ``operator`` and ``norm != "inf"`` the caller combines the rows)."""
+                       method: str = "ibp", operator: bool = False, forward: str = "crown",
+                       max_bytes: int | None = None) -> LipschitzResult:
+    """Certified bound on a chain net without dense matrices: ``method`` "crown" / "recurjac" (CROWN on the
+    backward graph with ops, :mod:`.implicit_crown`, its chunks within ``max_bytes``), "ibp" or "naive";
+    ``upper`` is the max over the seed rows, or for ``operator`` the ``p -> p`` bound combined from them."""
     from .common import certified
+    stats = {}
     net = net.to(dtype=torch.float64)
     seeds = seeds.to(torch.float64)
     if method == "naive":
@@ -233,14 +236,22 @@ def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: 
         rows = implicit_naive_rows(net, seeds)
     elif method == "ibp":
         rows = implicit_ibp_rows(net, xl.to(torch.float64), xu.to(torch.float64), seeds, norm, forward)
+    elif method in ("crown", "recurjac"):
+        from .implicit_crown import MAX_BYTES, OpBackwardGraph
+        _check(net)
+        fb = forward_bounds_implicit(net, xl.to(torch.float64), xu.to(torch.float64), forward)
+        graph = OpBackwardGraph(net, fb, seeds, method, MAX_BYTES if max_bytes is None else max_bytes)
+        gl, gu, l1 = graph.run()
+        rows = row_dual_upper(norm, gl, gu, l1)
+        stats = dict(graph.stats)
     else:
         raise UnsupportedOperationError(
-            f"method={method!r} needs dense layer matrices, which do not fit for {net.name!r} "
-            f"(~{dense_bytes(net) / 1e9:.1f} GB); use method='ibp' or 'naive' (dense-free)")
+            f"method={method!r} has no dense-free form for {net.name!r} (~{dense_bytes(net) / 1e9:.1f} GB of dense "
+            "matrices); use method='crown', 'recurjac', 'ibp' or 'naive' (dense-free)")
     rows_c = certified(rows)
     if operator and norm != "inf":
         up = float(certified(rows.pow(2).sum().sqrt())) if norm == "2" else float(certified(rows.sum()))
     else:
         up = float(rows_c.max())
     return LipschitzResult(up, 0.0, norm, method + "-implicit", per_output_upper=[float(v) for v in rows_c],
-                           forward_method=forward if method == "ibp" else "")
+                           forward_method=forward if method != "naive" else "", stats=stats)
