@@ -14,7 +14,7 @@ from nncertify.relax.lipschitz import api, local_lipschitz
 from nncertify.relax.lipschitz.bounds.backward import BackwardGraph
 from nncertify.relax.lipschitz.bounds.chain import dense_chain, forward_bounds
 from nncertify.relax.lipschitz.bounds.common import derivative_ranges
-from nncertify.relax.lipschitz.bounds.implicit_crown import OpBackwardGraph
+from nncertify.relax.lipschitz.bounds.implicit_crown import TEMP_FACTOR, OpBackwardGraph
 from nncertify.relax.lipschitz.lower_bounds.exact import exact_local_lipschitz
 
 from test_lipschitz_implicit import conv_net, sampled
@@ -104,7 +104,7 @@ def test_chunking_gives_the_same_value_and_respects_the_budget():
     seeds = torch.eye(3, dtype=torch.float64)
     _, (gl, gu, l1), g = _dense_and_op(net, lo, hi, seeds, "crown")
     n_max = max(v.shape[1] for v in g.V)
-    budget = 8 * 12 * 3 * n_max * 3  # three rows per chunk
+    budget = 8 * TEMP_FACTOR * 3 * n_max * 3  # three rows per chunk
     _, (gl2, gu2, l12), g2 = _dense_and_op(net, lo, hi, seeds, "crown", max_bytes=budget)
     assert g.stats["chunks"] < g2.stats["chunks"] and g2.stats["rows"] == g.stats["rows"]
     assert 8 * g2.stats["max_chunk_elems"] <= budget < 8 * g.stats["max_chunk_elems"]

@@ -29,7 +29,7 @@ alongside, and the bound is widened by it.  For a ``M^T`` step with rows ``Lam``
 rows, applied to the true ``v`` (``|v| <= V``, interval bounds of the backward graph,
 :func:`.implicit.jacobian_intervals`' arithmetic), is at most ``gamma |Lam| (|M^T| V)``; at a gate
 ``gamma |P| (|slope| V + |intercept|)`` (the coefficient product and the computed chords); at the seed
-``gamma (|Lam| |c| + sum |intercept terms|)``.  ``rel = max(1e-12, 4 (fan_in_max + 2) 2^-53)`` dominates
+``gamma (|Lam| |c| + sum |intercept terms|)``.  ``rel`` = :func:`.implicit.rounding_rel` dominates
 ``gamma_n`` of a float64 sum of the widest fan-in.  The final value also goes through
 :func:`.common.certified` (the caller).
 """
@@ -42,11 +42,13 @@ import torch
 
 from ....models.graph import AFFINE_OPS, Network
 
-from .implicit import _apply, _check, _interval_mul, _linear_part, _slopes, _vjp
+from .implicit import _apply, _check, _interval_mul, _linear_part, _slopes, _vjp, rounding_rel
 from .relaxations import abs_upper, gated_product_lower, gated_product_upper
 
 MAX_BYTES = 2 ** 30  # default working memory of the back-substitution chunks (bytes, float64)
-TEMP_FACTOR = 12  # live tensors of a chunk's row size (rows, P+/P-, products, the op's work space), measured
+# bytes per (seed, row, neuron) of a chunk / 8: its +-rows (2), P+ / P- / products / the op's output and work
+# space; measured on the CIFAR CNN: 12 gave ~2 GB of chunk tensors for a 1 GiB budget, 24 keeps them within it
+TEMP_FACTOR = 24
 MODES = ("crown", "recurjac")
 
 
@@ -79,15 +81,7 @@ class _OpChain:
                 prev = shape[self.acts[k].name]
         self.lin = [[_linear_part(n, False) for n in blk] for blk in self.blocks]
         self.absn = [[_linear_part(n, True) for n in blk] for blk in self.blocks]
-        fan = 1
-        for blk in self.blocks:
-            for n in blk:
-                w = n.params.get("weight")
-                if w is not None and w.dim() >= 2:
-                    fan = max(fan, int(math.prod(w.shape[1:])), int(w.shape[0]))
-                elif n.op == "avgpool2d":
-                    fan = max(fan, int(math.prod(n.attrs.get("kernel_size", (1, 1)))))
-        self.rel = max(1e-12, 4 * (fan + 2) * 2.0 ** -53)
+        self.rel = rounding_rel(net)
 
     @property
     def depth(self) -> int:
@@ -187,6 +181,7 @@ class OpBackwardGraph:
                     full = Lam.new_zeros(*Lam.shape[:2], self.V[i + 1].shape[1])
                     full[:, :, cols] = Lam
                     Lam, cols = full, None
+                    self.stats["max_chunk_elems"] = max(self.stats["max_chunk_elems"], Lam.numel())
                 W = self.W[i] if cols is None else self.W[i][:, cols]
                 err = err + dot(Lam.abs(), W)
                 Bb = Lam.shape[0]
