@@ -176,7 +176,9 @@ class OpBackwardGraph:
             kind, k = self.items[i]
             if kind == "lin":
                 blk = ch.blocks[k]
-                dense_next = len(blk) == 1 and blk[0].op == "linear"
+                # flatten / reshape keep the flat (row-major) order: such a block is its last node's matrix
+                dense_next = bool(blk) and blk[-1].op == "linear" and all(n.op in ("flatten", "reshape")
+                                                                          for n in blk[:-1])
                 if cols is not None and not dense_next:  # back to full rows for the op
                     full = Lam.new_zeros(*Lam.shape[:2], self.V[i + 1].shape[1])
                     full[:, :, cols] = Lam
@@ -186,7 +188,7 @@ class OpBackwardGraph:
                 err = err + dot(Lam.abs(), W)
                 Bb = Lam.shape[0]
                 if cols is not None:
-                    Lam = Lam @ blk[0].params["weight"][:, cols].T  # the zero columns add exact zeros
+                    Lam = Lam @ blk[-1].params["weight"][:, cols].T  # the zero columns add exact zeros
                 else:
                     Lam = ch.forward_rows(k, Lam.reshape(Bb * m, *ch.block_in[k])).reshape(Bb, m, -1)
                 cols = None
