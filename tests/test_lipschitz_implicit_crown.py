@@ -143,3 +143,26 @@ def test_other_norms_and_a_margin_seed_match_dense(monkeypatch, norm):
     monkeypatch.setattr(api, "DENSE_LIMIT_BYTES", 0)
     r = local_lipschitz(net, (lo, hi), norm=norm, c=c, method="crown", attack=False)
     assert r.method == "crown-implicit" and r.upper == pytest.approx(dense.upper, rel=1e-7)
+
+
+def test_hand_built_network_with_two_activations_in_a_row_and_a_float32_copy():
+    """A hand-built ``Network`` (conv2d node, relu followed directly by leaky_relu: an empty affine block,
+    reshape, linear) and its float32 copy: the op form equals the dense CROWN and stays above sampled gradients."""
+    from nncertify.models.graph import Network, Node
+    g = torch.Generator().manual_seed(11)
+    Wc = torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64)
+    W1 = torch.randn(3, 2 * 2 * 5, generator=g, dtype=torch.float64)
+    net = Network([Node("x", "input", (), {}, {"shape": (1, 4, 5)}),
+                   Node("c", "conv2d", ("x",), {"weight": Wc, "bias": torch.tensor([0.1, -0.2], dtype=torch.float64)},
+                        {"stride": (2, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1}),
+                   Node("r", "relu", ("c",)),
+                   Node("lr", "leaky_relu", ("r",), {}, {"negative_slope": 0.5}),
+                   Node("f", "reshape", ("lr",), {}, {"shape": (20,)}),
+                   Node("l", "linear", ("f",), {"weight": W1, "bias": torch.zeros(3, dtype=torch.float64)})])
+    lo, hi = _box((1, 4, 5), 5, 0.2)
+    seeds = torch.eye(3, dtype=torch.float64)
+    for n in (net, net.to(dtype=torch.float32)):
+        bb, (gl, gu, l1), _ = _dense_and_op(n, lo, hi, seeds, "crown")
+        assert torch.allclose(l1, bb.l1_upper, rtol=1e-7) and torch.allclose(gu, bb.grad_upper, rtol=1e-7, atol=1e-10)
+    truth = sampled(net.to_module(requires_grad=False), lo, hi)
+    assert truth <= float(l1.max()) * (1 + 1e-9)

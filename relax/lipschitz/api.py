@@ -72,6 +72,10 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       where the gradient sign is unknown), "ibp" (interval arithmetic on the backward graph), or
       "naive" (product of layer operator norms; global), or "lipsdp" (l2 only: local LipSDP-Neuron
       with per-neuron slope ranges from the forward bounds, :mod:`.lipsdp_local`; needs cvxpy).
+      A chain whose dense layer matrices would exceed ``DENSE_LIMIT_BYTES`` (a CIFAR-sized CNN) is bounded
+      with its layers applied as ops: "crown" / "recurjac" -> ``method == "crown-implicit"`` /
+      "recurjac-implicit" (:mod:`.implicit_crown`, the same bound as the dense one up to rounding), "ibp" /
+      "naive" -> "ibp-implicit" / "naive-implicit"; ``lower`` is then sampled (``lower_kind == "sampled"``).
     * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available, plus
       alpha-CROWN intermediate bounds of ReLU/LeakyReLU chains when a branch-and-bound follows;
       "alpha-crown" = those always).
