@@ -255,7 +255,11 @@ def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, a
     seeds = _seeds(_SeedShape(n_out, xl), c)
     tb = time.perf_counter()
     fwd = "crown" if forward in ("auto", "crown", "alpha-crown") else forward  # (alpha: not dense-free here)
-    res = implicit_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
+    if method in ("crown", "recurjac"):
+        from .bounds.implicit_crown import implicit_crown_lipschitz
+        res = implicit_crown_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
+    else:
+        res = implicit_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
     res.timings["bound"] = time.perf_counter() - tb
     if attack:
         ta = time.perf_counter()

@@ -240,13 +240,10 @@ def implicit_naive_rows(net: Network, seeds: torch.Tensor) -> torch.Tensor:
 
 
 def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, norm: str = "inf",
-                       method: str = "ibp", operator: bool = False, forward: str = "crown",
-                       max_bytes: int | None = None) -> LipschitzResult:
-    """Certified bound on a chain net without dense matrices: ``method`` "crown" / "recurjac" (CROWN on the
-    backward graph with ops, :mod:`.implicit_crown`, its chunks within ``max_bytes``), "ibp" or "naive";
-    ``upper`` is the max over the seed rows, or for ``operator`` the ``p -> p`` bound combined from them."""
-    from .common import certified
-    stats = {}
+                       method: str = "ibp", operator: bool = False, forward: str = "crown") -> LipschitzResult:
+    """Certified bound (``method`` "ibp" or "naive") on a chain net without dense matrices; ``upper`` is the max
+    over the seed rows, or for ``operator`` the ``p -> p`` bound combined from them.  CROWN / RecurJac:
+    :func:`.implicit_crown.implicit_crown_lipschitz`."""
     net = net.to(dtype=torch.float64)
     seeds = seeds.to(torch.float64)
     if method == "naive":
@@ -255,22 +252,22 @@ def implicit_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: 
         rows = implicit_naive_rows(net, seeds)
     elif method == "ibp":
         rows = implicit_ibp_rows(net, xl.to(torch.float64), xu.to(torch.float64), seeds, norm, forward)
-    elif method in ("crown", "recurjac"):
-        from .implicit_crown import MAX_BYTES, OpBackwardGraph
-        _check(net)
-        fb = forward_bounds_implicit(net, xl.to(torch.float64), xu.to(torch.float64), forward)
-        graph = OpBackwardGraph(net, fb, seeds, method, MAX_BYTES if max_bytes is None else max_bytes)
-        gl, gu, l1 = graph.run()
-        rows = row_dual_upper(norm, gl, gu, l1)
-        stats = dict(graph.stats)
     else:
         raise UnsupportedOperationError(
             f"method={method!r} has no dense-free form for {net.name!r} (~{dense_bytes(net) / 1e9:.1f} GB of dense "
             "matrices); use method='crown', 'recurjac', 'ibp' or 'naive' (dense-free)")
+    return implicit_result(rows, norm, method, operator, forward if method == "ibp" else "")
+
+
+def implicit_result(rows: torch.Tensor, norm: str, method: str, operator: bool, forward: str,
+                    stats: dict | None = None) -> LipschitzResult:
+    """The certified result from per-seed row bounds (not yet certified): max over rows, or for ``operator``
+    and ``norm != "inf"``: ``sqrt(sum rows^2)`` (l2) / ``sum rows`` (l1); labelled ``method + "-implicit"``."""
+    from .common import certified
     rows_c = certified(rows)
     if operator and norm != "inf":
         up = float(certified(rows.pow(2).sum().sqrt())) if norm == "2" else float(certified(rows.sum()))
     else:
         up = float(rows_c.max())
     return LipschitzResult(up, 0.0, norm, method + "-implicit", per_output_upper=[float(v) for v in rows_c],
-                           forward_method=forward if method != "naive" else "", stats=stats)
+                           forward_method=forward, stats=dict(stats or {}))

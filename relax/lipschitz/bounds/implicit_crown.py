@@ -40,9 +40,13 @@ import math
 
 import torch
 
+from ....models.errors import UnsupportedOperationError
 from ....models.graph import AFFINE_OPS, Network
 
-from .implicit import _apply, _check, _interval_mul, _linear_part, _slopes, _vjp, rounding_rel
+from ..norms import row_dual_upper
+from ..result import LipschitzResult
+from .implicit import (_apply, _check, _interval_mul, _linear_part, _slopes, _vjp, forward_bounds_implicit,
+                       implicit_result, rounding_rel)
 from .relaxations import abs_upper, gated_product_lower, gated_product_upper
 
 MAX_BYTES = 2 ** 30  # default working memory of the back-substitution chunks (bytes, float64)
@@ -271,3 +275,20 @@ class OpBackwardGraph:
             + self.ch.rel * (slope.abs() * vin + icpt.abs()).sum(-1)
         l1 = torch.minimum(l1, box)
         return gl, gu, l1
+
+
+def implicit_crown_lipschitz(net: Network, xl: torch.Tensor, xu: torch.Tensor, seeds: torch.Tensor, norm: str = "inf",
+                             method: str = "crown", operator: bool = False, forward: str = "crown",
+                             max_bytes: int = MAX_BYTES) -> LipschitzResult:
+    """Certified bound by CROWN (``method`` "crown") / RecurJac ("recurjac") on the backward graph with ops, its
+    chunks within ``max_bytes``; forward pre-activation bounds :func:`.implicit.forward_bounds_implicit`
+    (``forward`` "crown": the engine's CROWN, ops and chunks too).  Labelled ``method + "-implicit"``."""
+    if method not in MODES:
+        raise UnsupportedOperationError(f"method={method!r}: the dense-free backward-graph CROWN takes {MODES}")
+    net = net.to(dtype=torch.float64)
+    seeds = seeds.to(torch.float64)
+    _check(net)
+    fb = forward_bounds_implicit(net, xl.to(torch.float64), xu.to(torch.float64), forward)
+    graph = OpBackwardGraph(net, fb, seeds, method, max_bytes)
+    gl, gu, l1 = graph.run()
+    return implicit_result(row_dual_upper(norm, gl, gu, l1), norm, method, operator, forward, graph.stats)
