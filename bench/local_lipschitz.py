@@ -265,6 +265,7 @@ def cnn_one(name, eps, method):
     """One (CNN, eps, method) cell, run in its own process so that ru_maxrss is this cell's peak memory.
     ``method`` "crown-ops": CROWN with the layers applied as ops even where the dense form fits (to compare)."""
     import resource
+    label = method
     if method == "crown-ops":
         from nncertify.relax.lipschitz import api
         api.DENSE_LIMIT_BYTES = 0
@@ -276,7 +277,7 @@ def cnn_one(name, eps, method):
     net = models.from_module(m, input_shape=shape)
     box = ((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
     from nncertify.relax.lipschitz.bounds.implicit import dense_bytes
-    out = {"model": name, "eps": eps, "method": method, "dense_gb": dense_bytes(net) / 1e9,
+    out = {"model": name, "eps": eps, "method": label, "dense_gb": dense_bytes(net) / 1e9,
            "torch_threads": torch.get_num_threads()}
     if len(made) > 3:
         out["val_acc"] = made[3]
@@ -292,10 +293,15 @@ def cnn_one(name, eps, method):
     return out
 
 
-def cnn_rows():
+def cnn_rows(models_filter=None, prev=()):
+    """Every CNN cell (each in a subprocess); with ``models_filter`` (substrings) only those models' cells, the
+    other rows carried over from ``prev`` (marked ``carried_over``)."""
     import subprocess
     rows = []
     for name, eps in CNN_JOBS:
+        if models_filter and not any(sub in name for sub in models_filter):
+            rows += [{**r, "carried_over": True} for r in prev if r["model"] == name and r["eps"] == eps]
+            continue
         for method in ("naive", "ibp", "crown") + (("crown-ops",) if name.startswith("mnist") else ()):
             p = subprocess.run([sys.executable, __file__, "--cnn-one", name, repr(eps), method], capture_output=True,
                                text=True, timeout=1800)
@@ -357,7 +363,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bab-timeout", type=float, default=60.0)
     ap.add_argument("--quick", action="store_true", help="only the two smallest synthetic models")
-    ap.add_argument("--models", nargs="*", default=None, help="only models whose name contains one of these")
+    ap.add_argument("--models", nargs="*", default=None, help="only models whose name contains one of these "
+                    "(with --only-cnn: CNN models; the other CNN rows are carried over)")
     ap.add_argument("--no-l2", action="store_true", help="skip the l2 (LipSDP) rows (carried over)")
     ap.add_argument("--no-cnn", action="store_true", help="skip the CNN rows (carried over)")
     ap.add_argument("--only-cnn", action="store_true",
@@ -370,7 +377,10 @@ def main():
         print(json.dumps(cnn_one(args.cnn_one[0], float(args.cnn_one[1]), args.cnn_one[2])))
         return
     if args.only_cnn:
-        c_rows = cnn_rows()
+        prev = []
+        if (OUT / "local_lipschitz_cnn.json").exists():
+            prev = json.loads((OUT / "local_lipschitz_cnn.json").read_text()).get("cnn_rows", [])
+        c_rows = cnn_rows(args.models, prev)
         OUT.mkdir(parents=True, exist_ok=True)
         hw = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
