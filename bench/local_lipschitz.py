@@ -325,7 +325,7 @@ def cnn_table(c_rows):
              "chunked within 1 GiB (relax/lipschitz/bounds/implicit_crown.py); crown = CROWN on the dense backward "
              "graph; `crown-ops` rows force the op form where the dense one fits (same bound up to rounding).  "
              "Forward pre-activation bounds: the engine's CROWN (ops, chunked).  Lower = attack (dense) or sampled "
-             "gradients (implicit): estimates.", "",
+             "gradients (implicit): estimates.  Rows marked * are carried over from an earlier run.", "",
              "| model | eps | dense matrices (GB) | method | upper | lower | time (s) | peak RSS (MB) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in c_rows:
