@@ -15,6 +15,7 @@ Exact values that the 60 s run does not reach itself come from ``EXACT_OFFLINE``
 obtained is recorded there and in the results).
 
 Usage: .venv/bin/python bench/local_lipschitz.py [--bab-timeout 60] [--quick] [--models SUBSTR ...] [--no-l2]
+[--no-cnn | --only-cnn]  (``--only-cnn``: the CNN rows alone, to bench/results/local_lipschitz_cnn.json/.md)
 (``--models``: only the models whose name contains one of the strings; rows of the other models are
 carried over from the previous results file, marked ``carried_over``.)
 """
@@ -261,8 +262,14 @@ CNN_JOBS = [("mnist ConvSmall", 0.005), ("mnist ConvSmall", 0.02), ("cifar cnn 4
 
 
 def cnn_one(name, eps, method):
-    """One (CNN, eps, method) cell, run in its own process so that ru_maxrss is this cell's peak memory."""
+    """One (CNN, eps, method) cell, run in its own process so that ru_maxrss is this cell's peak memory.
+    ``method`` "crown-ops": CROWN with the layers applied as ops even where the dense form fits (to compare)."""
     import resource
+    label = method
+    if method == "crown-ops":
+        from nncertify.relax.lipschitz import api
+        api.DENSE_LIMIT_BYTES = 0
+        method = "crown"
     made = convsmall_model() if name.startswith("mnist") else cifar_cnn_model()
     if made is None:
         return None
@@ -270,13 +277,15 @@ def cnn_one(name, eps, method):
     net = models.from_module(m, input_shape=shape)
     box = ((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
     from nncertify.relax.lipschitz.bounds.implicit import dense_bytes
-    out = {"model": name, "eps": eps, "method": method, "dense_gb": dense_bytes(net) / 1e9}
+    out = {"model": name, "eps": eps, "method": label, "dense_gb": dense_bytes(net) / 1e9,
+           "torch_threads": torch.get_num_threads()}
     if len(made) > 3:
         out["val_acc"] = made[3]
     t = time.perf_counter()
     try:
         r = local_lipschitz(net, box, method=method, attack=(method != "naive"))
-        out.update(upper=r.upper, lower=r.lower, lower_kind=r.lower_kind, impl=r.method)
+        out.update(upper=r.upper, lower=r.lower, lower_kind=r.lower_kind, impl=r.method, timings=r.timings,
+                   stats={k: v for k, v in r.stats.items() if k != "witness"})
     except models.UnsupportedOperationError as exc:
         out.update(upper=None, error=str(exc))
     out["time_s"] = time.perf_counter() - t
@@ -284,11 +293,16 @@ def cnn_one(name, eps, method):
     return out
 
 
-def cnn_rows():
+def cnn_rows(models_filter=None, prev=()):
+    """Every CNN cell (each in a subprocess); with ``models_filter`` (substrings) only those models' cells, the
+    other rows carried over from ``prev`` (marked ``carried_over``)."""
     import subprocess
     rows = []
     for name, eps in CNN_JOBS:
-        for method in ("naive", "ibp", "crown"):
+        if models_filter and not any(sub in name for sub in models_filter):
+            rows += [{**r, "carried_over": True} for r in prev if r["model"] == name and r["eps"] == eps]
+            continue
+        for method in ("naive", "ibp", "crown") + (("crown-ops",) if name.startswith("mnist") else ()):
             p = subprocess.run([sys.executable, __file__, "--cnn-one", name, repr(eps), method], capture_output=True,
                                text=True, timeout=1800)
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -298,6 +312,31 @@ def cnn_rows():
                 rows.append(json.loads(line[-1]))
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def cnn_table(c_rows):
+    """The markdown section of the CNN rows."""
+    f = lambda v: "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["", "## Convolutional networks (l_inf box around one image, clipped to [0, 1]; L = max_j sup ||grad f_j||_1)",
+             "", "Each cell in its own process: time = wall seconds of the call (bound + attack/sampling; bound alone "
+             "in brackets), peak = the process's max RSS (Python + torch included).  `*-implicit` = layers applied as "
+             "ops, used when the dense layer matrices would exceed 2 GB: `naive-implicit` / `ibp-implicit` "
+             "(relax/lipschitz/bounds/implicit.py), `crown-implicit` = CROWN on the backward graph with ops, rows "
+             "chunked within 1 GiB (relax/lipschitz/bounds/implicit_crown.py); crown = CROWN on the dense backward "
+             "graph; `crown-ops` rows force the op form where the dense one fits (same bound up to rounding).  "
+             "Forward pre-activation bounds: the engine's CROWN (ops, chunked).  Lower = attack (dense) or sampled "
+             "gradients (implicit): estimates.  Rows marked * are carried over from an earlier run.", "",
+             "| model | eps | dense matrices (GB) | method | upper | lower | time (s) | peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in c_rows:
+        up = f(r.get("upper")) if r.get("upper") is not None else "does not fit"
+        meth = r.get("impl", r["method"]) + (" (forced)" if r["method"] == "crown-ops" else "")
+        tb = (r.get("timings") or {}).get("bound")
+        tt = f(r.get("time_s")) + (f" ({tb:.4g})" if tb is not None else "")
+        lines.append(f"| {r['model']}{' *' if r.get('carried_over') else ''} | {r['eps']:.4g} | "
+                     f"{f(r.get('dense_gb'))} | {meth} | {up} | {f(r.get('lower'))} | "
+                     f"{tt} | {f(r.get('peak_rss_mb'))} |")
+    return lines
 
 
 def run_l2(name, module, box):
@@ -324,14 +363,36 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bab-timeout", type=float, default=60.0)
     ap.add_argument("--quick", action="store_true", help="only the two smallest synthetic models")
-    ap.add_argument("--models", nargs="*", default=None, help="only models whose name contains one of these")
+    ap.add_argument("--models", nargs="*", default=None, help="only models whose name contains one of these "
+                    "(with --only-cnn: CNN models; the other CNN rows are carried over)")
     ap.add_argument("--no-l2", action="store_true", help="skip the l2 (LipSDP) rows (carried over)")
     ap.add_argument("--no-cnn", action="store_true", help="skip the CNN rows (carried over)")
+    ap.add_argument("--only-cnn", action="store_true",
+                    help="only the CNN rows, written to bench/results/local_lipschitz_cnn.json/.md (the main "
+                         "results file is left as it is)")
     ap.add_argument("--cnn-one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if args.cnn_one:
         print(json.dumps(cnn_one(args.cnn_one[0], float(args.cnn_one[1]), args.cnn_one[2])))
+        return
+    if args.only_cnn:
+        prev = []
+        if (OUT / "local_lipschitz_cnn.json").exists():
+            prev = json.loads((OUT / "local_lipschitz_cnn.json").read_text()).get("cnn_rows", [])
+        c_rows = cnn_rows(args.models, prev)
+        OUT.mkdir(parents=True, exist_ok=True)
+        hw = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+              "python": platform.python_version(),
+              "note": "2 CPU cores shared with other jobs (another helper, two long benchmarks): wall times are noisy",
+              "loadavg_1min_at_end": round(os.getloadavg()[0], 2)}
+        (OUT / "local_lipschitz_cnn.json").write_text(json.dumps({"hardware": hw, "cnn_rows": c_rows}, indent=1))
+        lines = ["# Local l_inf Lipschitz constants of CNNs (bench/local_lipschitz.py --only-cnn)", "",
+                 f"Hardware: {hw['processor']}, {hw['cores']} cores ({hw['torch_threads']} torch threads), torch "
+                 f"{hw['torch']}; {hw['note']} (1-min load average at the end: {hw['loadavg_1min_at_end']})."]
+        (OUT / "local_lipschitz_cnn.md").write_text("\n".join(lines + cnn_table(c_rows)) + "\n")
+        print("\n".join(lines + cnn_table(c_rows)))
         return
     jobs = [("random 16-16-16-10", random_model([16, 16, 16, 10]), synthetic_box(0.1), 60),
             ("random 16-32-32-10", random_model([16, 32, 32, 10]), synthetic_box(0.1), 0)]
@@ -412,19 +473,7 @@ def main():
             lines.append(f"| {r['model']}{' *' if r.get('carried_over') else ''} | " + " | ".join(cells)
                          + f" | {f(gap)} |")
     if c_rows:
-        lines += ["", "## Convolutional networks (l_inf box around one image, clipped to [0, 1]; L = max_j sup ||grad f_j||_1)",
-                  "", "Each cell in its own process: time = wall seconds of the call (bound + attack/sampling), peak = "
-                  "the process's max RSS (Python + torch included).  `ibp-implicit` / `naive-implicit` = layers applied "
-                  "as ops (relax/lipschitz/bounds/implicit.py), used when the dense layer matrices would exceed 2 GB; "
-                  "crown = CROWN on the dense backward graph (refused when it does not fit).  Lower = attack (dense) or "
-                  "sampled gradients (implicit): estimates.", "",
-                  "| model | eps | dense matrices (GB) | method | upper | lower | time (s) | peak RSS (MB) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in c_rows:
-            up = f(r.get("upper")) if r.get("upper") is not None else "does not fit"
-            lines.append(f"| {r['model']}{' *' if r.get('carried_over') else ''} | {r['eps']:.4g} | "
-                         f"{f(r.get('dense_gb'))} | {r.get('impl', r['method'])} | {up} | {f(r.get('lower'))} | "
-                         f"{f(r.get('time_s'))} | {f(r.get('peak_rss_mb'))} |")
+        lines += cnn_table(c_rows)
     lines += ["", "Reference (published code / auto_LiRPA, reference §4, same machine type):", "",
               "| model | naive | RecurJac | CROWN (no α) | α-CROWN | BaB 60 s | exact | sampled LB |",
               "|---|---|---|---|---|---|---|---|"]

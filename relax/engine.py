@@ -343,16 +343,24 @@ class _Engine:
             need_x = x not in self.crowned and x not in self.internal  # internal: not reported
             skip_x = self.skip_stable and ln.pmap is None and getattr(ln.phi, "piecewise_linear", False)
             rows_x = self._rows(lx, ux, skip_x) if need_x else torch.zeros(0, dtype=torch.long, device=dev)
-            blocks = [torch.eye(n, dtype=self.dtype, device=dev)[rows_x].reshape(1, -1, *x_shape)]
+            k = rows_x.numel()
+            # the identity's rows e_i (i in rows_x) built one chunk at a time, never the whole identity
+            # (28800 x 28800 for a CIFAR conv layer): same rows, same chunks as crown_node would cut
+            step = max(1, self.chunk_elems // max(self.B * self.max_numel, 1))
+            parts = []
+            for s in range(0, k, step):
+                r = rows_x[s:s + step]
+                unit = torch.zeros(r.numel(), n, dtype=self.dtype, device=dev)
+                unit[torch.arange(r.numel(), device=dev), r] = 1.0
+                parts.append(self.crown_node(x, unit.reshape(1, -1, *x_shape)))
             if ln.pmap is not None:
                 npre = _numel(ln.pmap.pre_shape)
                 rows_p = self._rows(pl, pu, self.skip_stable)
                 E = torch.eye(npre, dtype=self.dtype, device=dev)[rows_p].reshape(-1, *ln.pmap.pre_shape)
-                blocks.append(ln.pmap.Rt(E).unsqueeze(0))
-            A0 = torch.cat(blocks, 1)
-            if A0.shape[1] > 0:
-                clo, chi = self.crown_node(x, A0)
-                k = rows_x.numel()
+                if E.shape[0] > 0:
+                    parts.append(self.crown_node(x, ln.pmap.Rt(E).unsqueeze(0)))
+            if parts:
+                clo, chi = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
                 if need_x:
                     self.bounds[x] = self._merge((lx, ux), (clo[:, :k], chi[:, :k]), rows_x, intersect)
                 if ln.pmap is not None:

@@ -79,8 +79,8 @@ def test_dense_size_decides_and_unsupported_requests_are_refused(monkeypatch):
     assert dense_bytes(big) > api.DENSE_LIMIT_BYTES
     x = torch.full((1, *shape), 0.5, dtype=torch.float64)
     monkeypatch.setattr(api, "DENSE_LIMIT_BYTES", 0)
-    with pytest.raises(UnsupportedOperationError, match="method='crown'.*GB.*use method='ibp'"):
-        local_lipschitz(net, (x - 0.1, x + 0.1), method="crown")
+    with pytest.raises(UnsupportedOperationError, match="method='lipsdp'.*GB.*use method='crown'"):
+        local_lipschitz(net, (x - 0.1, x + 0.1), norm="2", method="lipsdp")
     with pytest.raises(UnsupportedOperationError, match="branch-and-bound"):
         local_lipschitz(net, (x - 0.1, x + 0.1), method="ibp", bab_timeout=1.0)
     tanh = models.from_module(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 5 * 7, 3)),

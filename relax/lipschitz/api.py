@@ -72,6 +72,10 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       where the gradient sign is unknown), "ibp" (interval arithmetic on the backward graph), or
       "naive" (product of layer operator norms; global), or "lipsdp" (l2 only: local LipSDP-Neuron
       with per-neuron slope ranges from the forward bounds, :mod:`.lipsdp_local`; needs cvxpy).
+      A chain whose dense layer matrices would exceed ``DENSE_LIMIT_BYTES`` (a CIFAR-sized CNN) is bounded
+      with its layers applied as ops: "crown" / "recurjac" -> ``method == "crown-implicit"`` /
+      "recurjac-implicit" (:mod:`.implicit_crown`, the same bound as the dense one up to rounding), "ibp" /
+      "naive" -> "ibp-implicit" / "naive-implicit"; ``lower`` is then sampled (``lower_kind == "sampled"``).
     * ``forward``: pre-activation bounds for the Clarke masks ("auto" = engine CROWN if available, plus
       alpha-CROWN intermediate bounds of ReLU/LeakyReLU chains when a branch-and-bound follows;
       "alpha-crown" = those always).
@@ -233,15 +237,16 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
 
 
 def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, attack_options, t0) -> LipschitzResult:
-    """Bounds without dense layer matrices (:mod:`.implicit`) for a chain whose dense matrices would
-    exceed ``DENSE_LIMIT_BYTES``: ``method`` "ibp" or "naive"; anything else is refused, naming the size."""
+    """Bounds without dense layer matrices for a chain whose dense matrices would exceed ``DENSE_LIMIT_BYTES``:
+    ``method`` "crown" / "recurjac" (CROWN on the backward graph with ops, :mod:`.implicit_crown`; labelled
+    "crown-implicit"), "ibp" or "naive" (:mod:`.implicit`); anything else is refused, naming the size."""
     from .bounds.implicit import dense_bytes, implicit_lipschitz
     from .lower_bounds.attack import sampled_lower
     size = f"~{dense_bytes(net64) / 1e9:.1f} GB of dense layer matrices (limit {DENSE_LIMIT_BYTES / 1e9:.1f} GB)"
-    if method not in ("ibp", "naive"):
+    if method not in ("crown", "recurjac", "ibp", "naive"):
         raise UnsupportedOperationError(
-            f"method={method!r} on {net64.name!r} needs {size}; use method='ibp' or 'naive' (bounds computed "
-            "with the layers applied as ops, relax/lipschitz/bounds/implicit.py)")
+            f"method={method!r} on {net64.name!r} needs {size}; use method='crown', 'recurjac', 'ibp' or 'naive' "
+            "(bounds computed with the layers applied as ops, relax/lipschitz/bounds/implicit*.py)")
     if bab_timeout > 0:
         raise UnsupportedOperationError(f"branch-and-bound on {net64.name!r} needs {size}; use bab_timeout=0")
     xl, xu = input_box(net64, input_set)
@@ -250,7 +255,11 @@ def _implicit(net64, input_set, norm, c, method, forward, bab_timeout, attack, a
     seeds = _seeds(_SeedShape(n_out, xl), c)
     tb = time.perf_counter()
     fwd = "crown" if forward in ("auto", "crown", "alpha-crown") else forward  # (alpha: not dense-free here)
-    res = implicit_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
+    if method in ("crown", "recurjac"):
+        from .bounds.implicit_crown import implicit_crown_lipschitz
+        res = implicit_crown_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
+    else:
+        res = implicit_lipschitz(net64, xl, xu, seeds, norm, method, operator=c is None, forward=fwd)
     res.timings["bound"] = time.perf_counter() - tb
     if attack:
         ta = time.perf_counter()

@@ -15,6 +15,7 @@ Modules:
 - ``polytope``: forward pre-activation bounds over a domain's input polytope (Lagrangian dual);
 - ``graph_jacobian``: Clarke-Jacobian bounds of general graph (residual) networks;
 - ``implicit``: dense-free (layers applied as ops) interval bounds for convolutional chains;
+- ``implicit_crown``: dense-free CROWN / RecurJac on the backward graph (ops, rows chunked in a byte budget);
 - ``naive``: product of layer operator norms (global), also through residual graphs;
 - ``lipsdp_local``: l2 local LipSDP-Neuron with per-neuron slope ranges;
 - ``common``: the shared building blocks: certified rounding, input box, seeds, derivative ranges,
