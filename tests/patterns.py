@@ -37,3 +37,27 @@ def mlp(widths, act=None, seed=0):
         layers += [nn.Linear(a, b), act()]
     layers.append(nn.Linear(widths[-2], widths[-1]))
     return nn.Sequential(*layers).double()
+
+
+def relu_network(seed, widths):
+    """A float32 ReLU MLP as a package ``Network`` (torch's default init after ``manual_seed(seed)``)."""
+    import torch
+    from torch import nn
+
+    from nncertify.models import from_module
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return from_module(nn.Sequential(*layers[:-1]), (widths[0],))
+
+
+def conv_relu_network(seed):
+    """A float32 conv net with a convolution before every ReLU and odd shapes (1x3x3 input), as a ``Network``."""
+    import torch
+    from torch import nn
+
+    from nncertify.models import from_module
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(1, 3, 2), nn.ReLU(), nn.Conv2d(3, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 3))
+    return from_module(m, (1, 3, 3))

@@ -11,14 +11,7 @@ from nncertify.relax.bab.beta_crown import BaBSRPolicy, BetaCrown, FSBPolicy, ma
 from nncertify.relax.spec import robustness_query, verify_query
 
 from milp_oracle import spec_min
-
-
-def _mlp(seed, widths):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return from_module(nn.Sequential(*layers[:-1]), (widths[0],))
+from patterns import relu_network as _mlp
 
 
 def _setup(seed=5, k=3):

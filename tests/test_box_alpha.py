@@ -7,30 +7,15 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from nncertify.models import from_module
 from nncertify.relax.bab.box_crown import AffineReluChain, BoxCrown
 from nncertify.relax.bab.input_split import ChainSplit
 from nncertify.relax.bab.search import branch_and_bound
 from nncertify.relax.spec import Query, Specification, verify_query
 
 from milp_oracle import spec_min
-
-
-def _mlp(seed, widths):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return from_module(nn.Sequential(*layers[:-1]), (widths[0],))
-
-
-def _conv(seed):
-    """conv before every activation, odd shapes."""
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(1, 3, 2), nn.ReLU(), nn.Conv2d(3, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 3))
-    return from_module(m, (1, 3, 3))
+from patterns import conv_relu_network as _conv
+from patterns import relu_network as _mlp
 
 
 def _boxes(n_in, n, seed, frac=0.4):
