@@ -57,6 +57,7 @@ from ...models.graph import Network
 from ..affine import AFFINE_HANDLERS
 from ..engine import _Engine
 from ..sets import Box
+from .adam import Adam
 
 SPLIT_PHIS = ("relu", "leaky_relu")
 
@@ -236,7 +237,7 @@ class BetaCrown:
                 params = {p.name: p.phi.default_alpha(*pre[p.name], p.attrs).to(self.dtype).unsqueeze(1)
                           .expand(1, r, *pre[p.name][0].shape[1:]).clone().requires_grad_(True) for p in prev}
                 best = None
-                opt = _Adam([(t, lr) for t in params.values()]) if params else None
+                opt = Adam([(t, lr) for t in params.values()]) if params else None
                 for it in range(iters + 1):
                     with torch.set_grad_enabled(opt is not None and it < iters):
                         v = eng.backward(xname, A0, upper=upper, alpha=params or None)
@@ -334,7 +335,7 @@ class BetaCrown:
         best = torch.full((n, Cs.shape[1]), -math.inf, dtype=dt, device=lo.device)
         best_a, best_b = a_p.detach().clone(), b_p.detach().clone()
         params = [(p, lr) for p, lr in ((a_p, lr_alpha), (b_p, lr_beta)) if p.requires_grad]
-        opt = _Adam(params) if params else None
+        opt = Adam(params) if params else None
         flush = torch.set_flush_denormal(True)  # Adam's second moments underflow: denormals are ~100x slower
         rec = {}
         spec_rows = None if owner is None else [owner == sp for sp in torch.unique(owner)]  # row masks per spec
@@ -443,25 +444,6 @@ class BetaCrown:
 
 def by_rng(p, pre):
     return p.phi.alpha_bounds(*pre[p.name], p.attrs)
-
-
-class _Adam:
-    """Plain Adam (Kingma & Ba) on a few tensors with their own learning rates (no torch.optim import cost)."""
-
-    def __init__(self, params, b1=0.9, b2=0.999, eps=1e-8):
-        self.params = params
-        self.m = [torch.zeros_like(p) for p, _ in params]
-        self.v = [torch.zeros_like(p) for p, _ in params]
-        self.b1, self.b2, self.eps, self.t = b1, b2, eps, 0
-
-    @torch.no_grad()
-    def step(self, grads):
-        self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-        for (p, lr), g, m, v in zip(self.params, grads, self.m, self.v):
-            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
 
 
 class BaBSRPolicy:

@@ -43,6 +43,7 @@ import time
 import torch
 
 from ...models.graph import AFFINE_OPS, Network, chain_stages
+from .adam import Adam
 
 
 class AffineReluChain:
@@ -69,27 +70,6 @@ class AffineReluChain:
     @property
     def depth(self) -> int:
         return len(self.W)
-
-
-class _Adam:
-    """Adam ascent steps on a list of tensors (no torch.optim: its first use costs about a second of imports)."""
-
-    def __init__(self, params, lr, b1=0.9, b2=0.999, eps=1e-8):
-        self.params, self.lr, self.b1, self.b2, self.eps, self.t = params, lr, b1, b2, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    def step(self, grads):
-        """``p <- p - lr * m_hat / (sqrt(v_hat) + eps)`` for the gradients ``grads`` of a loss to minimize."""
-        self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-        with torch.no_grad():
-            for p, g, m, v in zip(self.params, grads, self.m, self.v):
-                if g is None:
-                    continue
-                m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-                v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-                p.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + self.eps))
 
 
 def _relu_lines(l, u):
@@ -293,7 +273,7 @@ class BoxCrown:
         if alpha is None:
             alpha = [aL.unsqueeze(1).expand(-1, self.m, -1) for aL, _, _ in lines]
         alpha = [a.to(self.dtype).clone().clamp_(0, 1).requires_grad_(iters > 0) for a in alpha]
-        opt = _Adam(alpha, lr) if iters > 0 else None
+        opt = Adam([(a, lr) for a in alpha]) if iters > 0 else None
         best = torch.full((N, self.m), -math.inf, dtype=torch.float64, device=dev)
         best_alpha = [a.detach().clone() for a in alpha]
         best_margin = torch.zeros_like(best)
@@ -368,7 +348,7 @@ class BoxCrown:
                 alpha = [aL.unsqueeze(1).expand(-1, S, -1) for aL, _, _ in lines]
             alpha = [a.to(self.dtype).clone().clamp_(0, 1).requires_grad_(iters > 0) for a in alpha]
             params = params + alpha
-        opt = _Adam(params, lr) if iters > 0 else None
+        opt = Adam([(p, lr) for p in params]) if iters > 0 else None
         best_lam = torch.zeros(N, S, m, dtype=self.dtype, device=dev)
         best_alpha = [a.detach().clone() for a in alpha] if opt_alpha else None
         W, b, Wabs, babs = self.W[-1], self.b[-1], self.Wabs[-1], self.babs[-1]
@@ -438,7 +418,7 @@ class BoxCrown:
             sub = [(aL[n_idx], aU[n_idx], bU[n_idx]) for aL, aU, bU in lines]
             unst = [((pre[j][0] < 0) & (pre[j][1] > 0))[n_idx].unsqueeze(1) for j in range(k)]
             alpha = [aL.unsqueeze(1).expand(-1, 2, -1).clone().requires_grad_(iters > 0) for aL, _, _ in sub]
-            opt = _Adam(alpha, lr) if iters > 0 else None
+            opt = Adam([(a, lr) for a in alpha]) if iters > 0 else None
             ci, ri, cai = c[n_idx], r[n_idx], cabs[n_idx]
             best = torch.full((P, 2), -math.inf, dtype=self.dtype, device=c.device)
             for it in range(iters + 1):
