@@ -21,6 +21,7 @@ many branch-and-bound domains are bounded in one pass on the network's device.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,17 @@ from .chain import DenseChain
 from .relaxations import abs_upper, gated_product_interval, gated_product_lower, gated_product_upper
 
 MODES = ("crown", "recurjac", "ibp")
+
+
+@dataclass(frozen=True)
+class SignSearch:
+    """Settings of the gradient-sign search of :meth:`BackwardGraph._sign_search_l1` (l1 objective): all
+    ``2^first`` sign prefixes, then ``rounds`` times the ``keep`` largest leaves split on ``step`` more signs."""
+
+    first: int = 6
+    rounds: int = 2
+    keep: int = 8
+    step: int = 3
 
 
 @dataclass
@@ -108,9 +120,12 @@ class BackwardGraph:
         return -up[:, m:], up[:, :m]
 
     # ------------------------------------------------------------------ main pass
-    def run(self, want_coef: bool = False, abs_fixed: torch.Tensor | None = None) -> BackwardBounds:
+    def run(self, want_coef: bool = False, abs_fixed: torch.Tensor | None = None,
+            sign_search: SignSearch | None = None) -> BackwardBounds:
         """Bounds for the batch.  ``abs_fixed`` ((B, n_0) in {-1, 0, +1}) replaces ``|g_i|`` by ``s_i g_i``
-        where ``s_i != 0`` (branch-and-bound on the sign choice of ``||g||_1 = max_s s^T g``)."""
+        where ``s_i != 0`` (branch-and-bound on the sign choice of ``||g||_1 = max_s s^T g``).
+        ``sign_search``: also bound ``||g||_1`` by a small search over the signs of the sign-unstable gradient
+        coordinates (:meth:`_sign_search_l1`) and keep the smaller bound (``l1_upper`` only)."""
         if self.mode == "ibp":
             return self._run_ibp()
         B = self.seeds.shape[0]
@@ -136,8 +151,79 @@ class BackwardGraph:
         record = {} if want_coef else None
         l1 = self.upper(slope[:, None, :], end, record)[:, 0] + icpt.sum(-1)
         l1 = torch.minimum(l1, box.sum(-1))  # never worse than the box
+        if sign_search is not None and sign_search.first > 0:
+            l1 = torch.minimum(l1, self._sign_search_l1(gl, gu, slope, icpt, box, abs_fixed, sign_search))
         coef = [record[k] for k in range(self.chain.depth)] if want_coef else []
         return BackwardBounds(gl, gu, l1, [self.q_bounds[k] for k in range(self.chain.depth)], coef)
+
+    def _sign_search_l1(self, gl, gu, slope, icpt, box, abs_fixed, ss: SignSearch) -> torch.Tensor:
+        """Upper bound of ``||g||_1`` over the relaxed set by a small search over gradient signs, per batch row.
+
+        The chord of ``|g_i|`` over ``[gl_i, gu_i]`` is loose when ``g_i`` can take both signs, and the chords of
+        all coordinates are tight only at their interval ends, which the relaxed set rarely reaches together
+        (measured on random 16-64-64-10 BaB domains: 15 of 16 coordinates sign-unstable, chord bound 0.98,
+        ``max_s CROWN(s^T g)`` over all ``2^16`` sign vectors 0.51-0.56).  Math: order the sign-unstable
+        coordinates by chord gap ``-gl gu / (gu - gl)`` (largest first).  A *leaf* fixes the signs ``s`` of a
+        prefix ``E`` of that order; every ``g`` of the relaxed set lies in the leaf with ``s_i = sign(g_i)`` on
+        ``E``, where ``||g||_1 <= sum_E s_i g_i + sum_{i not in E} chord_i(g_i)``: a linear function bounded by
+        one back-substitution (and by its box ``sum_E max(s_i gl_i, s_i gu_i) + sum_{not E} box_i``).  The
+        leaves partition the sign choices, so the largest leaf bound bounds ``||g||_1``.  Start: all
+        ``2^first`` prefixes of length ``first``; then ``rounds`` times the ``keep`` leaves with the largest
+        bounds are replaced by their ``2^step`` children on the next ``step`` coordinates (a child's bound is
+        capped by its parent's: its objective is pointwise smaller).  Coordinates fixed by ``abs_fixed`` and
+        sign-stable ones keep their (exact) line.  Cost: ``2^first + rounds * keep * 2^step`` one-row
+        back-substitutions per batch row."""
+        B, n = gl.shape
+        dt, dev = gl.dtype, gl.device
+        gap = torch.where((gl < 0) & (gu > 0), -gl * gu / (gu - gl).clamp(min=1e-300), torch.zeros_like(gl))
+        if abs_fixed is not None:
+            gap = torch.where(abs_fixed != 0, torch.zeros_like(gap), gap)
+        K = min(n, ss.first + ss.rounds * ss.step)
+        k0 = min(ss.first, K)
+        top = gap.topk(K, dim=1)
+        order, ok = top.indices, top.values > 0  # (B, K): a pick without a gap keeps its exact line
+        gl_o, gu_o = torch.gather(gl, 1, order)[:, None, :], torch.gather(gu, 1, order)[:, None, :]
+
+        def patterns(j):  # (2^j, j) all sign vectors
+            bits = (torch.arange(1 << j, device=dev)[:, None] >> torch.arange(j, device=dev)) & 1
+            return (2 * bits - 1).to(dt)
+
+        def evaluate(V):  # V (B, L, K) signs in {-1, 0, +1} on the ordered coordinates -> leaf bounds (B, L)
+            L = V.shape[1]
+            V = torch.where(ok[:, None, :], V, torch.zeros_like(V))
+            on = V != 0
+            ii = order[:, None, :].expand(B, L, K)
+            S = slope[:, None, :].repeat(1, L, 1)
+            I = icpt[:, None, :].repeat(1, L, 1)
+            X = box[:, None, :].repeat(1, L, 1)
+            S.scatter_(2, ii, torch.where(on, V, torch.gather(S, 2, ii)))
+            I.scatter_(2, ii, torch.where(on, torch.zeros_like(V), torch.gather(I, 2, ii)))
+            X.scatter_(2, ii, torch.where(on, torch.where(V > 0, gu_o, -gl_o), torch.gather(X, 2, ii)))
+            return torch.minimum(self.upper(S, len(self.items)) + I.sum(-1), X.sum(-1))
+
+        V = torch.zeros(B, 1 << k0, K, dtype=dt, device=dev)
+        V[:, :, :k0] = patterns(k0)
+        depth = torch.full((B, 1 << k0), k0, dtype=torch.long, device=dev)
+        val = evaluate(V)
+        kids, step = patterns(ss.step), ss.step
+        for _ in range(ss.rounds if K > k0 else 0):
+            can = depth + step <= K
+            m = min(ss.keep, val.shape[1])
+            sel = torch.where(can, val, torch.full_like(val, -math.inf)).topk(m, dim=1).indices  # (B, m)
+            grow = torch.gather(can, 1, sel) & torch.isfinite(torch.gather(val, 1, sel))
+            d = torch.gather(depth, 1, sel)
+            C = torch.gather(V, 1, sel[..., None].expand(B, m, K))[:, :, None, :].repeat(1, 1, 1 << step, 1)
+            pos = (d[:, :, None, None] + torch.arange(step, device=dev)).clamp(max=K - 1).expand(B, m, 1 << step, step)
+            C.scatter_(3, pos, kids.expand(B, m, 1 << step, step))
+            cv = evaluate(C.reshape(B, m << step, K)).reshape(B, m, 1 << step)
+            cv = torch.minimum(cv, torch.gather(val, 1, sel)[..., None])
+            cv = torch.where(grow[..., None], cv, torch.full_like(cv, -math.inf))
+            # each grown leaf is replaced by its children (its own slot drops out of the maximum)
+            val = val.scatter(1, sel, torch.where(grow, torch.full_like(cv[..., 0], -math.inf), torch.gather(val, 1, sel)))
+            V = torch.cat((V, C.reshape(B, m << step, K)), 1)
+            val = torch.cat((val, cv.reshape(B, -1)), 1)
+            depth = torch.cat((depth, (d + step)[..., None].expand(B, m, 1 << step).reshape(B, -1)), 1)
+        return val.amax(1)
 
     def _run_ibp(self) -> BackwardBounds:
         l = u = self.seeds

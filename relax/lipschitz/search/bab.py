@@ -62,7 +62,7 @@ from ....models.errors import InvalidArgumentError, UnsupportedOperationError
 
 from ..lower_bounds.attack import true_gradients
 from .feasibility import domain_infeasible, leaf_margin
-from ..bounds.backward import BackwardGraph
+from ..bounds.backward import BackwardGraph, SignSearch
 from ..bounds.chain import DenseChain, clamp_splits, clamp_switch, interval_bounds
 from ..bounds.polytope import polytope_forward_bounds
 from ..norms import dual_norm_of, row_dual_upper
@@ -154,26 +154,35 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
     return [(l, torch.maximum(u, l)) for l, u in fb], empty
 
 
-def run_bab(*args, num_threads: int | None = 1, **kwargs) -> LipschitzResult:
-    """:func:`_run_bab` with torch's intra-op threads set to ``num_threads`` for its duration (None: unchanged).
+def run_bab(*args, num_threads: int | str | None = "auto", **kwargs) -> LipschitzResult:
+    """:func:`_run_bab` with torch's intra-op threads set to ``num_threads`` for its duration (None: unchanged;
+    "auto": chosen during the search from measured throughput, :class:`...bab.threads.ThreadTuner`).
 
     A bias-free network over a box holding its apex 0 is searched over the box's shells instead
     (:mod:`.apex`: exact reduction, kinks in general position again).
 
-    The domain batches are small tensors: one thread avoids the synchronization cost of intra-op
-    parallelism, which on a shared 2-core machine slowed the search down by over 10x.
+    Measured on a 2-core machine (random 16-64-64-10, 60 s): idle, 2 threads bound ~1.7x the domains of 1
+    (exact in 50 s instead of ~96 s on the seed-2 net); with a second busy process, 2 threads bound ~10x
+    fewer -- hence "auto", which starts with 1 and probes the other count every few seconds.
     """
+    from ...bab.threads import ThreadTuner
     from .apex import applies, run_bab_shells
     old = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(max(1, int(num_threads)))
+    tuner = None
+    if num_threads == "auto":
+        tuner = ThreadTuner(old)
+        torch.set_num_threads(1)
+    elif num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise InvalidArgumentError(f"bab_options: num_threads must be 'auto', None or an int >= 1, got {num_threads!r}")
+        torch.set_num_threads(num_threads)
     try:
         net, chain, xl, xu, seeds, norm, root_fb, root, timeout, operator, attack_lower = args
         if applies(chain, xl, xu, kwargs.get("ball")):  # bias-free net, box around its apex 0
             kwargs.pop("ball", None)
             return run_bab_shells(net, chain, xl, xu, seeds, norm, root, timeout, operator, attack_lower, _run_bab,
-                                  **kwargs)
-        return _run_bab(*args, **kwargs)
+                                  thread_tuner=tuner, **kwargs)
+        return _run_bab(*args, thread_tuner=tuner, **kwargs)
     finally:
         torch.set_num_threads(old)
 
@@ -251,6 +260,8 @@ class _ActivationSearch:
         self.witness: dict = {}
         self.root_sb = None  # the root domains' switch bounds (after their re-bounding): valid for every domain
         self.sec_per_domain, self.budget = 0.0, math.inf  # measured bounding cost; the search's time budget
+        self.sign_search = None  # settings of the gradient-sign search in each domain's bound (l_inf input norm)
+        self.tuner = None  # ThreadTuner choosing the intra-op thread count per bounding call (None: fixed)
 
     # ------------------------------------------------------------------ bounding (vectorized over domains)
     def _fixed_tensors(self, rows: np.ndarray) -> list[torch.Tensor]:
@@ -279,7 +290,7 @@ class _ActivationSearch:
         dr = [g.switch_derivative_range(l, u, f) for g, (l, u), f in zip(chain.gates, fb, fixed)]
         dr = [(a.expand(D, -1), b.expand(D, -1)) for a, b in dr]
         bg = BackwardGraph(chain, self.seeds[seed_idx], dr, "crown")
-        bb = bg.run(want_coef=True, abs_fixed=fixed[-1] if self.use_abs else None)
+        bb = bg.run(want_coef=True, abs_fixed=fixed[-1] if self.use_abs else None, sign_search=self.sign_search)
         ub = row_dual_upper(self.norm, bb.grad_lower, bb.grad_upper, bb.l1_upper)
         scores, unst_any = [], torch.zeros(D, dtype=torch.bool, device=self.dev)
         for k, gate in enumerate(chain.gates):
@@ -362,8 +373,12 @@ class _ActivationSearch:
         while i < len(children):
             if self._late():
                 break
+            threads = self.tuner.choose() if self.tuner is not None else None
+            n = self._chunk()
+            if self.tuner is not None and self.tuner.probing:
+                n = max(1, n // 4)  # a probe of the other thread count: a small batch (it may be much slower)
             tc = time.perf_counter()
-            part = children[i:i + self._chunk()]
+            part = children[i:i + n]
             i += len(part)
             seed_idx = torch.tensor([d.seed for d in part], device=self.dev)
             fixed = self._fixed_tensors(np.stack([d.fixed for d in part]))
@@ -394,6 +409,8 @@ class _ActivationSearch:
                     ok[0] = True  # an unstable switch exists: the best candidate is one
                     d.cand = cand_j[j][ok]
             spd = (time.perf_counter() - tc) / len(part)
+            if self.tuner is not None:
+                self.tuner.record(threads, len(part), spd * len(part))
             self.sec_per_domain = spd if self.sec_per_domain <= 0 else 0.5 * (self.sec_per_domain + spd)
         return None  # a witness here is a lower bound, not the end of the search
 
@@ -500,6 +517,27 @@ class _ActivationSearch:
         return torch.tensor(out, dtype=self.dt, device=self.dev)
 
 
+def _sign_search_settings(opt, chain: DenseChain, norm: str):
+    """The :class:`SignSearch` of ``bab_options["sign_search"]`` (see :func:`_run_bab`), or None (off)."""
+    if norm != "inf" or opt is False:
+        return None
+    if opt is None:
+        return SignSearch() if chain.in_dim <= POLY_MAX_INPUT else None
+    if opt is True:
+        return SignSearch()
+    if isinstance(opt, dict):
+        bad = set(opt) - {"first", "rounds", "keep", "step"}
+        if bad or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in opt.values()):
+            raise InvalidArgumentError("bab_options: sign_search must be None, True, False or a dict with "
+                                       f"non-negative int fields first, rounds, keep, step (got {opt!r})")
+        cfg = SignSearch(**opt)
+        if cfg.first > 12 or cfg.step > 8 or cfg.keep < 1 or cfg.step < 1:
+            raise InvalidArgumentError("bab_options: sign_search needs first <= 12, 1 <= step <= 8 and keep >= 1 "
+                                       f"(got {opt!r})")
+        return cfg
+    raise InvalidArgumentError(f"bab_options: sign_search must be None, True, False or a dict (got {opt!r})")
+
+
 def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: LipschitzResult, timeout: float,
              operator: bool, attack_lower, batch: int = 256, max_domains: int = 1_000_000,
              max_pool: int = 2_000_000,
@@ -508,7 +546,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
              lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False,
              abs_weight: float = 1.0, poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
              chunk: int = 128, ball=None, progress=None, refine_share: float | None = None,
-             lower_share: float = LOWER_SHARE) -> LipschitzResult:
+             lower_share: float = LOWER_SHARE, sign_search=None, thread_tuner=None) -> LipschitzResult:
     """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds, on the shared
     search loop :func:`...bab.search.branch_and_bound` (policy and bounding of :class:`_ActivationSearch`).
 
@@ -531,6 +569,10 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     range); 0: off; None: ``ROOT_REFINE_SHARE`` where the domains are re-bounded by the forward engine
     (``poly_iters == 0``, e.g. more than ``POLY_MAX_INPUT`` inputs), else 0.  Every domain starts from the
     refined bounds.
+    ``sign_search``: each domain's ``||grad||_1`` bound (l_inf input norm) is also taken from a small search over
+    the signs of its sign-unstable gradient coordinates (:meth:`..bounds.backward.BackwardGraph._sign_search_l1`);
+    None: on with :class:`..bounds.backward.SignSearch` defaults for at most ``POLY_MAX_INPUT`` inputs; False: off;
+    True or a dict of ``SignSearch`` fields: on.
     ``lower_share``: a search still running after ``BOOST_AFTER`` of ``timeout`` spends at most this share of
     it on a longer attack round on the seeds that matter (:meth:`_ActivationSearch.boost_lower`; only when an
     attack ran before, ``attack_lower`` given); 0: off.
@@ -551,6 +593,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
         raise InvalidArgumentError(f"bab_options: refine_share must be in [0, 1), got {refine_share}")
     if not 0.0 <= float(lower_share) < 1.0:
         raise InvalidArgumentError(f"bab_options: lower_share must be in [0, 1), got {lower_share}")
+    sign_cfg = _sign_search_settings(sign_search, chain, norm)
     stats_refine = None
     if refine_share > 0 and rebound and math.isfinite(timeout):
         from ..bounds.chain import refined_intermediate_bounds
@@ -563,6 +606,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     srch = _ActivationSearch(net, chain, xl, xu, seeds, norm, root_fb, rebound, poly_iters, poly_lr,
                              abs_split and norm == "inf", balance, layer_bias, abs_weight, fsb_k, feas_tol, lp_check,
                              lp_min_splits, lp_top, ball, attack_lower, t0 + timeout, int(chunk))
+    srch.sign_search, srch.tuner = sign_cfg, thread_tuner
     N = sum(srch.sizes)
     root_rows = torch.tensor(root.per_output_upper, dtype=dt, device=dev)
     roots = [_Domain(s, np.zeros(N, dtype=np.int8), float(root_rows[s])) for s in range(S)]
@@ -611,6 +655,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     stats["open_domains"] = len(srch.open)
     if stats_refine is not None:
         stats["refine"] = stats_refine.summary()
+    if thread_tuner is not None:
+        stats["threads"] = thread_tuner.summary()
     stats["search"] = out.reason
     # A finished run has closed every domain: domains pruned by the lower bound cannot hold the max, and
     # the max is exact when it is *attained*: the largest closed leaf had an interior point, where
