@@ -26,7 +26,7 @@ def test_tuner_measures_both_counts_then_keeps_the_faster(two_threads):
     assert tu.options == [1, 2]
     assert tu.choose() == 1 and torch.get_num_threads() == 1 and not tu.probing  # nothing measured: 1
     tu.record(1, 10, 1.0)  # 0.1 s per unit
-    assert tu.choose() == 2 and tu.probing and torch.get_num_threads() == 2  # the unmeasured count is tried once
+    assert tu.choose() == 2 and tu.probing and tu.cautious and torch.get_num_threads() == 2  # unmeasured: tried
     tu.record(2, 10, 0.5)  # 0.05 s per unit: faster
     assert tu.choose() == 2 and not tu.probing  # no probe before probe_every has passed
     assert tu.best() == 2
@@ -41,7 +41,10 @@ def test_tuner_probes_the_other_count_periodically(two_threads):
     tu.record(1, 1, 1.0)
     tu.record(2, 1, 2.0)
     time.sleep(0.06)
-    assert tu.choose() == 2 and tu.probing  # the slower count is re-measured once probe_every has passed
+    assert tu.choose() == 2 and tu.probing and not tu.cautious  # re-measured once probe_every has passed
+    tu.record(2, 1, 7.0)  # now > 2x slower: its next probe is a cautious (small) one
+    time.sleep(0.06)
+    assert tu.choose() == 2 and tu.probing and tu.cautious
     assert tu.choose() == 1 and not tu.probing  # ... and only then
     assert tu.summary()["threads"] == 1 and tu.switches == 2
 

@@ -26,8 +26,11 @@ class ThreadTuner:
     """Pick the faster of 1 and ``max_threads`` intra-op threads from measured seconds per work unit.
 
     Use: ``t = tuner.choose()`` before a batch (sets torch's thread count; returns it), then
-    ``tuner.record(t, units, seconds)``; :attr:`probing` says whether the batch about to run is a probe
-    (the caller may make it smaller).  ``restore()`` sets the thread count found at construction.
+    ``tuner.record(t, units, seconds)``; :attr:`probing` says whether the batch about to run is a probe, and
+    :attr:`cautious` whether it is a probe of a count never measured or last measured > 2x slower (the caller
+    should make that batch small: it may be ~10x slower; other probes run full-size, since smaller batches
+    cost more per unit and would bias the comparison).  ``restore()`` sets the thread count found at
+    construction.
     """
 
     def __init__(self, max_threads: int | None = None, probe_every: float = 3.0, smoothing: float = 0.5):
@@ -37,7 +40,7 @@ class ThreadTuner:
         self.rate: dict[int, float | None] = {t: None for t in self.options}
         self.probe_every, self.smoothing = float(probe_every), float(smoothing)
         self.current = 1
-        self.probing = False
+        self.probing = self.cautious = False
         self._last_probe = time.perf_counter()
         self.switches = 0
 
@@ -50,12 +53,13 @@ class ThreadTuner:
         measured batch), a probe of the other candidate every ``probe_every`` seconds, else the fastest."""
         best = self.best()
         t = best
-        self.probing = False
+        self.probing = self.cautious = False
         if len(self.options) > 1:
             other = [o for o in self.options if o != best][0]
             now = time.perf_counter()
             if self.rate[best] is not None and (self.rate[other] is None or now - self._last_probe >= self.probe_every):
                 t, self.probing, self._last_probe = other, True, now
+                self.cautious = self.rate[other] is None or self.rate[other] > 2 * self.rate[best]
         if t != self.current:
             self.switches += 1
         self.current = t

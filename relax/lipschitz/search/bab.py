@@ -375,8 +375,8 @@ class _ActivationSearch:
                 break
             threads = self.tuner.choose() if self.tuner is not None else None
             n = self._chunk()
-            if self.tuner is not None and self.tuner.probing:
-                n = max(1, n // 4)  # a probe of the other thread count: a small batch (it may be much slower)
+            if self.tuner is not None and self.tuner.cautious:
+                n = max(1, n // 4)  # a probe of a thread count that may be much slower: a small batch
             tc = time.perf_counter()
             part = children[i:i + n]
             i += len(part)
