@@ -133,3 +133,29 @@ def test_bad_sign_search_option_is_refused(bad):
     box = (torch.zeros(1, 4, dtype=DT), torch.ones(1, 4, dtype=DT))
     with pytest.raises(InvalidArgumentError, match="sign_search"):
         local_lipschitz(net, box, bab_timeout=5, bab_options={"sign_search": bad})
+
+
+@pytest.mark.parametrize("act,widths,seed", [("relu", [6, 12, 12, 3], 0), ("leaky", [7, 10, 9, 2], 1),
+                                             ("maxmin", [6, 8, 8, 3], 2), ("relu", [5, 9, 7, 8, 2], 3)])
+def test_skipping_fixed_gates_gives_the_same_bounds(act, widths, seed):
+    """``skip_fixed`` computes a gate's input bounds only where its derivative is not fixed: every bound the
+    full pass computes (gradient entries, l1, the inputs of the unfixed gates) is the same."""
+    net = _net(widths, seed, act)
+    chain = dense_chain(net)
+    x0 = torch.rand(chain.in_dim, generator=torch.Generator().manual_seed(seed), dtype=DT)
+    fb, _ = forward_bounds(chain, (x0 - 0.3)[None], (x0 + 0.3)[None], "ibp")
+    seeds = torch.eye(chain.out_dim, dtype=DT)
+    dr = derivative_ranges(chain, fb, seeds.shape[0])
+    dr[0] = (dr[0][0].clone(), dr[0][1].clone())
+    dr[0][0][0, :2] = dr[0][1][0, :2]  # fix two derivatives of the first row by hand (as BaB splits do)
+    full = BackwardGraph(chain, seeds, dr).run(sign_search=SignSearch(first=2, rounds=1, keep=2, step=1))
+    skip = BackwardGraph(chain, seeds, dr).run(sign_search=SignSearch(first=2, rounds=1, keep=2, step=1),
+                                               skip_fixed=True)
+    same = lambda x, y: torch.allclose(x, y, rtol=1e-12, atol=1e-13)  # noqa: E731 (up to summation order)
+    assert same(full.grad_lower, skip.grad_lower) and same(full.grad_upper, skip.grad_upper)
+    assert same(full.l1_upper, skip.l1_upper)
+    for k, ((fl, fu), (sl, su)) in enumerate(zip(full.q_bounds, skip.q_bounds)):
+        a, b = dr[k]
+        free = (a < b) if chain.gates[k].E is None else torch.ones_like(fl, dtype=torch.bool)
+        assert free.any()
+        assert same(fl[free], sl[free]) and same(fu[free], su[free])

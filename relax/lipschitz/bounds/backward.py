@@ -120,12 +120,38 @@ class BackwardGraph:
         return -up[:, m:], up[:, :m]
 
     # ------------------------------------------------------------------ main pass
+    def unstable_bounds(self, unst: torch.Tensor, pos: int, batch: int, dim: int):
+        """Bounds of the gate input ``v_pos`` (a gate without input map ``E``) on the entries where ``unst``
+        ((B, dim) bool) is True, by the same back-substitution as :meth:`bounds`, with the rows of each batch
+        row packed; 0 elsewhere.  For a gate with ``a == b`` (a fixed derivative) the product's relaxation is
+        exact whatever the bounds of its input, so those rows need not be computed."""
+        dt, dev = self.seeds.dtype, self.seeds.device
+        M = int(unst.sum(1).max()) if unst.numel() else 0
+        lo = torch.zeros(batch, dim, dtype=dt, device=dev)
+        hi = torch.zeros(batch, dim, dtype=dt, device=dev)
+        if M == 0:
+            return lo, hi
+        idx = torch.argsort((~unst).to(torch.int8), dim=1, stable=True)[:, :M]  # unstable entries first
+        valid = torch.gather(unst, 1, idx)
+        if pos > 0 and self.items[pos - 1][0] == "lin":  # e_i^T W_k^T = row i of W_k^T: a gather, no product
+            Wt = self.chain.weights[self.items[pos - 1][1]].T
+            rows, pos = Wt[idx], pos - 1
+        else:
+            rows = torch.eye(dim, dtype=dt, device=dev)[idx]
+        up = self.upper(torch.cat((rows, -rows), 1), pos)
+        zero = torch.zeros_like(up[:, :M])
+        lo.scatter_(1, idx, torch.where(valid, -up[:, M:], zero))
+        hi.scatter_(1, idx, torch.where(valid, up[:, :M], zero))
+        return lo, hi
+
     def run(self, want_coef: bool = False, abs_fixed: torch.Tensor | None = None,
-            sign_search: SignSearch | None = None) -> BackwardBounds:
+            sign_search: SignSearch | None = None, skip_fixed: bool = False) -> BackwardBounds:
         """Bounds for the batch.  ``abs_fixed`` ((B, n_0) in {-1, 0, +1}) replaces ``|g_i|`` by ``s_i g_i``
         where ``s_i != 0`` (branch-and-bound on the sign choice of ``||g||_1 = max_s s^T g``).
         ``sign_search``: also bound ``||g||_1`` by a small search over the signs of the sign-unstable gradient
-        coordinates (:meth:`_sign_search_l1`) and keep the smaller bound (``l1_upper`` only)."""
+        coordinates (:meth:`_sign_search_l1`) and keep the smaller bound (``l1_upper`` only).
+        ``skip_fixed``: the input bounds of gates without input map are computed only where the derivative is
+        not fixed (:meth:`unstable_bounds`; ``q_bounds`` are then 0 at fixed entries) -- the same bounds."""
         if self.mode == "ibp":
             return self._run_ibp()
         B = self.seeds.shape[0]
@@ -134,8 +160,11 @@ class BackwardGraph:
             if kind != "gate":
                 continue
             gate = self.chain.gates[k]
-            ql, qu = self.bounds(gate.E, pos, B, gate.n)
             a, b = self.d_ranges[k]
+            if skip_fixed and gate.E is None:
+                ql, qu = self.unstable_bounds(a < b, pos, B, gate.n)
+            else:
+                ql, qu = self.bounds(gate.E, pos, B, gate.n)
             self.q_bounds[k] = (ql, qu)
             self.lines[k] = (*gated_product_upper(a, b, ql, qu, interval), *gated_product_lower(a, b, ql, qu, interval))
         end = len(self.items)
