@@ -28,10 +28,22 @@ def _default_dtype(request):
     torch.set_default_dtype(old)
 
 
+def _with_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.fixture
 def single_thread():
     """For tests made of many small tensor ops: one thread is much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from _with_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """torch set to 2 intra-op threads (tests of the thread-count choice); the previous count is restored."""
+    yield from _with_threads(2)

@@ -13,40 +13,51 @@ from nncertify.relax.bab.threads import ThreadTuner
 from nncertify.relax.lipschitz import local_lipschitz
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
-def test_tuner_measures_both_counts_then_keeps_the_faster(two_threads):
+def test_tuner_compares_paired_batches_and_follows_a_change_of_load(two_threads):
     tu = ThreadTuner(2, probe_every=3600.0)
     assert tu.options == [1, 2]
     assert tu.choose() == 1 and torch.get_num_threads() == 1 and not tu.probing  # nothing measured: 1
     tu.record(1, 10, 1.0)  # 0.1 s per unit
-    assert tu.choose() == 2 and tu.probing and tu.cautious and torch.get_num_threads() == 2  # unmeasured: tried
-    tu.record(2, 10, 0.5)  # 0.05 s per unit: faster
+    assert tu.choose() == 2 and tu.probing and tu.cautious and torch.get_num_threads() == 2  # unmeasured: a probe
+    tu.record(2, 10, 0.4)  # 0.04 s per unit against 0.1 just before: 2 threads become the choice
+    assert tu.best() == 2 and tu.summary()["other_slower_by"] == pytest.approx(2.5)
     assert tu.choose() == 2 and not tu.probing  # no probe before probe_every has passed
-    assert tu.best() == 2
-    tu.record(2, 10, 5.0)  # it got 10x slower (another process took a core): the average follows
-    assert tu.best() == 1 and tu.choose() == 1
+    tu.record(2, 10, 5.0)  # 2 threads got slow (another process took a core) ...
+    tu.probe_every, tu._probe_cost = 0.0, 0.0
+    assert tu.choose() == 1 and tu.probing and tu.cautious  # ... the next probe of 1 (was 2.5x slower: small)
+    tu.record(1, 10, 1.0)  # 0.1 against 0.5 just before: log-ratio average 0.5 log 2.5 + 0.5 log 0.2 < 0
+    assert tu.best() == 1 and tu.choose() == 1 and not tu.probing  # (next probe after 9 x its 1.0 s)
     tu.restore()
     assert torch.get_num_threads() == 2
 
 
-def test_tuner_probes_the_other_count_periodically(two_threads):
+def test_rates_measured_at_different_times_are_not_compared(two_threads):
+    """The cost per unit grows during a search; only a probe and the batch just before it are compared."""
+    tu = ThreadTuner(2, probe_every=3600.0)
+    tu.choose()
+    tu.record(1, 10, 1.0)
+    tu.choose()
+    tu.record(2, 10, 0.6)  # 2 threads 1.67x faster
+    for cost in (2.0, 4.0, 8.0):  # the domains get dearer; no probe: the choice stays
+        assert tu.choose() == 2
+        tu.record(2, 10, cost)
+    tu.probe_every, tu._probe_cost = 0.0, 0.0
+    assert tu.choose() == 1 and tu.probing and not tu.cautious
+    tu.record(1, 10, 13.0)  # 1.3 s per unit: cheaper than 2's first rate, dearer than its last (0.8): slower
+    assert tu.best() == 2
+
+
+def test_probes_take_a_small_share_of_the_time(two_threads):
     tu = ThreadTuner(2, probe_every=0.05)
+    tu.choose()
     tu.record(1, 1, 1.0)
-    tu.record(2, 1, 2.0)
+    assert tu.choose() == 2 and tu.probing
+    tu.record(2, 1, 1.5)  # slower; the probe took 1.5 s
+    time.sleep(0.06)  # probe_every has passed, but not 9 x 1.5 s
+    assert tu.choose() == 1 and not tu.probing
+    tu._probe_cost = 0.001
     time.sleep(0.06)
-    assert tu.choose() == 2 and tu.probing and not tu.cautious  # re-measured once probe_every has passed
-    tu.record(2, 1, 7.0)  # now > 2x slower: its next probe is a cautious (small) one
-    time.sleep(0.06)
-    assert tu.choose() == 2 and tu.probing and tu.cautious
-    assert tu.choose() == 1 and not tu.probing  # ... and only then
-    assert tu.summary()["threads"] == 1 and tu.switches == 2
+    assert tu.choose() == 2 and tu.probing and not tu.cautious
 
 
 def test_single_thread_machine_never_switches():

@@ -168,9 +168,10 @@ def run_bab(*args, num_threads: int | str | None = "auto", **kwargs) -> Lipschit
     A bias-free network over a box holding its apex 0 is searched over the box's shells instead
     (:mod:`.apex`: exact reduction, kinks in general position again).
 
-    Measured on a 2-core machine (random 16-64-64-10, 60 s): idle, 2 threads bound ~1.7x the domains of 1
-    (exact in 50 s instead of ~96 s on the seed-2 net); with a second busy process, 2 threads bound ~10x
-    fewer -- hence "auto", which starts with 1 and probes the other count every few seconds.
+    Measured on a 2-core machine (random 16-64-64-10): idle, 2 threads bound 1.2-1.7x the domains of 1 per
+    second (seed-2 net exact in 50-80 s instead of 96-130 s, depending on the machine's state); with a second
+    busy process, 2 threads bound ~10x fewer -- hence "auto", which starts with 1 and compares the counts on
+    paired batches every few seconds (same time to exact as a fixed 2 when idle, 1 thread under load).
     """
     from ...bab.threads import ThreadTuner
     from .apex import applies, run_bab_shells
