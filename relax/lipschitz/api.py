@@ -86,7 +86,11 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
     * ``bab``: which branch-and-bound ``bab_timeout > 0`` runs: "activation" (above), "input"
       (input-space splitting, :mod:`.bab_input`: every activation, l_inf boxes and l2/l1 balls; best
       for few inputs) or "auto" (input splitting for smooth activations, l2 norms, or ReLU/LeakyReLU
-      chains with <= 3 inputs; activation splitting otherwise, residual nets included).  ``bab_options`` go to the chosen engine.
+      chains with <= 3 inputs; activation splitting otherwise, residual nets included).  ``bab_options`` go to the chosen engine
+      (activation splitting: e.g. ``num_threads`` -- "auto" (default: 1 or all of torch's threads, chosen from
+      measured throughput), None or an int -- and ``sign_search`` -- the gradient-sign search of each domain's
+      l1 bound: None (default: on for <= 128 inputs), False, True or a dict of ``SignSearch`` fields;
+      see :func:`.search.bab._run_bab`).
     * ``time_limit`` (seconds, None: no limit): a wall-clock budget for the whole call.  The bound
       pass runs first (it is the certificate, one pass, never cut); then the attack (lower-bound
       estimate: its sampling chunks and ascent steps stop at ``ATTACK_SHARE * time_limit`` from the
