@@ -36,13 +36,11 @@ class ThreadTuner:
     ``tuner.record(t, units, seconds)``; :attr:`probing` says whether the batch about to run is a probe, and
     :attr:`cautious` whether it is a probe of a count never measured or measured > 2x slower (the caller
     should make that batch small: it may be ~10x slower; other probes run full-size, since smaller batches
-    cost more per unit and would bias the comparison).  ``restore()`` sets the thread count found at
-    construction.
+    cost more per unit and would bias the comparison).  The caller restores its own thread count afterwards.
     """
 
     def __init__(self, max_threads: int | None = None, probe_every: float = 3.0, smoothing: float = 0.5):
-        self.initial = torch.get_num_threads()
-        top = self.initial if max_threads is None else int(max_threads)
+        top = torch.get_num_threads() if max_threads is None else int(max_threads)
         self.options = [1] if top <= 1 else [1, top]
         self.probe_every, self.smoothing = float(probe_every), float(smoothing)
         self.current = self._best = 1
@@ -95,6 +93,3 @@ class ThreadTuner:
         ratio = None if self.log_ratio is None else math.exp(self.log_ratio)
         return {"threads": self._best, "options": self.options, "switches": self.switches, "probes": self.probes,
                 "other_slower_by": ratio}
-
-    def restore(self) -> None:
-        torch.set_num_threads(self.initial)

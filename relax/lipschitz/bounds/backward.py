@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chain import DenseChain
+from .chain import DenseChain, pack_true
 from .relaxations import abs_upper, gated_product_interval, gated_product_lower, gated_product_upper
 
 MODES = ("crown", "recurjac", "ibp")
@@ -126,13 +126,12 @@ class BackwardGraph:
         row packed; 0 elsewhere.  For a gate with ``a == b`` (a fixed derivative) the product's relaxation is
         exact whatever the bounds of its input, so those rows need not be computed."""
         dt, dev = self.seeds.dtype, self.seeds.device
-        M = int(unst.sum(1).max()) if unst.numel() else 0
+        idx, valid = pack_true(unst)
+        M = idx.shape[1]
         lo = torch.zeros(batch, dim, dtype=dt, device=dev)
         hi = torch.zeros(batch, dim, dtype=dt, device=dev)
         if M == 0:
             return lo, hi
-        idx = torch.argsort((~unst).to(torch.int8), dim=1, stable=True)[:, :M]  # unstable entries first
-        valid = torch.gather(unst, 1, idx)
         if pos > 0 and self.items[pos - 1][0] == "lin":  # e_i^T W_k^T = row i of W_k^T: a gather, no product
             Wt = self.chain.weights[self.items[pos - 1][1]].T
             rows, pos = Wt[idx], pos - 1

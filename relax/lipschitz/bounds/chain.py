@@ -169,6 +169,14 @@ FORWARD_INTERVAL: dict[str, Callable] = {
 }
 
 
+def pack_true(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row indices of the True entries of ``mask`` (D, N), left-packed and padded: (idx (D, M), valid (D, M)),
+    ``M`` the largest count of a row; padding indices point at False entries (``valid`` False)."""
+    M = int(mask.sum(1).max()) if mask.numel() else 0
+    idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :M]
+    return idx, torch.gather(mask, 1, idx)
+
+
 def clamp_switch(l: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor | None):
     """Impose split constraints ``s >= 0`` (+1) / ``s <= 0`` (-1) on bounds ``[l, u]`` of the switches ``s``."""
     if fixed is None:

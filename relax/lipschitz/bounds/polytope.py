@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from .chain import clamp_switch, pack_true
+
 EPS64 = float(torch.finfo(torch.float64).eps)
 
 
@@ -82,13 +84,6 @@ def polytope_max(A: torch.Tensor, c: torch.Tensor, G: torch.Tensor | None, h: to
         beta.addcdiv_(m1 * scale, m2.sqrt().add_(1e-12), value=-step).clamp_(min=0)
     # the last iterate (steps decay); beta = 0 (the box bound) is the fallback
     return torch.minimum(certified_value(beta), certified_value(None))
-
-
-def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row indices of the True entries of ``mask`` (D, N), left-packed and padded: (idx (D, M), valid (D, M))."""
-    M = int(mask.sum(1).max()) if mask.numel() else 0
-    idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :M]
-    return idx, torch.gather(mask, 1, idx)
 
 
 def _relax_lines(l, u, s):
@@ -177,7 +172,6 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
     ``x`` of the box that satisfies the splits.  Only the unstable switches of each domain are
     re-bounded; half-spaces and rows are packed per domain.
     """
-    from .chain import clamp_switch
     D = fixed[0].shape[0]
     dt, dev = xl.dtype, xl.device
     slopes = [float(g.d_off[0]) if g.Q is None and g.d_off is not None and g.d_off.numel() else 0.0
@@ -209,12 +203,12 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
             continue
         mask = torch.cat(ms, 1)
         if bool(mask.any()):
-            gi, gv = _compact(mask)
+            gi, gv = pack_true(mask)
             G = torch.cat(Gs, 1)[ar, gi] * gv[..., None].to(dt)
             h = torch.cat(hs, 1)[ar, gi] * gv.to(dt)
         else:
             G = h = None
-        ri, rv = _compact(unst)
+        ri, rv = pack_true(unst)
         A2 = torch.cat((Au[ar, ri], -Al[ar, ri]), 1)
         c2 = torch.cat((cu[ar, ri], -cl[ar, ri]), 1)
         ub = polytope_max(A2, c2, G, h, xl, xu, iters, lr)

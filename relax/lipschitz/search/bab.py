@@ -417,9 +417,10 @@ class _ActivationSearch:
                     ok = cand_ok[j]
                     ok[0] = True  # an unstable switch exists: the best candidate is one
                     d.cand = cand_j[j][ok]
-            spd = (time.perf_counter() - tc) / len(part)
+            took = time.perf_counter() - tc
             if self.tuner is not None:
-                self.tuner.record(threads, len(part), spd * len(part))
+                self.tuner.record(threads, len(part), took)
+            spd = took / len(part)
             self.sec_per_domain = spd if self.sec_per_domain <= 0 else 0.5 * (self.sec_per_domain + spd)
         return None  # a witness here is a lower bound, not the end of the search
 
