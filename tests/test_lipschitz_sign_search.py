@@ -82,12 +82,15 @@ def test_sign_search_between_every_sign_vector_and_the_chord(act, widths, seed):
     brute = _brute(make, seeds.shape[0], n)
     tol = 1e-9 * (1 + brute.abs())
     for cfg in (SignSearch(first=2, rounds=2, keep=2, step=1), SignSearch(first=1, rounds=3, keep=1, step=2),
-                SignSearch(first=3, rounds=0), SignSearch()):
+                SignSearch(first=3, rounds=0), SignSearch(), SignSearch(low=False), SignSearch(verify=0),
+                SignSearch(first=2, rounds=1, keep=2, step=1, verify=1)):
         v = make().run(sign_search=cfg).l1_upper
         assert (v >= brute - tol).all(), (cfg, v, brute)  # no sign choice is lost
         assert (v <= chord + tol).all()
     full = make().run(sign_search=SignSearch(first=n, rounds=0)).l1_upper
     assert torch.allclose(full, brute, rtol=1e-12, atol=1e-12)  # every sign enumerated: the brute force itself
+    full64 = make().run(sign_search=SignSearch(first=n, rounds=0, low=False)).l1_upper
+    assert torch.allclose(full64, brute, rtol=1e-12, atol=1e-12)  # (float32 leaves, the top ones in float64)
     assert (full < chord - 1e-6).any()  # and it is tighter than the chords on these nets
     # the true gradients at sampled points stay below the bound
     X = xl + (xu - xl) * torch.rand(seeds.shape[0], 400, n, generator=torch.Generator().manual_seed(5), dtype=DT)
@@ -121,7 +124,9 @@ def test_bab_with_sign_search_reaches_the_milp_value(widths, seed):
                          attack_options={"n_samples": 64, "n_starts": 4, "steps": 10})
     off = local_lipschitz(net, box, bab_timeout=60, bab_options={"sign_search": False},
                           attack_options={"n_samples": 64, "n_starts": 4, "steps": 10})
-    for r in (on, off):
+    cold = local_lipschitz(net, box, bab_timeout=60, bab_options={"warm_start": False},
+                           attack_options={"n_samples": 64, "n_starts": 4, "steps": 10})
+    for r in (on, off, cold):
         assert r.exact and r.status == "exact"
         assert r.upper == pytest.approx(ex.value, rel=1e-6)
         assert r.lower <= ex.value * (1 + 1e-9) <= r.upper * (1 + 1e-6)
@@ -159,3 +164,43 @@ def test_skipping_fixed_gates_gives_the_same_bounds(act, widths, seed):
         free = (a < b) if chain.gates[k].E is None else torch.ones_like(fl, dtype=torch.bool)
         assert free.any()
         assert same(fl[free], sl[free]) and same(fu[free], su[free])
+
+
+def _scaled_net(seed):
+    """A net whose float32 sums cancel: large weights whose rows nearly cancel pairwise."""
+    torch.manual_seed(seed)
+    l1, l2, l3 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+    with torch.no_grad():
+        l1.weight.mul_(40)
+        l2.weight[8:] = -l2.weight[:8] * (1 + 1e-4 * torch.randn(8, 16))
+        l2.weight.mul_(60)
+        l3.weight.mul_(25)
+    return models.from_module(nn.Sequential(l1, nn.ReLU(), l2, nn.ReLU(), l3).double(), (8,))
+
+
+@pytest.mark.parametrize("kind,seed", [("relu", 0), ("leaky", 1), ("maxmin", 2), ("scaled", 3), ("scaled", 4)])
+def test_float32_leaf_values_plus_the_margin_bound_the_float64_ones(kind, seed):
+    """The sign search evaluates its leaves in float32 and adds ``low_margin``: for any leaf row (entries in
+    [-1, 1]: signs and chord slopes) the float32 value plus the margin is >= the float64 value, while the
+    float32 value alone falls below it somewhere (the margin is needed), and the margin stays small."""
+    net = _scaled_net(seed) if kind == "scaled" else _net([8, 16, 16, 3], seed, kind)
+    chain, xl, xu, seeds, make = _graph(net, 0.4, seed)
+    bg = make()
+    bg.run()  # sets the relaxation lines
+    g = torch.Generator().manual_seed(seed)
+    S = torch.rand(seeds.shape[0], 4000, chain.in_dim, generator=g, dtype=DT) * 2 - 1
+    S = torch.where(torch.rand(S.shape, generator=g) < 0.5, S.sign(), S)
+    end = len(bg.items)
+    up64 = bg.upper(S, end)
+    up32 = bg.upper(S.float(), end).double()
+    err = bg.low_margin()[:, None]
+    assert (up32 + err >= up64).all()
+    assert (up32 < up64).any()
+    assert (err <= 1e-3 * (up64.abs().amax(1, keepdim=True) + bg._magnitude()[:, None])).all()
+
+
+def test_bad_warm_start_option_is_refused():
+    net = _net([4, 6, 3], 0, "relu")
+    box = (torch.zeros(1, 4, dtype=DT), torch.ones(1, 4, dtype=DT))
+    with pytest.raises(InvalidArgumentError, match="warm_start"):
+        local_lipschitz(net, box, bab_timeout=5, bab_options={"warm_start": "yes"})

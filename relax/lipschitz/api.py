@@ -89,7 +89,8 @@ def local_lipschitz(net: Network, input_set, norm="inf", c=None, method: str = "
       chains with <= 3 inputs; activation splitting otherwise, residual nets included).  ``bab_options`` go to the chosen engine
       (activation splitting: e.g. ``num_threads`` -- "auto" (default: 1 or all of torch's threads, chosen from
       measured throughput), None or an int -- and ``sign_search`` -- the gradient-sign search of each domain's
-      l1 bound: None (default: on for <= 128 inputs), False, True or a dict of ``SignSearch`` fields;
+      l1 bound: None (default: on for <= 128 inputs), False, True or a dict of ``SignSearch`` fields --
+      and ``warm_start`` -- input-polytope multipliers carried from parent to child domain (default True);
       see :func:`.search.bab._run_bab`).
     * ``time_limit`` (seconds, None: no limit): a wall-clock budget for the whole call.  The bound
       pass runs first (it is the certificate, one pass, never cut); then the attack (lower-bound

@@ -41,6 +41,8 @@ class SignSearch:
     rounds: int = 2
     keep: int = 8
     step: int = 3
+    low: bool = True  # evaluate the leaves in float32 (with a rounding margin), the largest ``verify`` again in float64
+    verify: int = 8
 
 
 @dataclass
@@ -76,22 +78,39 @@ class BackwardGraph:
         for k in reversed(range(L)):
             self.items += [("gate", k), ("lin", k)]
         self.lines: dict[int, tuple] = {}
+        self._cache: dict = {}
         self.q_bounds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ back-substitution
+    def _params(self, dtype):
+        """The weights, gate matrices, relaxation lines and seeds in ``dtype`` (cached per dtype; the lines of
+        :meth:`run` must exist)."""
+        key = ("params", dtype)
+        if key not in self._cache:
+            cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+            self._cache[key] = ([cast(w) for w in self.chain.weights],
+                                {k: (cast(g.F_p), cast(g.E), cast(g.F_g)) for k, g in enumerate(self.chain.gates)},
+                                {k: tuple(cast(t) for t in v) for k, v in self.lines.items()}, cast(self.seeds))
+        return self._cache[key]
+
     def upper(self, Lam: torch.Tensor, pos: int, record: dict | None = None) -> torch.Tensor:
         """Upper bound of ``Lam @ v_pos`` (``Lam``: (B, m, dim v_pos)) where ``v_pos`` is the value after
-        ``pos`` items (``v_0`` = seed)."""
+        ``pos`` items (``v_0`` = seed).  Evaluated in ``Lam``'s dtype (float32: see :meth:`_sign_search_l1`
+        for the rounding margin that then makes it sound)."""
         bias = torch.zeros(Lam.shape[:2], dtype=Lam.dtype, device=Lam.device)
+        low = Lam.dtype != self.seeds.dtype
+        weights, mats, lines, seeds = self._params(Lam.dtype) if low else (
+            self.chain.weights, None, self.lines, self.seeds)
         for i in range(pos - 1, -1, -1):
             kind, k = self.items[i]
             if kind == "lin":
                 # v_{i+1} = W_k^T v_i  ->  Lam v_{i+1} = (Lam W_k^T) v_i
-                Lam = Lam @ self.chain.weights[k].T
+                Lam = Lam @ weights[k].T
             else:
                 gate = self.chain.gates[k]
-                au, bu, al, bl = self.lines[k]
-                P = _apply(gate.F_p, Lam)
+                F_p, E, F_g = mats[k] if low else (gate.F_p, gate.E, gate.F_g)
+                au, bu, al, bl = lines[k]
+                P = _apply(F_p, Lam)
                 if record is not None:
                     record[k] = P.abs().sum(1)
                 # positive coefficients take the upper line, negative ones the lower line (one of the two
@@ -100,9 +119,39 @@ class BackwardGraph:
                 Pn = P - Pp
                 coef = torch.addcmul(Pn * al[:, None, :], Pp, au[:, None, :])
                 bias = bias + torch.bmm(Pp, bu[:, :, None])[..., 0] + torch.bmm(Pn, bl[:, :, None])[..., 0]
-                Lq = coef if gate.E is None else coef @ gate.E
-                Lam = Lq if gate.F_g is None else Lam @ gate.F_g + Lq
-        return torch.einsum("bmo,bo->bm", Lam, self.seeds) + bias
+                Lq = coef if E is None else coef @ E
+                Lam = Lq if F_g is None else Lam @ F_g + Lq
+        return torch.einsum("bmo,bo->bm", Lam, seeds) + bias
+
+    def low_margin(self) -> torch.Tensor:
+        """Per batch row, an upper bound on ``|upper32(S) - upper(S)|`` for any one-row ``S`` at the input end with
+        entries in [-1, 1] (``upper32``: :meth:`upper` evaluated in float32, ``S`` rounded to float32 first):
+        ``2 (items + 4) (F + 2) eps_32`` times :meth:`_magnitude` (``F`` the largest layer width).  Each of the at
+        most ``items + 4`` rounded stages (one product or accumulation per item, the casts, the seed product) errs
+        by at most ``(F + 2) u_32`` times the magnitude it sums (``eps_32 = 2 u_32``), and later stages carry
+        these errors with coefficients bounded by the same magnitudes."""
+        fan = max(max(w.shape) for w in self.chain.weights) + 2
+        return 2 * (len(self.items) + 4) * fan * float(torch.finfo(torch.float32).eps) * self._magnitude()
+
+    def _magnitude(self) -> torch.Tensor:
+        """Per batch row, a bound on the magnitudes that :meth:`upper` sums for any one-row ``Lam`` at the input end
+        with entries in [-1, 1]: the same back-substitution with every entry replaced by its absolute value,
+        started from all ones, each gate taking ``max(|upper line|, |lower line|)`` (float64)."""
+        B, n0 = self.seeds.shape[0], self.chain.in_dim
+        M = torch.ones(B, 1, n0, dtype=self.seeds.dtype, device=self.seeds.device)
+        bias = torch.zeros(B, 1, dtype=M.dtype, device=M.device)
+        for kind, k in reversed(self.items):
+            if kind == "lin":
+                M = M @ self.chain.weights[k].T.abs()
+                continue
+            gate = self.chain.gates[k]
+            au, bu, al, bl = self.lines[k]
+            P = _apply(None if gate.F_p is None else gate.F_p.abs(), M)
+            bias = bias + torch.bmm(P, torch.maximum(bu.abs(), bl.abs())[:, :, None])[..., 0]
+            Lq = P * torch.maximum(au.abs(), al.abs())[:, None, :]
+            Lq = Lq if gate.E is None else Lq @ gate.E.abs()
+            M = Lq if gate.F_g is None else M @ gate.F_g.abs() + Lq
+        return torch.einsum("bmo,bo->bm", M, self.seeds.abs())[:, 0] + bias[:, 0]
 
     def bounds(self, M: torch.Tensor | None, pos: int, batch: int, dim: int):
         """Lower and upper bounds of ``M v_pos`` (``M`` (m, dim) shared, None = identity)."""
@@ -200,7 +249,15 @@ class BackwardGraph:
         bounds are replaced by their ``2^step`` children on the next ``step`` coordinates (a child's bound is
         capped by its parent's: its objective is pointwise smaller).  Coordinates fixed by ``abs_fixed`` and
         sign-stable ones keep their (exact) line.  Cost: ``2^first + rounds * keep * 2^step`` one-row
-        back-substitutions per batch row."""
+        back-substitutions per batch row.
+
+        Precision (``ss.low``, float64 graphs): the leaves are evaluated in float32, each value raised by
+        ``2 (items + 4) (F + 2) eps_32 * mag`` (``F`` the largest layer width, ``mag`` from :meth:`_magnitude`: the
+        same back-substitution on absolute values from an all-ones row, which bounds every partial sum of any
+        leaf since leaf rows have entries in [-1, 1]), so every leaf value stays an upper bound of its piece; then
+        the ``ss.verify`` largest leaves are evaluated again in float64 (no margin).  The search's bound is the
+        largest of these values: float64-tight whenever the other leaves are below the top ones by the margin
+        (measured: ~1.5x faster per domain; the bound unchanged on the bench nets)."""
         B, n = gl.shape
         dt, dev = gl.dtype, gl.device
         gap = torch.where((gl < 0) & (gu > 0), -gl * gu / (gu - gl).clamp(min=1e-300), torch.zeros_like(gl))
@@ -216,7 +273,12 @@ class BackwardGraph:
             bits = (torch.arange(1 << j, device=dev)[:, None] >> torch.arange(j, device=dev)) & 1
             return (2 * bits - 1).to(dt)
 
-        def evaluate(V):  # V (B, L, K) signs in {-1, 0, +1} on the ordered coordinates -> leaf bounds (B, L)
+        end = len(self.items)
+        low = ss.low and dt == torch.float64
+        if low:  # float32 leaf values, made sound by a margin on the magnitudes of their sums (see the docstring)
+            err = self.low_margin()
+
+        def evaluate(V, low=False):  # V (B, L, K) signs in {-1, 0, +1} on the ordered coordinates -> leaf bounds (B, L)
             L = V.shape[1]
             V = torch.where(ok[:, None, :], V, torch.zeros_like(V))
             on = V != 0
@@ -227,12 +289,13 @@ class BackwardGraph:
             S.scatter_(2, ii, torch.where(on, V, torch.gather(S, 2, ii)))
             I.scatter_(2, ii, torch.where(on, torch.zeros_like(V), torch.gather(I, 2, ii)))
             X.scatter_(2, ii, torch.where(on, torch.where(V > 0, gu_o, -gl_o), torch.gather(X, 2, ii)))
-            return torch.minimum(self.upper(S, len(self.items)) + I.sum(-1), X.sum(-1))
+            up = self.upper(S.float(), end).double() + err[:, None] if low else self.upper(S, end)
+            return torch.minimum(up + I.sum(-1), X.sum(-1))
 
         V = torch.zeros(B, 1 << k0, K, dtype=dt, device=dev)
         V[:, :, :k0] = patterns(k0)
         depth = torch.full((B, 1 << k0), k0, dtype=torch.long, device=dev)
-        val = evaluate(V)
+        val = evaluate(V, low)
         kids, step = patterns(ss.step), ss.step
         for _ in range(ss.rounds if K > k0 else 0):
             can = depth + step <= K
@@ -243,7 +306,7 @@ class BackwardGraph:
             C = torch.gather(V, 1, sel[..., None].expand(B, m, K))[:, :, None, :].repeat(1, 1, 1 << step, 1)
             pos = (d[:, :, None, None] + torch.arange(step, device=dev)).clamp(max=K - 1).expand(B, m, 1 << step, step)
             C.scatter_(3, pos, kids.expand(B, m, 1 << step, step))
-            cv = evaluate(C.reshape(B, m << step, K)).reshape(B, m, 1 << step)
+            cv = evaluate(C.reshape(B, m << step, K), low).reshape(B, m, 1 << step)
             cv = torch.minimum(cv, torch.gather(val, 1, sel)[..., None])
             cv = torch.where(grow[..., None], cv, torch.full_like(cv, -math.inf))
             # each grown leaf is replaced by its children (its own slot drops out of the maximum)
@@ -251,7 +314,15 @@ class BackwardGraph:
             V = torch.cat((V, C.reshape(B, m << step, K)), 1)
             val = torch.cat((val, cv.reshape(B, -1)), 1)
             depth = torch.cat((depth, (d + step)[..., None].expand(B, m, 1 << step).reshape(B, -1)), 1)
-        return val.amax(1)
+        if not low or ss.verify <= 0:
+            return val.amax(1)
+        # the largest leaves again in float64 (without the margin); every other leaf keeps its float32 bound
+        t = min(ss.verify, val.shape[1])
+        top = val.topk(t, dim=1)
+        exact = evaluate(torch.gather(V, 1, top.indices[..., None].expand(B, t, K)))
+        exact = torch.where(torch.isfinite(top.values), torch.minimum(exact, top.values), top.values)
+        rest = val.scatter(1, top.indices, torch.full_like(top.values, -math.inf)).amax(1)
+        return torch.maximum(exact.amax(1), rest)
 
     def _run_ibp(self) -> BackwardBounds:
         l = u = self.seeds

@@ -17,7 +17,10 @@ is maximized over ``P`` instead of the box by Lagrangian (weak) duality:
 valid for **every** ``beta >= 0`` (for x in P: ``a^T x = r^T x + beta^T G x <= r^T x + beta^T h``).  ``beta``
 is improved by projected Adam steps on the convex function ``U`` (subgradient ``h - G x*(beta)``);
 the last iterate is compared with ``beta = 0``, the plain box bound, so the result is never worse
-than CROWN over the box.  At the optimum this equals the LP ``max_{x in P} a^T x`` (strong duality), the
+than CROWN over the box.  Since any ``beta >= 0`` is sound, the steps run in float32 and may start
+anywhere: a branch-and-bound child starts from its parent's multipliers (``warm``; the child's
+polytope is the parent's plus one half-space, whose multiplier starts at 0); only the final ``U(beta)``
+is evaluated in float64 with the rounding margin.  At the optimum this equals the LP ``max_{x in P} a^T x`` (strong duality), the
 bound that beta-CROWN's split multipliers reach for layer 0.  An upper bound below the lower bound
 proves the domain empty.
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .chain import clamp_switch, pack_true
@@ -40,13 +44,16 @@ EPS64 = float(torch.finfo(torch.float64).eps)
 
 
 def polytope_max(A: torch.Tensor, c: torch.Tensor, G: torch.Tensor | None, h: torch.Tensor | None,
-                 xl: torch.Tensor, xu: torch.Tensor, iters: int = 20, lr: float = 0.1) -> torch.Tensor:
+                 xl: torch.Tensor, xu: torch.Tensor, iters: int = 20, lr: float = 0.1,
+                 beta0: torch.Tensor | None = None, return_beta: bool = False):
     """Upper bounds of ``max_{x in P} A_r x + c_r`` for ``P = [xl, xu] ∩ {G x <= h}``.
 
     ``A``: (D, r, n), ``c``: (D, r), ``G``: (D, m, n), ``h``: (D, m) (padding rows: ``G = 0, h = 0``),
-    ``xl, xu``: (n,).  Sound for any number of iterations (see the module docstring): the returned
-    value is ``min(U(beta_last), U(0))`` (the last Adam iterate -- its steps decay -- and the box
-    bound), each evaluated in float64 with the rounding margin.
+    ``xl, xu``: (n,).  Sound for any number of iterations and any start (see the module docstring): the
+    returned value is ``min(U(beta_last), U(0))`` (the last Adam iterate -- its steps decay -- and the box
+    bound), each evaluated in float64 with the rounding margin.  ``beta0``: (D, r, m) start of the steps
+    (None: 0; negative entries are projected to 0); ``return_beta``: also return the last iterate (float32;
+    None when no step ran).
     """
     mid, rad = (xl + xu) / 2, (xu - xl) / 2
     xmag = torch.maximum(xl.abs(), xu.abs())
@@ -62,29 +69,40 @@ def polytope_max(A: torch.Tensor, c: torch.Tensor, G: torch.Tensor | None, h: to
         return v + 4 * (n + 2) * EPS64 * mag
 
     if G is None or G.shape[1] == 0 or iters <= 0:
-        return certified_value(None)
+        v = certified_value(None)
+        return (v, None) if return_beta else v
     D, r, n = A.shape
-    beta = torch.zeros(D, r, G.shape[1], dtype=A.dtype, device=A.device)
-    m1 = torch.zeros_like(beta)
-    m2 = torch.zeros_like(beta)
-    b1, b2 = 0.9, 0.999
+    # the dual steps run in float32 (any beta >= 0 is sound: only the final value needs float64)
+    A64, G64, h64 = A, G, h
+    A, G, h, xl, xu = A.float(), G.float(), h.float(), xl.float(), xu.float()
     gn = G.abs().sum(-1)  # (D, m) row norms; padding rows (zero) do not count
     gmean = gn.sum(-1) / (gn > 0).sum(-1).clamp(min=1)
     scale = (A.abs().sum(-1, keepdim=True) / gmean.clamp(min=1e-30)[:, None, None]).clamp(min=1e-12)
-    # the box maximizer of r^T x is x* = xl + w [r > 0] (w = xu - xl), so the subgradient h - G x* is
-    # (h - G xl) - (G diag(w)) [r > 0]: one batched product with the 0/1 mask, no per-entry select
-    hb = (h - G @ xl)[:, None, :]
-    Gwt = (G * (xu - xl)).transpose(1, 2)
+    # Adam on gamma = beta / scale (per row): Adam's step is invariant to a per-coordinate scaling of the gradient,
+    # so this is Adam on beta with the step scaled by ``scale``; and with A' = A / scale the residual
+    # R' = A' - gamma G = R / scale has the signs of R.  The box maximizer of r^T x is mid + rad sign(r), so the
+    # subgradient h - G x* is (h - G mid) - sign(R') (G diag(rad))^T: one batched product
+    As = A / scale
+    gamma = torch.zeros(D, r, G.shape[1], dtype=A.dtype, device=A.device) if beta0 is None else \
+        (beta0.to(A) / scale).clamp(min=0)
+    m1 = torch.zeros_like(gamma)
+    m2 = torch.zeros_like(gamma)
+    b1, b2 = 0.9, 0.999
+    hm = (h - G @ ((xl + xu) / 2))[:, None, :]
+    Grt = (G * ((xu - xl) / 2)).transpose(1, 2)
     for t in range(1, iters + 1):
-        R = torch.baddbmm(A, beta, G, alpha=-1)
-        grad = torch.baddbmm(hb, (R > 0).to(R.dtype), Gwt, alpha=-1)  # subgradient dU/dbeta = h - G x*
+        Rs = torch.baddbmm(As, gamma, G, alpha=-1)
+        grad = torch.baddbmm(hm, Rs.sign_(), Grt, alpha=-1)  # subgradient dU/dbeta = h - G x*
         m1.lerp_(grad, 1 - b1)
         m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         step = lr * (1 - 0.5 * t / iters) / (1 - b1 ** t) * math.sqrt(1 - b2 ** t)
-        beta.addcdiv_(m1 * scale, m2.sqrt().add_(1e-12), value=-step).clamp_(min=0)
+        # (+1e-24 under the root: m2 decays into float32 subnormals, whose square roots are ~4x slower)
+        gamma.addcdiv_(m1, torch.add(m2, 1e-24).sqrt_(), value=-step).clamp_(min=0)
+    beta = gamma * scale
     # the last iterate (steps decay); beta = 0 (the box bound) is the fallback
-    return torch.minimum(certified_value(beta), certified_value(None))
-
+    A, G, h = A64, G64, h64
+    v = torch.minimum(certified_value(beta.to(A.dtype)), certified_value(None))
+    return (v, beta) if return_beta else v
 
 def _relax_lines(l, u, s):
     """ReLU / LeakyReLU (negative slope ``s``) relaxation on [l, u]: (upper slope, upper intercept, lower slope)."""
@@ -164,13 +182,32 @@ def _first_layer(chain, xmag):
     return A, c + err, c - err
 
 
-def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed, iters: int = 20, lr: float = 0.1):
+def _warm_dense(warm, k, D, n, cols, dev):
+    """The stored multipliers of layer ``k`` of each domain (``warm[d][k]``: (neuron ids, switch ids, upper-row
+    values, lower-row values) or None) as one dense float32 (D, 2 n, cols) tensor (rows: upper bounds of the
+    ``n`` switches, then lower bounds), zero where nothing is stored."""
+    full = np.zeros((D, 2 * n, cols), dtype=np.float32)
+    for d, w in enumerate(warm):
+        if w is not None and w[k] is not None:
+            ri, gi, up, lo = w[k]
+            full[d, ri[:, None], gi] = up
+            full[d, n + ri[:, None], gi] = lo
+    return torch.from_numpy(full).to(dev)
+
+
+def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed, iters: int = 20, lr: float = 0.1,
+                            warm=None, keep_warm: bool = False):
     """Tighten the domain's switch bounds ``sb`` (list of (D, n_q) pairs, split-clamped) over its input polytope.
 
     ``fixed[k]``: (D, n_q) int8 split signs of the switches ``s_k`` (``z_k`` for ReLU-type gates).
     Returns (new bounds, empty flags (D,)).  Every returned interval contains ``s_k(x)`` for every
     ``x`` of the box that satisfies the splits.  Only the unstable switches of each domain are
     re-bounded; half-spaces and rows are packed per domain.
+
+    ``warm``: None or, per domain, the multipliers kept by an earlier call (e.g. on its parent; any
+    ``beta >= 0`` is sound, so they only change where the dual steps start); ``keep_warm``: also return
+    this call's multipliers in that form: a list over domains of per-layer ``(neuron ids, switch ids,
+    upper-row values, lower-row values)`` (None where a layer had no step), as a third result.
     """
     D = fixed[0].shape[0]
     dt, dev = xl.dtype, xl.device
@@ -181,8 +218,10 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
     empty = torch.zeros(D, dtype=torch.bool, device=dev)
     Gs, hs, ms = [], [], []  # half-spaces so far: (D, n_j, n0), (D, n_j), masks (D, n_j)
     ar = torch.arange(D, device=dev)[:, None]
+    kept = [[None] * chain.depth for _ in range(D)] if keep_warm else None
     for k in range(chain.depth):
         n = chain.gates[k].n_q
+        off = sum(g.n_q for g in chain.gates[:k])  # switches of the layers below: the first columns of G
         eye = torch.eye(n, dtype=dt, device=dev)
         if k == 0:
             A0, c0u, c0l = _first_layer(chain, xmag)
@@ -211,8 +250,22 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
         ri, rv = pack_true(unst)
         A2 = torch.cat((Au[ar, ri], -Al[ar, ri]), 1)
         c2 = torch.cat((cu[ar, ri], -cl[ar, ri]), 1)
-        ub = polytope_max(A2, c2, G, h, xl, xu, iters, lr)
         M = ri.shape[1]
+        beta0 = None
+        if warm is not None and G is not None:
+            full = _warm_dense(warm, k, D, n, off + n, dev)
+            rid = torch.cat((ri, ri + n), 1)
+            beta0 = full[ar, rid][ar[..., None], torch.arange(2 * M, device=dev)[None, :, None], gi[:, None, :]]
+            beta0 = beta0 * (torch.cat((rv, rv), 1)[..., None] & gv[:, None, :])
+        ub, beta = polytope_max(A2, c2, G, h, xl, xu, iters, lr, beta0=beta0, return_beta=True)
+        if keep_warm and beta is not None:
+            # pack_true left-packs: the valid rows / half-spaces of a domain are a prefix of its packed ones
+            cM, cm = rv.sum(1).tolist(), gv.sum(1).tolist()
+            rin, gin, bn = ri.cpu().numpy().astype(np.int16), gi.cpu().numpy().astype(np.int16), beta.cpu().numpy()
+            for d in range(D):
+                a, b = cM[d], cm[d]
+                if a and b:
+                    kept[d][k] = (rin[d, :a], gin[d, :b], bn[d, :a, :b].copy(), bn[d, M:M + a, :b].copy())
         inf = torch.full_like(ub[:, :M], float("inf"))
         u_new = torch.where(rv, ub[:, :M], inf)
         l_new = torch.where(rv, -ub[:, M:], -inf)
@@ -222,4 +275,4 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
         l1, u1 = clamp_switch(l1, u1, f)
         empty |= (l1 > u1).any(-1)
         out[k] = (l1, torch.maximum(u1, l1))
-    return out, empty
+    return (out, empty, kept) if keep_warm else (out, empty)
