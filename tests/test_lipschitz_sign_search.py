@@ -113,7 +113,7 @@ def test_sign_search_respects_fixed_signs():
 
 
 @pytest.mark.parametrize("widths,seed", [([5, 10, 10, 3], 0), ([6, 12, 12, 2], 1)])
-def test_bab_with_sign_search_reaches_the_milp_value(widths, seed):
+def test_bab_with_sign_search_reaches_the_milp_value(widths, seed, monkeypatch):
     net = _net(widths, seed, "relu")
     x0 = torch.rand(1, widths[0], generator=torch.Generator().manual_seed(seed), dtype=DT)
     box = (x0 - 0.25, x0 + 0.25)
@@ -126,7 +126,11 @@ def test_bab_with_sign_search_reaches_the_milp_value(widths, seed):
                           attack_options={"n_samples": 64, "n_starts": 4, "steps": 10})
     cold = local_lipschitz(net, box, bab_timeout=60, bab_options={"warm_start": False},
                            attack_options={"n_samples": 64, "n_starts": 4, "steps": 10})
-    for r in (on, off, cold):
+    import nncertify.relax.lipschitz.search.bab as bab
+    monkeypatch.setattr(bab, "WARM_MAX_BYTES", 1)  # no room for the multipliers: domains keep none
+    capped = local_lipschitz(net, box, bab_timeout=60, attack_options={"n_samples": 64, "n_starts": 4, "steps": 10})
+    assert capped.stats.get("warm_dropped", 0) > 0 and "warm_dropped" not in on.stats
+    for r in (on, off, cold, capped):
         assert r.exact and r.status == "exact"
         assert r.upper == pytest.approx(ex.value, rel=1e-6)
         assert r.lower <= ex.value * (1 + 1e-9) <= r.upper * (1 + 1e-6)

@@ -228,9 +228,8 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
             Au, Al = A0.expand(D, n, -1), A0.expand(D, n, -1)
             cu, cl = c0u.expand(D, n), c0l.expand(D, n)
         else:
-            Au, cu = _backsub(chain, k, out, slopes, eye, xmag)
-            An, cn = _backsub(chain, k, out, slopes, -eye, xmag)
-            Al, cl = -An, -cn
+            Ab, cb = _backsub(chain, k, out, slopes, torch.cat((eye, -eye)), xmag)  # upper rows, then -lower rows
+            Au, cu, Al, cl = Ab[:, :n], cb[:, :n], -Ab[:, n:], -cb[:, n:]
         f = fixed[k]
         pos, neg = (f > 0).to(dt)[..., None], (f < 0).to(dt)[..., None]
         Gs.append(-pos * Au + neg * Al)  # z >= 0: -(Au x + cu) <= 0 ;  z <= 0: Al x + cl <= 0

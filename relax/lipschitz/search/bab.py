@@ -81,6 +81,7 @@ POLY_MAX_INPUT = 128  # ... used by default only up to this many input coordinat
 ROOT_REFINE_SHARE = 0.3  # share of the BaB budget for refining the root's pre-activation bounds (engine-rebounded nets)
 BOOST_AFTER = 0.1  # ... started once this share of the budget has passed (searches that finish early skip it)
 LOWER_SHARE = 0.08  # share of the BaB budget for a second, longer attack round on the seeds that matter
+WARM_MAX_BYTES = 1 << 30  # open domains keep their polytope multipliers (warm starts) up to about this much memory
 POLY_CHUNK_ELEMS = 1 << 22  # ~32 MB of float64 per (domains x neurons x inputs) tensor in the polytope pass
 
 
@@ -279,6 +280,7 @@ class _ActivationSearch:
         self.sign_search = None  # settings of the gradient-sign search in each domain's bound (l_inf input norm)
         self.tuner = None  # ThreadTuner choosing the intra-op thread count per bounding call (None: fixed)
         self.warm_start, self.last_warm = False, None  # polytope multipliers kept per domain (warm starts)
+        self.warm_bytes = 0.0  # the largest measured size of one domain's multipliers
 
     # ------------------------------------------------------------------ bounding (vectorized over domains)
     def _fixed_tensors(self, rows: np.ndarray) -> list[torch.Tensor]:
@@ -406,6 +408,12 @@ class _ActivationSearch:
             ub, score, unst, empty, signs, sb = self.raw_bound(seed_idx, fixed, self._inherited(part),
                                                                [d.warm for d in part])
             warm = self.last_warm
+            if warm is not None:  # the multipliers cost ~5 KB per open domain: kept within WARM_MAX_BYTES
+                size = sum(a.nbytes for w in warm for t in w if t is not None for a in t) / max(len(warm), 1)
+                self.warm_bytes = max(self.warm_bytes, size)
+                if len(self.open) * self.warm_bytes > WARM_MAX_BYTES:
+                    warm = None
+                    self.stats["warm_dropped"] = self.stats.get("warm_dropped", 0) + len(part)
             sb_np = _outward32(torch.cat([l for l, _ in sb], 1), torch.cat([u for _, u in sb], 1))
             ub = torch.minimum(ub, torch.tensor([d.ub for d in part], dtype=self.dt, device=self.dev))
             self.stats["domains_bounded"] += len(part)
@@ -417,7 +425,7 @@ class _ActivationSearch:
             for j, d in enumerate(part):
                 d.ub, d.key = ub_l[j], math.inf
                 d.sb = sb_np[j]
-                d.warm = warm[j] if warm is not None else None
+                d.warm = None
                 self.open.discard(d)
                 if empty_l[j]:
                     self.stats["infeasible"] += 1
@@ -428,6 +436,7 @@ class _ActivationSearch:
                     self.closed_ub[d.seed] = max(self.closed_ub[d.seed], d.ub)
                 else:
                     d.key = -d.ub
+                    d.warm = warm[j] if warm is not None else None
                     self.open.add(d)
                     ok = cand_ok[j]
                     ok[0] = True  # an unstable switch exists: the best candidate is one
@@ -599,7 +608,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     None: on with :class:`..bounds.backward.SignSearch` defaults for at most ``POLY_MAX_INPUT`` inputs; False: off;
     True or a dict of ``SignSearch`` fields: on.
     ``warm_start``: each domain's input-polytope dual steps start from its parent's multipliers (kept per open
-    domain, compactly: its unstable rows x split half-spaces, float32); False: from zero.  Measured on random
+    domain, compactly: its unstable rows x split half-spaces, float32, while the open domains' multipliers stay
+    within ``WARM_MAX_BYTES``; beyond, new domains keep none and their children start from zero); False: from zero.  Measured on random
     16-64-64-10 (torch seed 0): 161,700 -> 133,946 domains to the exact value, 121 -> 104 s.
     ``lower_share``: a search still running after ``BOOST_AFTER`` of ``timeout`` spends at most this share of
     it on a longer attack round on the seeds that matter (:meth:`_ActivationSearch.boost_lower`; only when an
