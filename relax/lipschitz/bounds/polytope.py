@@ -228,8 +228,17 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
             Au, Al = A0.expand(D, n, -1), A0.expand(D, n, -1)
             cu, cl = c0u.expand(D, n), c0l.expand(D, n)
         else:
-            Ab, cb = _backsub(chain, k, out, slopes, torch.cat((eye, -eye)), xmag)  # upper rows, then -lower rows
-            Au, cu, Al, cl = Ab[:, :n], cb[:, :n], -Ab[:, n:], -cb[:, n:]
+            # only the rows of the domain's unstable or split switches are used (packed per domain)
+            l0, u0 = out[k]
+            idx, val = pack_true(((l0 < 0) & (u0 > 0)) | (fixed[k] != 0))
+            rows = eye[idx] * val[..., None].to(dt)
+            Ap, cp = _backsub(chain, k, out, slopes, rows, xmag)
+            An, cn = _backsub(chain, k, out, slopes, -rows, xmag)
+            n0 = Ap.shape[-1]
+            Au = torch.zeros(D, n, n0, dtype=dt, device=dev).index_put_((ar, idx), Ap)
+            Al = torch.zeros(D, n, n0, dtype=dt, device=dev).index_put_((ar, idx), -An)
+            cu = torch.zeros(D, n, dtype=dt, device=dev).index_put_((ar, idx), cp)
+            cl = torch.zeros(D, n, dtype=dt, device=dev).index_put_((ar, idx), -cn)
         f = fixed[k]
         pos, neg = (f > 0).to(dt)[..., None], (f < 0).to(dt)[..., None]
         Gs.append(-pos * Au + neg * Al)  # z >= 0: -(Au x + cu) <= 0 ;  z <= 0: Al x + cl <= 0
