@@ -304,7 +304,8 @@ class _ActivationSearch:
 
     def raw_bound(self, seed_idx: torch.Tensor, fixed: list[torch.Tensor], base_sb=None, warm=None):
         """Bounds of a batch of domains: ``(ub, score, unstable_any, empty, signs, switch_bounds)``.
-        ``base_sb``: sound per-domain switch bounds to intersect in (default: the root's)."""
+        ``base_sb``: sound per-domain switch bounds to intersect in (default: the root's); ``warm``: per domain,
+        polytope multipliers to start from (used with ``warm_start``; this call's own are left in ``last_warm``)."""
         chain, D = self.chain, seed_idx.shape[0]
         fb, empty, *kept = split_forward_bounds(
             chain, self.xl, self.xu, self.root_fb, fixed, self.rebound, self.poly_iters, self.poly_lr,
@@ -582,7 +583,8 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
              lp_min_splits: int = 6, lp_top: int = 1_000_000, fsb_k: int = 1, abs_split: bool = False,
              abs_weight: float = 1.0, poly_iters: int | None = None, poly_lr: float = 0.1, log_every: float = 0.0,
              chunk: int = 128, ball=None, progress=None, refine_share: float | None = None,
-             lower_share: float = LOWER_SHARE, sign_search=None, thread_tuner=None, warm_start: bool = True) -> LipschitzResult:
+             lower_share: float = LOWER_SHARE, sign_search=None, thread_tuner=None,
+             warm_start: bool = True) -> LipschitzResult:
     """Refine ``root`` (the plain bound) by branch-and-bound within ``timeout`` seconds, on the shared
     search loop :func:`...bab.search.branch_and_bound` (policy and bounding of :class:`_ActivationSearch`).
 
