@@ -208,3 +208,19 @@ def test_bad_warm_start_option_is_refused():
     box = (torch.zeros(1, 4, dtype=DT), torch.ones(1, 4, dtype=DT))
     with pytest.raises(InvalidArgumentError, match="warm_start"):
         local_lipschitz(net, box, bab_timeout=5, bab_options={"warm_start": "yes"})
+
+
+def test_a_second_run_does_not_reuse_the_float32_copies_of_the_first():
+    """The float32 copies of the relaxation lines are cast once per :meth:`BackwardGraph.run`: a graph whose
+    derivative ranges change between two runs bounds like a fresh graph with the new ranges."""
+    net = _net([6, 10, 10, 3], 7, "relu")
+    chain, xl, xu, seeds, make = _graph(net, 0.3, 7)
+    bg = make()
+    wide = bg.run(sign_search=SignSearch()).l1_upper
+    dr = [(a.clone(), b.clone()) for a, b in bg.d_ranges]
+    dr[0][0][:] = dr[0][1]  # every first-layer derivative fixed to its upper end
+    bg.d_ranges = dr
+    again = bg.run(sign_search=SignSearch()).l1_upper
+    fresh = BackwardGraph(chain, seeds, dr).run(sign_search=SignSearch()).l1_upper
+    assert torch.equal(again, fresh)
+    assert (fresh < wide - 1e-9).any()

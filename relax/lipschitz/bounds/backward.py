@@ -83,8 +83,8 @@ class BackwardGraph:
 
     # ------------------------------------------------------------------ back-substitution
     def _params(self, dtype):
-        """The weights, gate matrices, relaxation lines and seeds in ``dtype`` (cached per dtype; the lines of
-        :meth:`run` must exist)."""
+        """The weights, gate matrices, relaxation lines and seeds in ``dtype`` (cached per dtype until the next
+        :meth:`run`, which sets the lines)."""
         key = ("params", dtype)
         if key not in self._cache:
             cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
@@ -204,6 +204,7 @@ class BackwardGraph:
             return self._run_ibp()
         B = self.seeds.shape[0]
         interval = self.mode == "recurjac"
+        self._cache.clear()  # the lines are set anew below: no cast copy of earlier ones may survive
         for pos, (kind, k) in enumerate(self.items):
             if kind != "gate":
                 continue
