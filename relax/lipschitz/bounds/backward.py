@@ -88,9 +88,11 @@ class BackwardGraph:
         key = ("params", dtype)
         if key not in self._cache:
             cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+            # the last linear step folded into the seeds (computed in float64): c^T W_L, one vector per batch row
             self._cache[key] = ([cast(w) for w in self.chain.weights],
                                 {k: (cast(g.F_p), cast(g.E), cast(g.F_g)) for k, g in enumerate(self.chain.gates)},
-                                {k: tuple(cast(t) for t in v) for k, v in self.lines.items()}, cast(self.seeds))
+                                {k: tuple(cast(t) for t in v) for k, v in self.lines.items()},
+                                cast(self.seeds @ self.chain.weights[self.items[0][1]]))
         return self._cache[key]
 
     def upper(self, Lam: torch.Tensor, pos: int, record: dict | None = None) -> torch.Tensor:
@@ -101,7 +103,8 @@ class BackwardGraph:
         low = Lam.dtype != self.seeds.dtype
         weights, mats, lines, seeds = self._params(Lam.dtype) if low else (
             self.chain.weights, None, self.lines, self.seeds)
-        for i in range(pos - 1, -1, -1):
+        stop = 1 if low and pos > 0 else 0  # low: the seeds are c^T W_L (the first item folded in)
+        for i in range(pos - 1, stop - 1, -1):
             kind, k = self.items[i]
             if kind == "lin":
                 # v_{i+1} = W_k^T v_i  ->  Lam v_{i+1} = (Lam W_k^T) v_i
