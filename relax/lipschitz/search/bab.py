@@ -56,7 +56,7 @@ Sign search and intra-op threads chosen by throughput (``num_threads="auto"``), 
 16-64-64-10 torch seed 2 exact (0.51038) in 57-64 s (was 280 s), seed 0 exact (0.69773) in ~116 s (was: 1.04
 vs >= 0.65 after 60 s), seed 1 exact in a few seconds.  Polytope dual steps in float32 from the parent's
 multipliers (``warm_start``), sign-search leaves in float32 with a rounding margin, packed polytope rows: seed 0
-exact in 65-67 s (133,946 domains, was 161,700 and 121 s back to back), seed 2 in 35 s.
+exact in 65-75 s (133,946 domains, was 161,700 and 121 s back to back), seed 2 in 35 s.
 """
 
 from __future__ import annotations
