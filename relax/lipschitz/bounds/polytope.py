@@ -73,25 +73,24 @@ def polytope_max(A: torch.Tensor, c: torch.Tensor, G: torch.Tensor | None, h: to
         return (v, None) if return_beta else v
     D, r, n = A.shape
     # the dual steps run in float32 (any beta >= 0 is sound: only the final value needs float64)
-    A64, G64, h64 = A, G, h
-    A, G, h, xl, xu = A.float(), G.float(), h.float(), xl.float(), xu.float()
-    gn = G.abs().sum(-1)  # (D, m) row norms; padding rows (zero) do not count
+    A32, G32, h32, xl32, xu32 = A.float(), G.float(), h.float(), xl.float(), xu.float()
+    gn = G32.abs().sum(-1)  # (D, m) row norms; padding rows (zero) do not count
     gmean = gn.sum(-1) / (gn > 0).sum(-1).clamp(min=1)
-    scale = (A.abs().sum(-1, keepdim=True) / gmean.clamp(min=1e-30)[:, None, None]).clamp(min=1e-12)
+    scale = (A32.abs().sum(-1, keepdim=True) / gmean.clamp(min=1e-30)[:, None, None]).clamp(min=1e-12)
     # Adam on gamma = beta / scale (per row): Adam's step is invariant to a per-coordinate scaling of the gradient,
     # so this is Adam on beta with the step scaled by ``scale``; and with A' = A / scale the residual
     # R' = A' - gamma G = R / scale has the signs of R.  The box maximizer of r^T x is mid + rad sign(r), so the
     # subgradient h - G x* is (h - G mid) - sign(R') (G diag(rad))^T: one batched product
-    As = A / scale
-    gamma = torch.zeros(D, r, G.shape[1], dtype=A.dtype, device=A.device) if beta0 is None else \
-        (beta0.to(A) / scale).clamp(min=0)
+    As = A32 / scale
+    gamma = torch.zeros(D, r, G.shape[1], dtype=A32.dtype, device=A.device) if beta0 is None else \
+        (beta0.to(A32) / scale).clamp(min=0)
     m1 = torch.zeros_like(gamma)
     m2 = torch.zeros_like(gamma)
     b1, b2 = 0.9, 0.999
-    hm = (h - G @ ((xl + xu) / 2))[:, None, :]
-    Grt = (G * ((xu - xl) / 2)).transpose(1, 2)
+    hm = (h32 - G32 @ ((xl32 + xu32) / 2))[:, None, :]
+    Grt = (G32 * ((xu32 - xl32) / 2)).transpose(1, 2)
     for t in range(1, iters + 1):
-        Rs = torch.baddbmm(As, gamma, G, alpha=-1)
+        Rs = torch.baddbmm(As, gamma, G32, alpha=-1)
         grad = torch.baddbmm(hm, Rs.sign_(), Grt, alpha=-1)  # subgradient dU/dbeta = h - G x*
         m1.lerp_(grad, 1 - b1)
         m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
@@ -100,9 +99,9 @@ def polytope_max(A: torch.Tensor, c: torch.Tensor, G: torch.Tensor | None, h: to
         gamma.addcdiv_(m1, torch.add(m2, 1e-24).sqrt_(), value=-step).clamp_(min=0)
     beta = gamma * scale
     # the last iterate (steps decay); beta = 0 (the box bound) is the fallback
-    A, G, h = A64, G64, h64
     v = torch.minimum(certified_value(beta.to(A.dtype)), certified_value(None))
     return (v, beta) if return_beta else v
+
 
 def _relax_lines(l, u, s):
     """ReLU / LeakyReLU (negative slope ``s``) relaxation on [l, u]: (upper slope, upper intercept, lower slope)."""

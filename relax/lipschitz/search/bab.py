@@ -129,6 +129,7 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
         fb = [(torch.maximum(l, rl), torch.minimum(u, ru)) for (l, u), (rl, ru) in zip(fb, root_sb)]
     fb = [clamp_switch(l, u, f) for (l, u), f in zip(fb, fixed)]
     empty = torch.zeros(D, dtype=torch.bool, device=XL.device)
+    kept = [None] * D  # polytope multipliers per domain (only the polytope pass has any)
     if rebound and (poly_iters > 0 or switched):
         # chunk the domains: the polytope pass holds (domains, neurons, n_0) tensors
         per = max(g.n for g in chain.gates) * (chain.in_dim + 2 * max(g.n for g in chain.gates))
@@ -166,9 +167,7 @@ def split_forward_bounds(chain: DenseChain, xl: torch.Tensor, xu: torch.Tensor, 
     for l, u in fb:
         empty |= (l > u).any(-1)
     out = [(l, torch.maximum(u, l)) for l, u in fb]
-    if keep_warm:
-        return out, empty, kept if rebound and (poly_iters > 0 or switched) else [None] * D
-    return out, empty
+    return (out, empty, kept) if keep_warm else (out, empty)
 
 
 def run_bab(*args, num_threads: int | str | None = "auto", **kwargs) -> LipschitzResult:
@@ -281,7 +280,7 @@ class _ActivationSearch:
         self.sec_per_domain, self.budget = 0.0, math.inf  # measured bounding cost; the search's time budget
         self.sign_search = None  # settings of the gradient-sign search in each domain's bound (l_inf input norm)
         self.tuner = None  # ThreadTuner choosing the intra-op thread count per bounding call (None: fixed)
-        self.warm_start, self.last_warm = False, None  # polytope multipliers kept per domain (warm starts)
+        self.warm_start = False  # polytope multipliers kept per domain (warm starts)
         self.warm_bytes = 0.0  # the largest measured size of one domain's multipliers
 
     # ------------------------------------------------------------------ bounding (vectorized over domains)
@@ -303,15 +302,15 @@ class _ActivationSearch:
         return out
 
     def raw_bound(self, seed_idx: torch.Tensor, fixed: list[torch.Tensor], base_sb=None, warm=None):
-        """Bounds of a batch of domains: ``(ub, score, unstable_any, empty, signs, switch_bounds)``.
+        """Bounds of a batch of domains: ``(ub, score, unstable_any, empty, signs, switch_bounds, multipliers)``.
         ``base_sb``: sound per-domain switch bounds to intersect in (default: the root's); ``warm``: per domain,
-        polytope multipliers to start from (used with ``warm_start``; this call's own are left in ``last_warm``)."""
+        polytope multipliers to start from; the last result: this call's own, per domain (None without
+        ``warm_start``)."""
         chain, D = self.chain, seed_idx.shape[0]
         fb, empty, *kept = split_forward_bounds(
             chain, self.xl, self.xu, self.root_fb, fixed, self.rebound, self.poly_iters, self.poly_lr,
             self.root_sb if base_sb is None else base_sb, warm=warm if self.warm_start else None,
             keep_warm=self.warm_start)
-        self.last_warm = kept[0] if kept else None
         dr = [g.switch_derivative_range(l, u, f) for g, (l, u), f in zip(chain.gates, fb, fixed)]
         dr = [(a.expand(D, -1), b.expand(D, -1)) for a, b in dr]
         bg = BackwardGraph(chain, self.seeds[seed_idx], dr, "crown")
@@ -335,7 +334,7 @@ class _ActivationSearch:
             scores.append(torch.where((fixed[-1] == 0) & (gap > 0), gap * self.abs_weight + 1e-12,
                                       torch.full_like(gap, -1.0)))
         signs = [torch.where(f != 0, f, torch.where(l > 0, 1, -1).to(torch.int8)) for f, (l, u) in zip(fixed, fb)]
-        return ub, torch.cat(scores, 1), unst_any, empty, signs, fb
+        return ub, torch.cat(scores, 1), unst_any, empty, signs, fb, (kept[0] if kept else None)
 
     def _leaf(self, d: _Domain, ub: float, signs, i: int) -> None:
         """Close a leaf (one activation pattern): LP feasibility, interior point, autograd witness."""
@@ -408,9 +407,8 @@ class _ActivationSearch:
             i += len(part)
             seed_idx = torch.tensor([d.seed for d in part], device=self.dev)
             fixed = self._fixed_tensors(np.stack([d.fixed for d in part]))
-            ub, score, unst, empty, signs, sb = self.raw_bound(seed_idx, fixed, self._inherited(part),
-                                                               [d.warm for d in part])
-            warm = self.last_warm
+            ub, score, unst, empty, signs, sb, warm = self.raw_bound(seed_idx, fixed, self._inherited(part),
+                                                                     [d.warm for d in part])
             if warm is not None:  # the multipliers cost ~5 KB per open domain: kept within WARM_MAX_BYTES
                 size = sum(a.nbytes for w in warm for t in w if t is not None for a in t) / max(len(warm), 1)
                 self.warm_bytes = max(self.warm_bytes, size)
@@ -528,7 +526,7 @@ class _ActivationSearch:
             kids = [_Domain(0, parents[live[0]].fixed, 0.0)] * 2  # (nothing to compare: a dummy pair)
         seed_idx = torch.tensor([k.seed for k in kids], device=self.dev)
         fixed = self._fixed_tensors(np.stack([k.fixed for k in kids]))
-        ub, _, _, empty, _, _ = self.raw_bound(seed_idx, fixed, self._inherited(kids))
+        ub, _, _, empty, *_ = self.raw_bound(seed_idx, fixed, self._inherited(kids))
         ub = torch.where(empty, torch.full_like(ub, -math.inf), ub).reshape(-1, 2).amax(1).tolist()
         best: dict = {}
         for (i, j), v in zip(trials, ub):
@@ -657,7 +655,7 @@ def _run_bab(net, chain: DenseChain, xl, xu, seeds, norm: str, root_fb, root: Li
     roots = [_Domain(s, np.zeros(N, dtype=np.int8), float(root_rows[s])) for s in range(S)]
     # root domains: bounded once together, their switch bounds then tighten every later domain's
     seed_idx = torch.arange(S, device=dev)
-    *_, sb = srch.raw_bound(seed_idx, srch._fixed_tensors(np.stack([d.fixed for d in roots])))
+    sb = srch.raw_bound(seed_idx, srch._fixed_tensors(np.stack([d.fixed for d in roots])))[5]
     srch.root_sb = [(l.amin(0, keepdim=True), u.amax(0, keepdim=True)) for l, u in sb]  # same box for every seed
     srch.deadline = math.inf  # the roots are always bounded (their bound is the search's starting point)
     srch.open.update(roots)
