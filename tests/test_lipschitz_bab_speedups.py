@@ -142,6 +142,34 @@ def test_polytope_backsub_equals_the_reference_and_bounds_sampled_points(act):
             assert (c - cr <= 1e-6 * (cr.abs() + 1)).all()
             val = sgn * zs[k]  # rows @ z_k(x) <= A x + c for every sampled x
             assert (val[None] <= (X @ A[0].T + c[0])[None] + 1e-12).all()
+            # both signs in one call (shared magnitudes and lines): the same two results
+            (Ap, cp), (An, cn) = _backsub(chain, k, sb, slopes, rows, xmag, both=True)
+            A2, c2 = _backsub(chain, k, sb, slopes, -rows, xmag)
+            assert torch.equal(Ap, A) and torch.equal(cp, c) and torch.equal(An, A2) and torch.equal(cn, c2)
+
+
+def test_polytope_backsub_of_both_signs_on_a_maxmin_chain_bounds_sampled_switches():
+    """Switch-matrix gates (MaxMin): ``both=True`` gives the two single calls' results, and both linear bounds
+    hold at sampled points (``-rows s_k(x) <= A_neg x + c_neg``, ``rows s_k(x) <= A x + c``)."""
+    module = mlp([4, 8, 6, 2], 7, "maxmin")
+    chain = dense_chain(models.from_module(module).to(dtype=DT))
+    xl, xu = torch.full((4,), -0.5, dtype=DT), torch.full((4,), 0.5, dtype=DT)
+    fb, _ = forward_bounds(chain, xl[None], xu[None])
+    sb = [g.switch_bounds(l.expand(3, -1), u.expand(3, -1)) for g, (l, u) in zip(chain.gates, fb)]
+    slopes = [0.0] * chain.depth
+    X = xl + (xu - xl) * torch.rand(4000, 4, generator=torch.Generator().manual_seed(2), dtype=DT)
+    zs, _ = chain.forward_all(X)
+    xmag = torch.maximum(xl.abs(), xu.abs())
+    k = 1
+    S = chain.gates[k].switch_matrix
+    rows = torch.eye(S.shape[0], dtype=DT)
+    (Ap, cp), (An, cn) = _backsub(chain, k, sb, slopes, rows, xmag, both=True)
+    A1, c1 = _backsub(chain, k, sb, slopes, rows, xmag)
+    A2, c2 = _backsub(chain, k, sb, slopes, -rows, xmag)
+    assert torch.equal(Ap, A1) and torch.equal(cp, c1) and torch.equal(An, A2) and torch.equal(cn, c2)
+    s = zs[k] @ S.T  # switches at the sampled points
+    assert (s <= X @ Ap[0].T + cp[0] + 1e-12).all() and (-s <= X @ An[0].T + cn[0] + 1e-12).all()
+    assert ((X @ Ap[0].T + cp[0]) - s).min() < 0.5  # a bound, not a vacuous one
 
 
 # ------------------------------------------------------------------ inherited switch bounds

@@ -31,7 +31,8 @@ def lp_max(a, G, h, xl, xu):
     return -r.fun
 
 
-def test_polytope_max_is_sound_and_closes_most_of_the_box_gap():
+@pytest.mark.parametrize("fused", [True, False])
+def test_polytope_max_is_sound_and_closes_most_of_the_box_gap(fused):
     g = torch.Generator().manual_seed(0)
     D, r, m, n = 6, 8, 5, 4
     xl, xu = torch.full((n,), -0.3, dtype=DT), torch.full((n,), 0.5, dtype=DT)
@@ -46,11 +47,37 @@ def test_polytope_max_is_sound_and_closes_most_of_the_box_gap():
     box_direct = (c + A.clamp(min=0) @ xu + A.clamp(max=0) @ xl).numpy()
     assert box == pytest.approx(box_direct, rel=1e-9, abs=1e-12)
     for iters in (5, 60):
-        ub = polytope_max(A, c, G, h, xl, xu, iters=iters).numpy()
+        ub = polytope_max(A, c, G, h, xl, xu, iters=iters, fused=fused).numpy()
         assert (ub >= exact).all()  # sound for any number of iterations
         assert (ub <= box + 1e-12).all()  # never worse than the box
     closed = 1 - (ub - exact).sum() / (box - exact).sum()
     assert closed > 0.9, closed
+
+
+def test_fused_adam_kernel_takes_the_op_by_op_steps():
+    """The dual steps by torch's fused Adam kernel and op by op (the fallback where torch lacks the kernel) are the
+    same iteration: the iterates agree to float32 rounding over 30 steps with decaying rates, zero gradients
+    included (an entry whose gradient stays 0 must not move: no 0/0 in either form)."""
+    from nncertify.relax.lipschitz.bounds import polytope
+    if polytope._FUSED_ADAM is None:
+        pytest.skip("this torch has no fused Adam kernel (the op-by-op form is the one in use)")
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(4, 9, 7, generator=g)
+    grads = [torch.randn(4, 9, 7, generator=g) * (torch.rand(4, 9, 7, generator=g) > 0.3) for _ in range(30)]
+    for gr in grads:
+        gr[0, 0] = 0.0
+    xs = []
+    for fused in (True, False):
+        x = x0.clone()
+        opt = polytope._Adam(x, fused)
+        assert opt.fused == fused
+        for t, gr in enumerate(grads, 1):
+            opt.step(gr, 0.1 * (1 - 0.5 * t / 30))
+            x.clamp_(min=0)
+        assert torch.equal(x[0, 0], x0[0, 0])
+        xs.append(x)
+    assert torch.allclose(xs[0], xs[1], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(xs[0], x0)
 
 
 def test_polytope_max_is_sound_from_any_start_and_a_good_start_helps():
@@ -284,6 +311,10 @@ def test_domain_lp_bound_is_sound_and_exact_on_leaves():
 
 def test_chunked_polytope_rebounding_equals_the_single_pass(monkeypatch):
     from nncertify.relax.lipschitz.search import bab
+    from nncertify.relax.lipschitz.bounds import polytope
+    # op by op Adam: torch's fused kernel rounds an element differently depending on where it falls in its
+    # vector loop (the tail), i.e. on the packed tensors' shapes -- sound either way, but not bit-equal
+    monkeypatch.setattr(polytope, "_FUSED_ADAM", None)
     module = tiny_net([3, 7, 6, 2], 3)
     lo, hi = torch.full((1, 3), -0.5, dtype=DT), torch.full((1, 3), 0.6, dtype=DT)
     chain, xl, xu, ib, fixed = domain_setup(module, lo, hi, 9, 4)
