@@ -78,6 +78,7 @@ class BackwardGraph:
         for k in reversed(range(L)):
             self.items += [("gate", k), ("lin", k)]
         self.lines: dict[int, tuple] = {}
+        self.sym_lines: dict[int, tuple] = {}  # crown mode: the lines in the symmetric form of :meth:`upper`
         self._cache: dict = {}
         self.q_bounds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -92,7 +93,8 @@ class BackwardGraph:
             self._cache[key] = ([cast(w) for w in self.chain.weights],
                                 {k: (cast(g.F_p), cast(g.E), cast(g.F_g)) for k, g in enumerate(self.chain.gates)},
                                 {k: tuple(cast(t) for t in v) for k, v in self.lines.items()},
-                                cast(self.seeds @ self.chain.weights[self.items[0][1]]))
+                                cast(self.seeds @ self.chain.weights[self.items[0][1]]),
+                                {k: tuple(cast(t) for t in v) for k, v in self.sym_lines.items()})
         return self._cache[key]
 
     def upper(self, Lam: torch.Tensor, pos: int, record: dict | None = None) -> torch.Tensor:
@@ -101,8 +103,8 @@ class BackwardGraph:
         for the rounding margin that then makes it sound)."""
         bias = torch.zeros(Lam.shape[:2], dtype=Lam.dtype, device=Lam.device)
         low = Lam.dtype != self.seeds.dtype
-        weights, mats, lines, seeds = self._params(Lam.dtype) if low else (
-            self.chain.weights, None, self.lines, self.seeds)
+        weights, mats, lines, seeds, sym = self._params(Lam.dtype) if low else (
+            self.chain.weights, None, self.lines, self.seeds, self.sym_lines)
         stop = 1 if low and pos > 0 else 0  # low: the seeds are c^T W_L (the first item folded in)
         for i in range(pos - 1, stop - 1, -1):
             kind, k = self.items[i]
@@ -112,16 +114,26 @@ class BackwardGraph:
             else:
                 gate = self.chain.gates[k]
                 F_p, E, F_g = mats[k] if low else (gate.F_p, gate.E, gate.F_g)
-                au, bu, al, bl = lines[k]
                 P = _apply(F_p, Lam)
-                if record is not None:
-                    record[k] = P.abs().sum(1)
-                # positive coefficients take the upper line, negative ones the lower line (one of the two
-                # products is an exact 0 per entry); the intercepts summed by a batched mat-vec product
-                Pp = P.clamp(min=0)
-                Pn = P - Pp
-                coef = torch.addcmul(Pn * al[:, None, :], Pp, au[:, None, :])
-                bias = bias + torch.bmm(Pp, bu[:, :, None])[..., 0] + torch.bmm(Pn, bl[:, :, None])[..., 0]
+                if k in sym:
+                    # positive coefficients take the upper line, negative ones the lower line:
+                    # P au [P > 0] + P al [P < 0] = P mid + |P| rad, and the intercepts P bu [P > 0] + P bl [P < 0]
+                    # = |P| bu (bl = -bu: see ``sym_lines``), summed by a batched mat-vec product
+                    am, ad, bs = sym[k]
+                    aP = P.abs()
+                    if record is not None:
+                        record[k] = aP.sum(1)
+                    coef = torch.addcmul(P * am[:, None, :], aP, ad[:, None, :])
+                    bias = bias + torch.bmm(aP, bs[:, :, None])[..., 0]
+                else:
+                    au, bu, al, bl = lines[k]
+                    if record is not None:
+                        record[k] = P.abs().sum(1)
+                    # (one of the two products is an exact 0 per entry)
+                    Pp = P.clamp(min=0)
+                    Pn = P - Pp
+                    coef = torch.addcmul(Pn * al[:, None, :], Pp, au[:, None, :])
+                    bias = bias + torch.bmm(Pp, bu[:, :, None])[..., 0] + torch.bmm(Pn, bl[:, :, None])[..., 0]
                 Lq = coef if E is None else coef @ E
                 Lam = Lq if F_g is None else Lam @ F_g + Lq
         return torch.einsum("bmo,bo->bm", Lam, seeds) + bias
@@ -208,6 +220,7 @@ class BackwardGraph:
         B = self.seeds.shape[0]
         interval = self.mode == "recurjac"
         self._cache.clear()  # the lines are set anew below: no cast copy of earlier ones may survive
+        self.sym_lines.clear()
         for pos, (kind, k) in enumerate(self.items):
             if kind != "gate":
                 continue
@@ -219,6 +232,12 @@ class BackwardGraph:
                 ql, qu = self.bounds(gate.E, pos, B, gate.n)
             self.q_bounds[k] = (ql, qu)
             self.lines[k] = (*gated_product_upper(a, b, ql, qu, interval), *gated_product_lower(a, b, ql, qu, interval))
+            if not interval:
+                # chords of a gated product: the lower line's intercept is minus the upper one's (both l u (a - b) /
+                # (u - l) up to sign, 0 where the product is linear), so P bu [P > 0] + P bl [P < 0] <= |P| max(bu, -bl)
+                # (equal up to rounding); the slopes as mid-point and radius
+                au, bu, al, bl = self.lines[k]
+                self.sym_lines[k] = ((au + al) / 2, (au - al) / 2, torch.maximum(bu, -bl))
         end = len(self.items)
         n0 = self.chain.in_dim
         gl, gu = self.bounds(None, end, B, n0)
@@ -282,19 +301,20 @@ class BackwardGraph:
         if low:  # float32 leaf values, made sound by a margin on the magnitudes of their sums (see the docstring)
             err = self.low_margin()
 
+        # per ordered coordinate: its chord (slope, intercept) and box term, replaced in a leaf where its sign is fixed
+        slope_o, icpt_o, box_o = (torch.gather(t, 1, order)[:, None, :] for t in (slope, icpt, box))
+        icpt_sum, box_sum = icpt.sum(-1)[:, None], box.sum(-1)[:, None]
+
         def evaluate(V, low=False):  # V (B, L, K) signs in {-1, 0, +1} on the ordered coordinates -> leaf bounds (B, L)
             L = V.shape[1]
             V = torch.where(ok[:, None, :], V, torch.zeros_like(V))
             on = V != 0
-            ii = order[:, None, :].expand(B, L, K)
             S = slope[:, None, :].repeat(1, L, 1)
-            I = icpt[:, None, :].repeat(1, L, 1)
-            X = box[:, None, :].repeat(1, L, 1)
-            S.scatter_(2, ii, torch.where(on, V, torch.gather(S, 2, ii)))
-            I.scatter_(2, ii, torch.where(on, torch.zeros_like(V), torch.gather(I, 2, ii)))
-            X.scatter_(2, ii, torch.where(on, torch.where(V > 0, gu_o, -gl_o), torch.gather(X, 2, ii)))
+            S.scatter_(2, order[:, None, :].expand(B, L, K), torch.where(on, V, slope_o))
+            I = icpt_sum - torch.where(on, icpt_o, torch.zeros_like(V)).sum(-1)
+            X = box_sum + torch.where(on, torch.where(V > 0, gu_o, -gl_o) - box_o, torch.zeros_like(V)).sum(-1)
             up = self.upper(S.float(), end).double() + err[:, None] if low else self.upper(S, end)
-            return torch.minimum(up + I.sum(-1), X.sum(-1))
+            return torch.minimum(up + I, X)
 
         V = torch.zeros(B, 1 << k0, K, dtype=dt, device=dev)
         V[:, :, :k0] = patterns(k0)
