@@ -77,6 +77,30 @@ def reference_upper(bg, Lam, pos):
     return torch.einsum("bmo,bo->bm", Lam, bg.seeds) + bias
 
 
+def test_chord_pair_intercepts_are_opposite_and_interval_mode_keeps_its_own_lines():
+    """BackwardGraph.upper's crown form charges ``|P| max(bu, -bl)`` for the intercepts: equal to the line choice's
+    ``P bu [P > 0] + P bl [P < 0]`` because a gated product's chord pair has ``bl = -bu`` (here up to rounding, on
+    random ranges incl. fixed derivatives, one-signed and zero-width inputs); the interval ("recurjac") lines do not
+    have that form, so that mode keeps the line-choice evaluation."""
+    from nncertify.relax.lipschitz.bounds.relaxations import gated_product_lower, gated_product_upper
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(5000, generator=g, dtype=DT) - 0.3
+    b = a + torch.rand(5000, generator=g, dtype=DT) * (torch.rand(5000, generator=g, dtype=DT) > 0.2)
+    l = torch.randn(5000, generator=g, dtype=DT)
+    u = l + torch.rand(5000, generator=g, dtype=DT) * (torch.rand(5000, generator=g, dtype=DT) > 0.1)
+    _, bu = gated_product_upper(a, b, l, u)
+    _, bl = gated_product_lower(a, b, l, u)
+    assert (bu >= -1e-15).all() and (bu > 1e-3).any()
+    assert ((bu + bl).abs() <= 1e-12 * (bu.abs() + 1e-3)).all()
+    _, iu = gated_product_upper(a, b, l, u, interval=True)
+    _, il = gated_product_lower(a, b, l, u, interval=True)
+    assert ((iu + il).abs() > 1e-3).any()
+    bg = BackwardGraph(dense_chain(models.from_module(mlp([3, 4, 2], 0)).to(dtype=DT)), torch.eye(2, dtype=DT),
+                       [(torch.zeros(2, 4, dtype=DT), torch.ones(2, 4, dtype=DT))], mode="recurjac")
+    bg.run()
+    assert not bg.sym_lines and bg.lines
+
+
 @pytest.mark.parametrize("act", sorted(ACTS))
 def test_backward_line_selection_equals_the_where_formulation(act):
     module = mlp([5, 8, 8, 3], 2, act)
