@@ -168,8 +168,24 @@ def test_polytope_backsub_equals_the_reference_and_bounds_sampled_points(act):
             assert (val[None] <= (X @ A[0].T + c[0])[None] + 1e-12).all()
             # both signs in one call (shared magnitudes and lines): the same two results
             (Ap, cp), (An, cn) = _backsub(chain, k, sb, slopes, rows, xmag, both=True)
+            _check_picked_rows(chain, k, sb, slopes, xmag, n)
             A2, c2 = _backsub(chain, k, sb, slopes, -rows, xmag)
             assert torch.equal(Ap, A) and torch.equal(cp, c) and torch.equal(An, A2) and torch.equal(cn, c2)
+
+
+def _check_picked_rows(chain, k, sb, slopes, xmag, n_q):
+    """The one-hot form ``(idx, valid)`` of ``_backsub``'s rows (first step a pick of rows of ``S W_k``) gives the dense
+    rows' results to rounding (the first product is evaluated in another order, covered by the same margin); padded
+    rows (valid False) give A = 0."""
+    D = sb[0][0].shape[0]
+    g = torch.Generator().manual_seed(k)
+    idx = torch.stack([torch.randperm(n_q, generator=g)[:n_q - 1] for _ in range(D)])
+    valid = torch.rand(idx.shape, generator=g) > 0.3
+    rows = torch.eye(n_q, dtype=DT)[idx] * valid[..., None].to(DT)
+    for (A, c), (Ad, cd) in zip(_backsub(chain, k, sb, slopes, (idx, valid), xmag, both=True),
+                                _backsub(chain, k, sb, slopes, rows, xmag, both=True)):
+        assert torch.allclose(A, Ad, rtol=1e-12, atol=1e-14) and torch.allclose(c, cd, rtol=1e-12, atol=1e-14)
+        assert (A[~valid] == 0).all()
 
 
 def test_polytope_backsub_of_both_signs_on_a_maxmin_chain_bounds_sampled_switches():
@@ -188,6 +204,7 @@ def test_polytope_backsub_of_both_signs_on_a_maxmin_chain_bounds_sampled_switche
     S = chain.gates[k].switch_matrix
     rows = torch.eye(S.shape[0], dtype=DT)
     (Ap, cp), (An, cn) = _backsub(chain, k, sb, slopes, rows, xmag, both=True)
+    _check_picked_rows(chain, k, sb, slopes, xmag, S.shape[0])
     A1, c1 = _backsub(chain, k, sb, slopes, rows, xmag)
     A2, c2 = _backsub(chain, k, sb, slopes, -rows, xmag)
     assert torch.equal(Ap, A1) and torch.equal(cp, c1) and torch.equal(An, A2) and torch.equal(cn, c2)

@@ -145,6 +145,8 @@ def _relax_lines(l, u, s):
 def _backsub(chain, k, sb, slopes, rows, xmag, both: bool = False):
     """CROWN upper linear bound of ``rows @ s_k`` in x: (A (D, r, n0), c (D, r)) for the domain's switch bounds ``sb``;
     ``both``: also of ``-rows @ s_k`` (i.e. the lower bound of ``rows @ s_k``), as ``((A, c), (A_neg, c_neg))``.
+    ``rows``: (r, n_q) or (D, r, n_q), or a pair ``(idx, valid)`` ((D, r) switch indices and flags): the one-hot rows
+    ``e_idx`` (0 where not valid), whose first step is a pick of rows of ``S_k W_k`` instead of a product.
 
     ``s_k = S_k z_k`` are the switches of activation ``k`` (``z_k`` itself for ReLU/LeakyReLU).  Through
     a ReLU-type activation the chord/lower line of ``phi(z)`` on ``[l, u]`` is used; through a
@@ -159,17 +161,34 @@ def _backsub(chain, k, sb, slopes, rows, xmag, both: bool = False):
     """
     D = sb[0][0].shape[0]
     S = chain.gates[k].switch_matrix
-    signed = [rows, -rows] if both else [rows]
-    Lams = [r if S is None else r @ S for r in signed]  # coefficients on z_k
-    mLam = rows.abs() if S is None else rows.abs() @ S.abs()
-    biases = [Lam @ chain.biases[k] for Lam in Lams]
-    mbias = mLam @ chain.biases[k].abs()
     fan = max(max(w.shape) for w in chain.weights[: k + 1]) + 2
-    shared = mLam.dim() == 2  # rows shared by the batch: the first (linear) step is one unbatched product
+    picked = isinstance(rows, tuple) and k > 0
+    if picked:  # one-hot rows: the first step (onto y_{k-1}) picks rows of S W_k and S b_k, no product
+        idx, valid = rows
+        v = valid.to(chain.weights[k].dtype)
+        W, b = chain.weights[k], chain.biases[k]
+        ZW, mZW = (W, W.abs()) if S is None else (S @ W, S.abs() @ W.abs())
+        Zb, mZb = (b, b.abs()) if S is None else (S @ b, S.abs() @ b.abs())
+        Lam = ZW[idx] * v[..., None]
+        Lams = [Lam, -Lam] if both else [Lam]
+        mLam = mZW[idx] * v[..., None]
+        biases = [Zb[idx] * v, -Zb[idx] * v] if both else [Zb[idx] * v]
+        mbias = mZb[idx] * v
+        shared = False
+    else:
+        if isinstance(rows, tuple):
+            rows = torch.eye(chain.gates[k].n_q, dtype=chain.weights[k].dtype, device=chain.weights[k].device)[rows[0]] * rows[1][..., None]
+        signed = [rows, -rows] if both else [rows]
+        Lams = [r if S is None else r @ S for r in signed]  # coefficients on z_k
+        mLam = rows.abs() if S is None else rows.abs() @ S.abs()
+        biases = [Lam @ chain.biases[k] for Lam in Lams]
+        mbias = mLam @ chain.biases[k].abs()
+        shared = mLam.dim() == 2  # rows shared by the batch: the first (linear) step is one unbatched product
     for j in range(k - 1, -1, -1):
-        W = chain.weights[j + 1]
-        Lams = [Lam @ W for Lam in Lams]  # coefficients on y_j
-        mLam = mLam @ W.abs()
+        if not picked or j < k - 1:
+            W = chain.weights[j + 1]
+            Lams = [Lam @ W for Lam in Lams]  # coefficients on y_j
+            mLam = mLam @ W.abs()
         if shared:
             Lams = [Lam.expand(D, *Lam.shape) for Lam in Lams]
             mLam, shared = mLam.expand(D, *mLam.shape), False
@@ -255,12 +274,10 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
     xmag = torch.maximum(xl.abs(), xu.abs())
     empty = torch.zeros(D, dtype=torch.bool, device=dev)
     Gs, hs, ms = [], [], []  # half-spaces so far: (D, n_j, n0), (D, n_j), masks (D, n_j)
-    ar = torch.arange(D, device=dev)[:, None]
     kept = [[None] * chain.depth for _ in range(D)] if keep_warm else None
     for k in range(chain.depth):
         n = chain.gates[k].n_q
         off = sum(g.n_q for g in chain.gates[:k])  # switches of the layers below: the first columns of G
-        eye = torch.eye(n, dtype=dt, device=dev)
         if k == 0:
             A0, c0u, c0l = _first_layer(chain, xmag)
             Au, Al = A0.expand(D, n, -1), A0.expand(D, n, -1)
@@ -269,13 +286,14 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
             # only the rows of the domain's unstable or split switches are used (packed per domain)
             l0, u0 = out[k]
             idx, val = pack_true(((l0 < 0) & (u0 > 0)) | (fixed[k] != 0))
-            rows = eye[idx] * val[..., None].to(dt)
-            (Ap, cp), (An, cn) = _backsub(chain, k, out, slopes, rows, xmag, both=True)
+            (Ap, cp), (An, cn) = _backsub(chain, k, out, slopes, (idx, val), xmag, both=True)
             n0 = Ap.shape[-1]
-            Au = torch.zeros(D, n, n0, dtype=dt, device=dev).index_put_((ar, idx), Ap)
-            Al = torch.zeros(D, n, n0, dtype=dt, device=dev).index_put_((ar, idx), -An)
-            cu = torch.zeros(D, n, dtype=dt, device=dev).index_put_((ar, idx), cp)
-            cl = torch.zeros(D, n, dtype=dt, device=dev).index_put_((ar, idx), -cn)
+            # (scatter / gather along one dimension: indexing by two index tensors is several times slower)
+            ie = idx[..., None].expand(-1, -1, n0)
+            Au = torch.zeros(D, n, n0, dtype=dt, device=dev).scatter_(1, ie, Ap)
+            Al = torch.zeros(D, n, n0, dtype=dt, device=dev).scatter_(1, ie, -An)
+            cu = torch.zeros(D, n, dtype=dt, device=dev).scatter_(1, idx, cp)
+            cl = torch.zeros(D, n, dtype=dt, device=dev).scatter_(1, idx, -cn)
         f = fixed[k]
         pos, neg = (f > 0).to(dt)[..., None], (f < 0).to(dt)[..., None]
         Gs.append(-pos * Au + neg * Al)  # z >= 0: -(Au x + cu) <= 0 ;  z <= 0: Al x + cl <= 0
@@ -288,13 +306,14 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
         mask = torch.cat(ms, 1)
         if bool(mask.any()):
             gi, gv = pack_true(mask)
-            G = torch.cat(Gs, 1)[ar, gi] * gv[..., None].to(dt)
-            h = torch.cat(hs, 1)[ar, gi] * gv.to(dt)
+            G = torch.gather(torch.cat(Gs, 1), 1, gi[..., None].expand(-1, -1, Au.shape[-1])) * gv[..., None].to(dt)
+            h = torch.gather(torch.cat(hs, 1), 1, gi) * gv.to(dt)
         else:
             G = h = None
         ri, rv = pack_true(unst)
-        A2 = torch.cat((Au[ar, ri], -Al[ar, ri]), 1)
-        c2 = torch.cat((cu[ar, ri], -cl[ar, ri]), 1)
+        re = ri[..., None].expand(-1, -1, Au.shape[-1])
+        A2 = torch.cat((torch.gather(Au, 1, re), -torch.gather(Al, 1, re)), 1)
+        c2 = torch.cat((torch.gather(cu, 1, ri), -torch.gather(cl, 1, ri)), 1)
         M = ri.shape[1]
         beta0 = None
         if warm is not None and G is not None:
