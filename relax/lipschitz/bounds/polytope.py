@@ -240,16 +240,19 @@ def _first_layer(chain, xmag):
 
 
 def _warm_dense(warm, k, D, n, cols, dev):
-    """The stored multipliers of layer ``k`` of each domain (``warm[d][k]``: (neuron ids, switch ids, upper-row
-    values, lower-row values) or None) as one dense float32 (D, 2 n, cols) tensor (rows: upper bounds of the
-    ``n`` switches, then lower bounds), zero where nothing is stored."""
-    full = np.zeros((D, 2 * n, cols), dtype=np.float32)
-    for d, w in enumerate(warm):
-        if w is not None and w[k] is not None:
-            ri, gi, up, lo = w[k]
-            full[d, ri[:, None], gi] = up
-            full[d, n + ri[:, None], gi] = lo
-    return torch.from_numpy(full).to(dev)
+    """The stored multipliers of layer ``k`` of each domain (``warm[d][k]``: (flat positions ``row * cols + switch``,
+    upper-row values, lower-row values) or None) as one dense float32 (D, 2 n, cols) tensor (rows: upper bounds of the
+    ``n`` switches, then lower bounds), zero where nothing is stored.  One scatter for the whole batch."""
+    full = np.zeros((D, 2, n * cols), dtype=np.float32)
+    ws = [(d, w[k]) for d, w in enumerate(warm) if w is not None and w[k] is not None]
+    if ws:
+        sizes = np.fromiter((t[0].size for _, t in ws), dtype=np.int64, count=len(ws))
+        base = np.repeat(np.fromiter((d for d, _ in ws), dtype=np.int64, count=len(ws)) * (2 * n * cols), sizes)
+        pos = np.concatenate([t[0] for _, t in ws]).astype(np.int64) + base
+        flat = full.reshape(-1)
+        flat[pos] = np.concatenate([t[1] for _, t in ws])
+        flat[pos + n * cols] = np.concatenate([t[2] for _, t in ws])
+    return torch.from_numpy(full.reshape(D, 2 * n, cols)).to(dev)
 
 
 def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed, iters: int = 20, lr: float = 0.1,
@@ -263,8 +266,9 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
 
     ``warm``: None or, per domain, the multipliers kept by an earlier call (e.g. on its parent; any
     ``beta >= 0`` is sound, so they only change where the dual steps start); ``keep_warm``: also return
-    this call's multipliers in that form: a list over domains of per-layer ``(neuron ids, switch ids,
-    upper-row values, lower-row values)`` (None where a layer had no step), as a third result.
+    this call's multipliers in that form: a list over domains of per-layer ``(flat positions row * cols + switch,
+    upper-row values, lower-row values)`` (``cols`` = the switches of layers ``<= k``; None where a layer had no
+    step), as a third result.
     """
     D = fixed[0].shape[0]
     dt, dev = xl.dtype, xl.device
@@ -327,11 +331,13 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
         if keep_warm and beta is not None:
             # pack_true left-packs: the valid rows / half-spaces of a domain are a prefix of its packed ones
             cM, cm = rv.sum(1).tolist(), gv.sum(1).tolist()
-            rin, gin, bn = ri.cpu().numpy().astype(np.int16), gi.cpu().numpy().astype(np.int16), beta.cpu().numpy()
+            cols = off + n  # flat positions row * cols + switch, int16 where they fit (flatten: own copies)
+            fi = (ri[:, :, None] * cols + gi[:, None, :]).cpu().numpy().astype(np.int16 if n * cols < 32768 else np.int32)
+            bn = beta.cpu().numpy()
             for d in range(D):
                 a, b = cM[d], cm[d]
                 if a and b:
-                    kept[d][k] = (rin[d, :a], gin[d, :b], bn[d, :a, :b].copy(), bn[d, M:M + a, :b].copy())
+                    kept[d][k] = (fi[d, :a, :b].flatten(), bn[d, :a, :b].flatten(), bn[d, M:M + a, :b].flatten())
         inf = torch.full_like(ub[:, :M], float("inf"))
         u_new = torch.where(rv, ub[:, :M], inf)
         l_new = torch.where(rv, -ub[:, M:], -inf)
