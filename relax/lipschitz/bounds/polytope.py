@@ -145,8 +145,8 @@ def _relax_lines(l, u, s):
 def _backsub(chain, k, sb, slopes, rows, xmag, both: bool = False):
     """CROWN upper linear bound of ``rows @ s_k`` in x: (A (D, r, n0), c (D, r)) for the domain's switch bounds ``sb``;
     ``both``: also of ``-rows @ s_k`` (i.e. the lower bound of ``rows @ s_k``), as ``((A, c), (A_neg, c_neg))``.
-    ``rows``: (r, n_q) or (D, r, n_q), or a pair ``(idx, valid)`` ((D, r) switch indices and flags): the one-hot rows
-    ``e_idx`` (0 where not valid), whose first step is a pick of rows of ``S_k W_k`` instead of a product.
+    ``rows``: (r, n_q) or (D, r, n_q), or (for ``k >= 1``) a pair ``(idx, valid)`` ((D, r) switch indices and flags):
+    the one-hot rows ``e_idx`` (0 where not valid), whose first step is a pick of rows of ``S_k W_k`` instead of a product.
 
     ``s_k = S_k z_k`` are the switches of activation ``k`` (``z_k`` itself for ReLU/LeakyReLU).  Through
     a ReLU-type activation the chord/lower line of ``phi(z)`` on ``[l, u]`` is used; through a
@@ -162,8 +162,9 @@ def _backsub(chain, k, sb, slopes, rows, xmag, both: bool = False):
     D = sb[0][0].shape[0]
     S = chain.gates[k].switch_matrix
     fan = max(max(w.shape) for w in chain.weights[: k + 1]) + 2
-    picked = isinstance(rows, tuple) and k > 0
+    picked = isinstance(rows, tuple)
     if picked:  # one-hot rows: the first step (onto y_{k-1}) picks rows of S W_k and S b_k, no product
+        assert k > 0, "one-hot rows (idx, valid) need a layer below them (k >= 1)"
         idx, valid = rows
         v = valid.to(chain.weights[k].dtype)
         W, b = chain.weights[k], chain.biases[k]
@@ -176,8 +177,6 @@ def _backsub(chain, k, sb, slopes, rows, xmag, both: bool = False):
         mbias = mZb[idx] * v
         shared = False
     else:
-        if isinstance(rows, tuple):
-            rows = torch.eye(chain.gates[k].n_q, dtype=chain.weights[k].dtype, device=chain.weights[k].device)[rows[0]] * rows[1][..., None]
         signed = [rows, -rows] if both else [rows]
         Lams = [r if S is None else r @ S for r in signed]  # coefficients on z_k
         mLam = rows.abs() if S is None else rows.abs() @ S.abs()
@@ -281,7 +280,8 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
     kept = [[None] * chain.depth for _ in range(D)] if keep_warm else None
     for k in range(chain.depth):
         n = chain.gates[k].n_q
-        off = sum(g.n_q for g in chain.gates[:k])  # switches of the layers below: the first columns of G
+        # the half-space columns so far (switches of layers <= k): warm multipliers sit at row * cols + switch
+        cols = sum(g.n_q for g in chain.gates[:k + 1])
         if k == 0:
             A0, c0u, c0l = _first_layer(chain, xmag)
             Au, Al = A0.expand(D, n, -1), A0.expand(D, n, -1)
@@ -321,7 +321,6 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
         M = ri.shape[1]
         beta0 = None
         if warm is not None and G is not None:
-            cols = off + n
             full = _warm_dense(warm, k, D, n, cols, dev).reshape(D, -1)
             rid = torch.cat((ri, ri + n), 1)
             flat = (rid[:, :, None] * cols + gi[:, None, :]).reshape(D, -1)  # one gather (advanced indexing: ~20x slower)
@@ -331,7 +330,7 @@ def polytope_forward_bounds(chain, xl: torch.Tensor, xu: torch.Tensor, sb, fixed
         if keep_warm and beta is not None:
             # pack_true left-packs: the valid rows / half-spaces of a domain are a prefix of its packed ones
             cM, cm = rv.sum(1).tolist(), gv.sum(1).tolist()
-            cols = off + n  # flat positions row * cols + switch, int16 where they fit (flatten: own copies)
+            # flat positions row * cols + switch, int16 where they fit (flatten: own copies)
             fi = (ri[:, :, None] * cols + gi[:, None, :]).cpu().numpy().astype(np.int16 if n * cols < 32768 else np.int32)
             bn = beta.cpu().numpy()
             for d in range(D):
